@@ -1,0 +1,5 @@
+import sys
+
+from sdbert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""Model folders: read ours and Hugging Face's, write ours (config.json + model.safetensors).
+
+Files are written to a temporary name and renamed into place, so an interrupted save never
+leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sdbert.config import SDBertConfig
+from sdbert.convert import config_from_hf, extend_positions, state_dict_from_hf
+from sdbert.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+POSITIONS_KEY = "bert.embeddings.position_embeddings.weight"
+# Weights a checkpoint may lack (encoder-only checkpoints such as all-MiniLM-L6-v2); they start fresh.
+HEAD_PREFIXES = ("classifier.", "bert.pooler.")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` then rename the temporary file onto `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model, path: str | Path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    if model.tokenizer is not None:
+        atomic_write(path / TOKENIZER_NAME, lambda tmp: model.tokenizer.save(str(tmp)))
+    atomic_write(path / CONFIG_NAME, lambda tmp: model.config.to_json_file(tmp))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    safetensors_file, torch_file = path / WEIGHTS_NAME, path / "pytorch_model.bin"
+    try:
+        if safetensors_file.exists():
+            return load_file(str(safetensors_file))
+        if torch_file.exists():
+            return torch.load(torch_file, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"cannot read the weights in {path}: {exc}") from exc
+    raise CheckpointError(f"{path} has no {WEIGHTS_NAME} or pytorch_model.bin")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise CheckpointError(f"model folder {path} does not exist")
+    config_file = path / CONFIG_NAME
+    if not config_file.exists():
+        raise CheckpointError(f"{path} is not a model folder: no {CONFIG_NAME}")
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {config_file}: {exc}") from exc
+
+
+def load_model(cls, path: str | Path, **overrides):
+    path = Path(path)
+    raw = read_config(path)
+    if raw.get("model_type") == "sdbert":
+        config = SDBertConfig.from_json_file(path / CONFIG_NAME)
+        state = read_weights(path)
+    else:
+        config = config_from_hf(raw)
+        state, pooler_activation = state_dict_from_hf(read_weights(path), raw)
+        config = config.replace(pooler_activation=pooler_activation)
+    config = _apply_overrides(config, overrides)
+    state = _adapt_state(state, config)
+
+    model = cls(config)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: a config.json that does not fit its weights
+        raise CheckpointError(f"weights in {path} do not fit its config: {str(exc).splitlines()[-1].strip()}") from exc
+    missing_core = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    if missing_core or unexpected:
+        raise CheckpointError(f"{path} does not look like a BERT-family encoder: missing "
+                              f"{missing_core[:3]}, unexpected {unexpected[:3]}")
+    if missing:
+        logger.warning("%s has no trained %s; it was initialised randomly and needs fine-tuning",
+                       path, " and ".join(sorted({k.split('.')[-2] if k.startswith('bert.') else 'classifier'
+                                                  for k in missing})))
+    tokenizer_file = path / TOKENIZER_NAME
+    if tokenizer_file.exists():
+        from tokenizers import Tokenizer
+
+        model.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        # Truncation and padding are ours to decide (head+tail, block multiples), not the file's.
+        model.tokenizer.no_truncation()
+        model.tokenizer.no_padding()
+    return model
+
+
+def _apply_overrides(config: SDBertConfig, overrides: dict[str, Any]) -> SDBertConfig:
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "id2label" in overrides and "num_labels" not in overrides:
+        overrides["num_labels"] = len(overrides["id2label"])
+    if "num_labels" in overrides and "id2label" not in overrides:
+        if overrides["num_labels"] != config.num_labels:
+            overrides["id2label"] = {i: f"LABEL_{i}" for i in range(overrides["num_labels"])}
+    try:
+        return config.replace(**overrides)
+    except TypeError as exc:
+        raise ConfigError(f"unknown config field: {exc}") from exc
+
+
+def _adapt_state(state: dict[str, torch.Tensor], config: SDBertConfig) -> dict[str, torch.Tensor]:
+    """Fit checkpoint weights to an overridden config: longer positions, another label count."""
+    table = state.get(POSITIONS_KEY)
+    if table is not None and table.shape[0] != config.max_position_embeddings:
+        if table.shape[0] < config.max_position_embeddings:
+            logger.warning("extending position embeddings from %d to %d by tiling the learned ones",
+                           table.shape[0], config.max_position_embeddings)
+        state[POSITIONS_KEY] = extend_positions(table, config.max_position_embeddings)
+    weight = state.get("classifier.weight")
+    if weight is not None and weight.shape[0] != config.num_labels:
+        logger.warning("checkpoint classifier has %d labels, config wants %d: classifier re-initialised",
+                       weight.shape[0], config.num_labels)
+        state.pop("classifier.weight")
+        state.pop("classifier.bias", None)
+    return state

@@ -1,0 +1,60 @@
+"""The `sdbert` command. Each subcommand lives in `sdbert.commands.<name>` and exposes
+`add_arguments(parser)` and `run(args) -> int`; this file only dispatches and turns user errors
+into one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sdbert import __version__
+from sdbert.errors import SDBertError
+
+# name -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    "bench": ("sdbert.commands.bench", "benchmark attention kernels and models"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage dump is noisy; keep it to one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sdbert",
+        description="SparseDistilBERT: small, fast block-sparse transformers for long documents.",
+    )
+    parser.add_argument("--version", action="version", version=f"sdbert {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(message)s" if args.verbose else "%(message)s")
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except SDBertError as exc:
+        print(f"sdbert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdbert {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
