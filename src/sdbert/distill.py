@@ -1,0 +1,100 @@
+"""Knowledge distillation: the paper's loss and the construction of a small student.
+
+The paper's loss is `alpha * CE(labels, student) + (1 - alpha) * ||z_teacher - z_student||^2`, the
+squared L2 distance of the logit vectors, summed over classes and averaged over the batch. (The
+seed paper's equation (1) writes a minus before the second term; both terms are minimised.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdbert.config import SDBertConfig
+from sdbert.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+IGNORE_LABEL = -100
+"""Label of transfer-set examples without a label (e.g. IMDb `unsup`): distillation term only."""
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    alpha: float,
+    kind: str = "mse",
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """`alpha * CE + (1 - alpha) * D`; D is the mean squared-L2 logit distance (`kind="mse"`, the
+    paper's) or Hinton's `T^2 * KL(teacher_T || student_T)` (`kind="kl"`). The teacher gets no
+    gradient. Labels equal to -100 (unlabelled) contribute only D."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    if kind not in ("mse", "kl"):
+        raise ConfigError(f"kind must be 'mse' or 'kl', got {kind!r}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be positive, got {temperature}")
+    student = student_logits.float()
+    teacher = teacher_logits.detach().float()
+    if kind == "mse":
+        distill = (teacher - student).pow(2).sum(-1).mean()
+    else:
+        log_p_student = F.log_softmax(student / temperature, dim=-1)
+        log_p_teacher = F.log_softmax(teacher / temperature, dim=-1)
+        distill = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * temperature**2
+    ce = student.new_zeros(())
+    if labels is not None and bool((labels != IGNORE_LABEL).any()):
+        ce = F.cross_entropy(student, labels, ignore_index=IGNORE_LABEL)
+    return alpha * ce + (1.0 - alpha) * distill
+
+
+def student_config(teacher: SDBertConfig, *, layers: int = 3, heads: int = 4, hidden: int | None = None,
+                   intermediate: int | None = None) -> SDBertConfig:
+    """The teacher's config with fewer layers and heads; attention stays block-sparse."""
+    hidden = hidden or teacher.hidden_size
+    if intermediate is None:
+        intermediate = teacher.intermediate_size * hidden // teacher.hidden_size
+    return teacher.replace(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden,
+                           intermediate_size=intermediate, attention_type="block_sparse")
+
+
+def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Evenly spaced teacher layers, starting at 0: 12 -> 3 gives [0, 4, 8] (DistilBERT-style)."""
+    if student_layers > teacher_layers:
+        raise ConfigError(f"student has {student_layers} layers, teacher only {teacher_layers}")
+    return [int(x) for x in np.floor(np.arange(student_layers) * teacher_layers / student_layers)]
+
+
+def init_student_from_teacher(student, teacher, layer_map: list[int] | None = None) -> list[str]:
+    """Copy embeddings, the chosen teacher layers, pooler and classifier into the student.
+
+    Needs the same hidden size. With fewer heads at the same width, the q/k/v matrices are copied
+    unchanged and simply re-split into fewer, wider heads: an initialisation, not an equivalent
+    model (each new head mixes what several teacher heads computed). Returns the copied names.
+    """
+    s_cfg, t_cfg = student.config, teacher.config
+    if s_cfg.hidden_size != t_cfg.hidden_size:
+        raise ConfigError(f"--init teacher needs the teacher's hidden size {t_cfg.hidden_size}, "
+                          f"student has {s_cfg.hidden_size}")
+    layer_map = layer_map or default_layer_map(t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
+    if len(layer_map) != s_cfg.num_hidden_layers or not all(0 <= i < t_cfg.num_hidden_layers for i in layer_map):
+        raise ConfigError(f"layer map {layer_map} does not fit {s_cfg.num_hidden_layers} student layers and "
+                          f"{t_cfg.num_hidden_layers} teacher layers")
+    teacher_state = teacher.state_dict()
+    copied = {}
+    for name in student.state_dict():
+        source = name
+        if name.startswith("bert.encoder.layer."):
+            parts = name.split(".")
+            parts[3] = str(layer_map[int(parts[3])])
+            source = ".".join(parts)
+        if source in teacher_state and teacher_state[source].shape == student.state_dict()[name].shape:
+            copied[name] = teacher_state[source].clone()
+    student.load_state_dict(copied, strict=False)
+    logger.info("student initialised from teacher layers %s (%d tensors copied)", layer_map, len(copied))
+    return sorted(copied)

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from sdbert import SDBertConfig, SDBertForSequenceClassification
+from sdbert.distill import (
+    default_layer_map,
+    distillation_loss,
+    init_student_from_teacher,
+    student_config,
+)
+from sdbert.errors import ConfigError
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+def test_mse_loss_matches_hand_computation(alpha):
+    student = torch.tensor([[1.0, -1.0], [0.5, 2.0], [0.0, 0.0]])
+    teacher = torch.tensor([[2.0, -2.0], [0.0, 1.0], [3.0, -1.0]])
+    labels = torch.tensor([0, 1, 0])
+    # CE by hand: -log softmax(student)[label], averaged.
+    ce = -sum(torch.log_softmax(student[i], -1)[labels[i]] for i in range(3)) / 3
+    # ||z_t - z_s||^2 per example: (1 + 1), (0.25 + 1), (9 + 1) -> mean 13.25 / 3
+    distance = (2.0 + 1.25 + 10.0) / 3
+    expected = alpha * ce + (1 - alpha) * distance
+    assert torch.allclose(distillation_loss(student, teacher, labels, alpha), expected)
+
+
+def test_teacher_gets_no_gradient_and_student_does():
+    student = torch.randn(4, 2, requires_grad=True)
+    teacher = torch.randn(4, 2, requires_grad=True)
+    distillation_loss(student, teacher, torch.tensor([0, 1, 1, 0]), 0.5).backward()
+    assert teacher.grad is None
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_kl_kind_is_temperature_scaled_kl():
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    t = 2.0
+    p_t = torch.softmax(teacher / t, -1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(student / t, -1))).sum(-1).mean() * t * t
+    got = distillation_loss(student, teacher, None, alpha=0.0, kind="kl", temperature=t)
+    assert torch.allclose(got, kl, atol=1e-6)
+
+
+def test_unlabelled_examples_contribute_only_the_distillation_term():
+    student, teacher = torch.randn(4, 2), torch.randn(4, 2)
+    labels = torch.tensor([0, -100, 1, -100])
+    ce = torch.nn.functional.cross_entropy(student[[0, 2]], labels[[0, 2]])
+    distance = (teacher - student).pow(2).sum(-1).mean()
+    assert torch.allclose(distillation_loss(student, teacher, labels, 0.5), 0.5 * ce + 0.5 * distance)
+    all_unlabelled = distillation_loss(student, teacher, torch.full((4,), -100), 0.5)
+    assert torch.allclose(all_unlabelled, 0.5 * distance)
+
+
+@pytest.mark.parametrize("bad", [dict(alpha=7), dict(alpha=-0.1), dict(alpha=0.5, kind="l1"),
+                                 dict(alpha=0.5, kind="kl", temperature=0)])
+def test_bad_loss_arguments(bad):
+    with pytest.raises(ConfigError):
+        distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), None, **bad)
+
+
+def test_default_layer_map_is_evenly_spaced():
+    assert default_layer_map(12, 3) == [0, 4, 8]
+    assert default_layer_map(6, 3) == [0, 2, 4]
+    assert default_layer_map(6, 6) == list(range(6))
+    with pytest.raises(ConfigError):
+        default_layer_map(3, 4)
+
+
+def test_init_from_teacher_copies_exactly_what_it_says():
+    teacher_cfg = SDBertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=6, num_attention_heads=6,
+                               intermediate_size=48, max_position_embeddings=128, block_size=8)
+    teacher = SDBertForSequenceClassification(teacher_cfg)
+    cfg = student_config(teacher_cfg, layers=3, heads=2)
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size) == (3, 2, 24)
+    assert cfg.attention_type == "block_sparse"
+    student = SDBertForSequenceClassification(cfg)
+    copied = init_student_from_teacher(student, teacher)
+    assert len(copied) == len(student.state_dict()), "same width: every tensor comes from the teacher"
+    t, s = teacher.state_dict(), student.state_dict()
+    for student_layer, teacher_layer in enumerate([0, 2, 4]):
+        for suffix in ("attention.self.query.weight", "output.LayerNorm.bias", "intermediate.dense.weight"):
+            assert torch.equal(s[f"bert.encoder.layer.{student_layer}.{suffix}"],
+                               t[f"bert.encoder.layer.{teacher_layer}.{suffix}"])
+    for name in ("bert.embeddings.word_embeddings.weight", "bert.pooler.dense.weight", "classifier.weight"):
+        assert torch.equal(s[name], t[name])
+    custom = SDBertForSequenceClassification(cfg)
+    init_student_from_teacher(custom, teacher, layer_map=[5, 3, 1])
+    assert torch.equal(custom.state_dict()["bert.encoder.layer.0.output.dense.weight"],
+                       t["bert.encoder.layer.5.output.dense.weight"])
+    with pytest.raises(ConfigError):
+        init_student_from_teacher(custom, teacher, layer_map=[0, 1])
+    with pytest.raises(ConfigError, match="hidden size"):
+        init_student_from_teacher(SDBertForSequenceClassification(student_config(teacher_cfg, hidden=12, heads=2)),
+                                  teacher)
