@@ -77,14 +77,22 @@ def read_config(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {config_file}: {exc}") from exc
 
 
-def load_model(cls, path: str | Path, **overrides):
+def load_config(path: str | Path) -> SDBertConfig:
+    """The config of a model folder (ours or Hugging Face's) without reading its weights."""
     path = Path(path)
     raw = read_config(path)
     if raw.get("model_type") == "sdbert":
-        config = SDBertConfig.from_json_file(path / CONFIG_NAME)
+        return SDBertConfig.from_json_file(path / CONFIG_NAME)
+    return config_from_hf(raw)
+
+
+def load_model(cls, path: str | Path, **overrides):
+    path = Path(path)
+    raw = read_config(path)
+    config = load_config(path)
+    if raw.get("model_type") == "sdbert":
         state = read_weights(path)
     else:
-        config = config_from_hf(raw)
         state, pooler_activation = state_dict_from_hf(read_weights(path), raw)
         config = config.replace(pooler_activation=pooler_activation)
     config = _apply_overrides(config, overrides)

@@ -1,0 +1,51 @@
+"""`sdbert evaluate`: accuracy, F1, confusion matrix and throughput on a labelled split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sdbert.commands.common import add_data_arguments, data_settings, positive_int, write_json
+from sdbert.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder")
+    add_data_arguments(parser, training=False)
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="a seeded stratified subset of N examples")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the --limit subset")
+    parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: as trained)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--output-json", metavar="FILE",
+                        help="where to write the metrics (default: MODEL/eval_<split>.json)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdbert.data import load_split, stratified_subset
+    from sdbert.model import SDBertForSequenceClassification
+    from sdbert.pipeline import encode
+    from sdbert.train import evaluate
+
+    model = SDBertForSequenceClassification.from_pretrained(args.model)
+    settings = data_settings(args)
+    dataset = load_split(settings.source, args.split, text_column=args.text_column, label_column=args.label_column,
+                         id2label=model.config.id2label, errors=args.encoding_errors, progress=settings.progress)
+    if dataset.labels is None:
+        raise ConfigError(f"split {args.split!r} has no labels to evaluate against")
+    if args.limit and args.limit < len(dataset):
+        dataset = stratified_subset(dataset, args.limit, seed=args.seed)
+    max_length = args.max_length or model.config.max_length or model.config.max_position_embeddings
+    truncation = args.truncation if args.truncation != "head+tail" else model.config.truncation
+    encoded = encode(model, dataset, max_length=max_length, truncation=truncation)
+    metrics = evaluate(model, encoded, batch_size=args.batch_size, block_size=model.config.block_size,
+                       pad_token_id=model.config.pad_token_id, progress=not args.no_progress, desc="evaluate")
+    metrics.update(split=args.split, model=str(args.model), max_length=max_length, truncation=truncation)
+    out = Path(args.output_json) if args.output_json else Path(args.model) / f"eval_{args.split}.json"
+    write_json(out, metrics)
+    print(json.dumps(metrics))
+    print(f"accuracy {metrics['accuracy']:.4f} | F1 {metrics['f1']:.4f} | {metrics['examples']} examples "
+          f"at {metrics['examples_per_second']:.1f}/s | written to {out}")
+    return 0

@@ -1,0 +1,64 @@
+"""`sdbert predict`: classify texts; one JSON line per input with the label and probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sdbert.commands.common import positive_int
+from sdbert.errors import DataError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder")
+    parser.add_argument("files", nargs="*", metavar="FILE",
+                        help="text files, one document each; '-' or nothing reads one document per stdin line")
+    parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: as trained)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+
+
+def read_inputs(files: list[str]) -> list[tuple[str, str]]:
+    """(name, text) pairs: each file is one document; stdin gives one document per non-empty line."""
+    inputs = []
+    for name in files or ["-"]:
+        if name == "-":
+            inputs += [(f"stdin:{i + 1}", line.rstrip("\n")) for i, line in enumerate(sys.stdin) if line.strip()]
+            continue
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"missing file: {path}")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not text.strip():
+            raise DataError(f"{path} is empty")
+        inputs.append((name, text))
+    return inputs
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdbert.data.encoded import EncodedDataset
+    from sdbert.data.tokenization import encode
+    from sdbert.model import SDBertForSequenceClassification
+    from sdbert.train import predict_logits
+
+    model = SDBertForSequenceClassification.from_pretrained(args.model)
+    if model.tokenizer is None:
+        raise DataError(f"{args.model} has no tokenizer.json")
+    inputs = read_inputs(args.files)
+    if not inputs:
+        raise DataError("no input text (give files, or lines on stdin)")
+    max_length = args.max_length or model.config.max_length or model.config.max_position_embeddings
+    ids = encode(model.tokenizer, [text for _, text in inputs], max_length, model.config.truncation)
+    logits = predict_logits(model, EncodedDataset.from_lists(ids, None), batch_size=args.batch_size,
+                            block_size=model.config.block_size, pad_token_id=model.config.pad_token_id)
+    probabilities = logits.softmax(-1)
+    for (name, _), probs in zip(inputs, probabilities, strict=True):
+        best = int(probs.argmax())
+        print(json.dumps({"input": name, "label": model.config.id2label[best], "score": round(float(probs[best]), 6),
+                          "probabilities": {model.config.id2label[i]: round(float(p), 6)
+                                            for i, p in enumerate(probs)}}))
+    return 0

@@ -1,0 +1,141 @@
+"""The glue between data, model and training that every command shares.
+
+`prepare_data` loads a source once (train + test for the IMDb archive is a single pass), carves
+the validation split from train and applies the seeded stratified limits; `build_model` starts a
+model from a checkpoint or from a size preset with a freshly trained tokenizer; `encode` tokenises
+through the on-disk cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sdbert.checkpoint import load_config
+from sdbert.config import SDBertConfig
+from sdbert.data import (
+    EncodedDataset,
+    TextDataset,
+    encode_dataset,
+    load_splits,
+    load_tokenizer,
+    pad_token_id,
+    stratified_subset,
+    train_validation_split,
+    train_wordpiece_tokenizer,
+)
+from sdbert.errors import ConfigError
+from sdbert.model import SDBertForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+# Random-initialisation sizes for `--size` when there is no `--init` checkpoint.
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+@dataclass
+class DataSettings:
+    """Where the examples come from and how many of them."""
+
+    source: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    val_fraction: float = 0.1
+    val_max: int | None = 2000
+    seed: int = 42
+    encoding_errors: str = "strict"
+    progress: bool | None = None
+
+
+@dataclass
+class PreparedData:
+    train: TextDataset | None
+    validation: TextDataset | None
+    test: TextDataset | None
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        for split in (self.train, self.validation, self.test):
+            if split is not None:
+                return split.id2label
+        return {}
+
+
+def prepare_data(settings: DataSettings, *, train: bool = True, test: bool = False,
+                 id2label: dict[int, str] | None = None) -> PreparedData:
+    """Train/validation (carved from train, seeded and stratified) and/or test, with limits applied."""
+    for name, limit in (("train limit", settings.train_limit), ("eval limit", settings.eval_limit)):
+        if limit is not None and limit < 1:
+            raise ConfigError(f"{name} must be >= 1, got {limit}")
+    splits = (["train"] if train else []) + (["test"] if test else [])
+    loaded = load_splits(settings.source, splits, text_column=settings.text_column,
+                         label_column=settings.label_column, id2label=id2label,
+                         errors=settings.encoding_errors, progress=settings.progress)
+    train_set = val_set = test_set = None
+    if train:
+        train_set, val_set = train_validation_split(loaded["train"], fraction=settings.val_fraction,
+                                                    max_size=settings.val_max, seed=settings.seed)
+        if settings.train_limit is not None and settings.train_limit < len(train_set):
+            train_set = stratified_subset(train_set, settings.train_limit, seed=settings.seed)
+        if settings.eval_limit is not None and settings.eval_limit < len(val_set):
+            val_set = stratified_subset(val_set, settings.eval_limit, seed=settings.seed)
+    if test:
+        test_set = loaded["test"]
+        if settings.eval_limit is not None and settings.eval_limit < len(test_set):
+            test_set = stratified_subset(test_set, settings.eval_limit, seed=settings.seed)
+    return PreparedData(train_set, val_set, test_set)
+
+
+def build_model(
+    *,
+    init: str | None,
+    size: str = "small",
+    attention_type: str = "block_sparse",
+    block_size: int = 64,
+    num_random_blocks: int = 3,
+    max_length: int = 512,
+    id2label: dict[int, str],
+    tokenizer_texts: list[str] | None = None,
+    vocab_size: int = 16000,
+    dropout: float | None = None,
+) -> SDBertForSequenceClassification:
+    """A classifier from `init` (ours or a HF BERT/RoBERTa/BigBird folder) or from a size preset."""
+    if attention_type == "block_sparse" and max_length % block_size:
+        raise ConfigError(f"--max-length {max_length} is not a multiple of --block-size {block_size}")
+    overrides = dict(attention_type=attention_type, block_size=block_size, num_random_blocks=num_random_blocks,
+                     id2label=id2label)
+    if dropout is not None:
+        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    if init is not None:
+        tokenizer = load_tokenizer(init)
+        positions = max(load_config(init).max_position_embeddings, max_length)
+        model = SDBertForSequenceClassification.from_pretrained(init, max_position_embeddings=positions, **overrides)
+        model.tokenizer = tokenizer
+        return model
+    if size not in SIZE_PRESETS:
+        raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZE_PRESETS)}")
+    if not tokenizer_texts:
+        raise ConfigError("training from scratch needs texts to train a tokenizer on")
+    logger.info("training a WordPiece tokenizer (vocabulary %d) on %d texts", vocab_size, len(tokenizer_texts))
+    tokenizer = train_wordpiece_tokenizer(tokenizer_texts, vocab_size)
+    config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=max_length,
+                          pad_token_id=pad_token_id(tokenizer), **SIZE_PRESETS[size], **overrides)
+    model = SDBertForSequenceClassification(config)
+    model.tokenizer = tokenizer
+    return model
+
+
+def encode(model: SDBertForSequenceClassification, dataset: TextDataset, *, max_length: int,
+           truncation: str = "head+tail", progress: bool | None = None) -> EncodedDataset:
+    if model.tokenizer is None:
+        raise ConfigError("the model folder has no tokenizer.json")
+    if max_length > model.config.max_position_embeddings:
+        raise ConfigError(f"--max-length {max_length} exceeds the model's {model.config.max_position_embeddings} "
+                          f"positions")
+    return encode_dataset(model.tokenizer, dataset, max_length, truncation, progress=progress)
