@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,12 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         if safetensors_file.exists():
             return load_file(str(safetensors_file))
         if torch_file.exists():
-            return torch.load(torch_file, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"cannot read the weights in {path}: {exc}") from exc
+            state = torch.load(torch_file, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{torch_file} does not hold a state dict")
+            return state
+    except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"cannot read the weights in {path}: {str(exc).splitlines()[0]}") from exc
     raise CheckpointError(f"{path} has no {WEIGHTS_NAME} or pytorch_model.bin")
 
 
