@@ -92,3 +92,28 @@ def test_init_from_teacher_copies_exactly_what_it_says():
     with pytest.raises(ConfigError, match="hidden size"):
         init_student_from_teacher(SDBertForSequenceClassification(student_config(teacher_cfg, hidden=12, heads=2)),
                                   teacher)
+
+
+def test_distill_command_end_to_end_reuses_cached_teacher_logits(tmp_path):
+    """A teacher trained on a tiny task, then two students: the second reads the teacher logits."""
+    import json
+
+    from test_train import CLI_TRAIN, sdbert, write_review_csv
+
+    data = write_review_csv(tmp_path / "reviews.csv", 200)
+    env = {"SDBERT_CACHE": str(tmp_path / "cache")}
+    teacher = sdbert("train", "--data", str(data), "--output", str(tmp_path / "teacher"), *CLI_TRAIN, env_extra=env)
+    assert teacher.returncode == 0, teacher.stderr
+    summaries = []
+    for name, init in (("kd1", "random"), ("kd2", "teacher")):
+        run = sdbert("distill", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--output",
+                     str(tmp_path / name), "--layers", "1", "--heads", "1", "--init", init, "--epochs", "2",
+                     "--batch-size", "8", "--no-progress", env_extra=env)
+        assert run.returncode == 0, run.stderr
+        summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
+    assert summaries[0]["teacher_logits_cached"] is False
+    assert summaries[1]["teacher_logits_cached"] is True and summaries[1]["teacher_logits_seconds"] == 0.0
+    student = SDBertForSequenceClassification.from_pretrained(tmp_path / "kd2")
+    assert student.config.num_hidden_layers == 1 and student.config.num_attention_heads == 1
+    assert student.tokenizer is not None
+    assert summaries[0]["parameters"] < json.loads((tmp_path / "teacher" / "summary.json").read_text())["parameters"]

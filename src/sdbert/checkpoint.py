@@ -6,6 +6,7 @@ leaves a half-written model behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +67,19 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             return state
     except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"cannot read the weights in {path}: {str(exc).splitlines()[0]}") from exc
+    raise CheckpointError(f"{path} has no {WEIGHTS_NAME} or pytorch_model.bin")
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a model folder's weights file: the teacher's identity in the logit cache key."""
+    path = Path(path)
+    for name in (WEIGHTS_NAME, "pytorch_model.bin"):
+        if (path / name).is_file():
+            digest = hashlib.sha256()
+            with (path / name).open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            return digest.hexdigest()
     raise CheckpointError(f"{path} has no {WEIGHTS_NAME} or pytorch_model.bin")
 
 

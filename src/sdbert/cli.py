@@ -15,6 +15,7 @@ from sdbert.errors import SDBertError
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     "train": ("sdbert.commands.train", "fine-tune a classifier (teacher) on labelled text"),
+    "distill": ("sdbert.commands.distill", "distil a teacher into a small block-sparse student"),
     "evaluate": ("sdbert.commands.evaluate", "accuracy, F1 and confusion matrix of a model on a split"),
     "predict": ("sdbert.commands.predict", "classify text files or stdin lines; prints JSON lines"),
     "bench": ("sdbert.commands.bench", "benchmark attention kernels and models"),

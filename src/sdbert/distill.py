@@ -7,7 +7,11 @@ seed paper's equation (1) writes a minus before the second term; both terms are 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,3 +102,56 @@ def init_student_from_teacher(student, teacher, layer_map: list[int] | None = No
     student.load_state_dict(copied, strict=False)
     logger.info("student initialised from teacher layers %s (%d tensors copied)", layer_map, len(copied))
     return sorted(copied)
+
+
+# --- teacher logits, computed once and cached -------------------------------------------------
+
+
+def teacher_logits_key(teacher_fingerprint: str, data_fingerprint: str, tokenizer_digest: str, max_length: int,
+                       truncation: str) -> str:
+    spec = json.dumps([1, teacher_fingerprint, data_fingerprint, tokenizer_digest, max_length, truncation])
+    return hashlib.sha256(spec.encode()).hexdigest()[:32]
+
+
+def cached_teacher_logits(
+    teacher,
+    examples,
+    *,
+    key: str,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[torch.Tensor, float, bool]:
+    """Teacher logits `(N, C)` for `examples`: read from `<cache>/teacher_logits/<key>.npy` or computed
+    once in eval mode and stored atomically. Returns (logits, seconds spent, whether it was cached)."""
+    from sdbert.data.cache import atomic_write
+    from sdbert.data.cache import cache_dir as default_cache_dir
+    from sdbert.train import predict_logits
+
+    path = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.npy"
+    if path.is_file():
+        logits = np.load(path)
+        if logits.shape[0] == len(examples):
+            logger.info("teacher logits for %d examples read from %s", len(examples), path)
+            return torch.from_numpy(logits), 0.0, True
+    start = time.perf_counter()
+    logits = predict_logits(teacher, examples, batch_size=batch_size, block_size=teacher.config.block_size,
+                            pad_token_id=teacher.config.pad_token_id, progress=progress, desc="teacher logits")
+    seconds = time.perf_counter() - start
+    try:
+        with atomic_write(path) as f:
+            np.save(f, logits.numpy())
+    except OSError as exc:
+        logger.warning("could not cache teacher logits in %s: %s", path, exc)
+    return logits, seconds, False
+
+
+def kd_loss_fn(teacher_logits: torch.Tensor, *, alpha: float, kind: str = "mse", temperature: float = 2.0):
+    """A `train` loss: the student's logits against the cached teacher logits of the batch's examples."""
+
+    def loss(model, batch):
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        teacher = teacher_logits[batch["indices"].cpu()].to(logits.device)
+        return distillation_loss(logits, teacher, batch.get("labels"), alpha, kind, temperature)
+
+    return loss

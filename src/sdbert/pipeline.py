@@ -139,3 +139,32 @@ def encode(model: SDBertForSequenceClassification, dataset: TextDataset, *, max_
         raise ConfigError(f"--max-length {max_length} exceeds the model's {model.config.max_position_embeddings} "
                           f"positions")
     return encode_dataset(model.tokenizer, dataset, max_length, truncation, progress=progress)
+
+
+def load_unlabeled(spec: str, settings: DataSettings, *, limit: int | None = None) -> TextDataset:
+    """Unlabelled transfer text: a split name of the main source (IMDb's `unsup`) or another source."""
+    from pathlib import Path
+
+    from sdbert.data import load_split
+
+    if Path(spec).exists() or spec == "imdb":
+        dataset = load_split(spec, "train", text_column=settings.text_column, label_column=None,
+                             errors=settings.encoding_errors, progress=settings.progress)
+    else:
+        dataset = load_split(settings.source, spec, text_column=settings.text_column, label_column=None,
+                             errors=settings.encoding_errors, progress=settings.progress)
+    if limit is not None and limit < len(dataset):
+        dataset = stratified_subset(dataset, limit, seed=settings.seed)
+    return dataset
+
+
+def with_unlabeled(labelled: EncodedDataset, unlabelled: EncodedDataset) -> EncodedDataset:
+    """One transfer set: labelled examples first, then unlabelled ones with label -100."""
+    import numpy as np
+
+    from sdbert.distill import IGNORE_LABEL
+
+    ids = np.concatenate([labelled.ids, unlabelled.ids])
+    offsets = np.concatenate([labelled.offsets, unlabelled.offsets[1:] + labelled.offsets[-1]])
+    labels = np.concatenate([labelled.labels, np.full(len(unlabelled), IGNORE_LABEL, dtype=np.int64)])
+    return EncodedDataset(ids, offsets, labels)

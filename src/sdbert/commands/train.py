@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def training_arguments(args: argparse.Namespace, model, **extra) -> TrainingArguments:
+    """The loop's settings from the shared training flags; block size and padding come from the model."""
     return TrainingArguments(
         output_dir=args.output, epochs=args.epochs, batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, weight_decay=args.weight_decay,
@@ -52,7 +53,8 @@ def training_arguments(args: argparse.Namespace, model, **extra) -> TrainingArgu
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         early_stopping_patience=args.patience, eval_batch_size=args.eval_batch_size, bf16=args.bf16,
         resume=args.resume, progress=not args.no_progress, block_size=model.config.block_size,
-        max_length=args.max_length, pad_token_id=model.config.pad_token_id, extra=extra,
+        max_length=model.config.max_length or model.config.max_position_embeddings,
+        pad_token_id=model.config.pad_token_id, extra=extra,
     )
 
 

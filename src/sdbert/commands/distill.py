@@ -1,0 +1,125 @@
+"""`sdbert distill`: a small block-sparse student trained from a teacher's cached logits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from sdbert.commands.common import (
+    add_data_arguments,
+    add_training_arguments,
+    check_output_dir,
+    data_settings,
+    fraction,
+    is_main_process,
+    positive_float,
+    positive_int,
+    write_json,
+)
+from sdbert.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("distillation")
+    group.add_argument("--teacher", required=True, metavar="DIR", help="fine-tuned teacher model folder")
+    group.add_argument("--alpha", type=fraction, default=0.5,
+                       help="weight of the label loss; 1 - alpha weighs the distillation term (default 0.5)")
+    group.add_argument("--kind", choices=["mse", "kl"], default="mse",
+                       help="distillation term: squared L2 of logits (the paper's, default) or Hinton's KL")
+    group.add_argument("--temperature", type=positive_float, default=2.0, help="KL temperature (default 2)")
+    group.add_argument("--layers", type=positive_int, default=3, help="student layers (default 3)")
+    group.add_argument("--heads", type=positive_int, default=4, help="student attention heads (default 4)")
+    group.add_argument("--hidden", type=positive_int, help="student width (default: the teacher's)")
+    group.add_argument("--init", choices=["random", "teacher"], default="random",
+                       help="student start: random (the paper's) or teacher layers, DistilBERT-style")
+    group.add_argument("--layer-map", metavar="I,J,K",
+                       help="teacher layers copied with --init teacher (default: evenly spaced, e.g. 0,4,8)")
+    group.add_argument("--unlabeled", metavar="SRC|SPLIT",
+                       help="extra unlabelled transfer text: a split of --data (e.g. 'unsup' for IMDb) or "
+                            "another source; only the distillation term is used on it")
+    group.add_argument("--unlabeled-limit", type=positive_int, metavar="N", help="use N unlabelled texts")
+    group.add_argument("--max-length", type=positive_int, help="tokens per text (default: the teacher's)")
+    add_data_arguments(parser)
+    add_training_arguments(parser, lr=1e-4)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output, resume=args.resume, overwrite=args.overwrite)
+    import torch
+
+    from sdbert.checkpoint import weights_fingerprint
+    from sdbert.commands.train import training_arguments
+    from sdbert.data import tokenizer_hash
+    from sdbert.distill import (
+        cached_teacher_logits,
+        init_student_from_teacher,
+        kd_loss_fn,
+        student_config,
+        teacher_logits_key,
+    )
+    from sdbert.model import SDBertForSequenceClassification
+    from sdbert.pipeline import encode, load_unlabeled, prepare_data, with_unlabeled
+    from sdbert.train import setup_distributed, train
+
+    distributed = setup_distributed()
+    teacher = SDBertForSequenceClassification.from_pretrained(args.teacher)
+    if teacher.tokenizer is None:
+        raise ConfigError(f"teacher {args.teacher} has no tokenizer.json")
+    layer_map = None
+    if args.layer_map:
+        try:
+            layer_map = [int(x) for x in args.layer_map.split(",")]
+        except ValueError:
+            raise ConfigError(f"--layer-map must be comma-separated layer numbers, got {args.layer_map!r}") from None
+    max_length = args.max_length or teacher.config.max_length or 512
+    truncation = args.truncation
+
+    torch.manual_seed(args.seed)
+    settings = data_settings(args)
+    data = prepare_data(settings, id2label=teacher.config.id2label)
+    train_set = encode(teacher, data.train, max_length=max_length, truncation=truncation)
+    val_set = encode(teacher, data.validation, max_length=max_length, truncation=truncation)
+    transfer_fingerprint = data.train.fingerprint
+    if args.unlabeled:
+        extra = load_unlabeled(args.unlabeled, settings, limit=args.unlabeled_limit)
+        train_set = with_unlabeled(train_set, encode(teacher, extra, max_length=max_length, truncation=truncation))
+        transfer_fingerprint += extra.fingerprint
+
+    key = teacher_logits_key(weights_fingerprint(args.teacher), transfer_fingerprint, tokenizer_hash(teacher.tokenizer),
+                             max_length, truncation)
+    logits, teacher_seconds, cached = cached_teacher_logits(teacher, train_set, key=key,
+                                                            batch_size=args.eval_batch_size,
+                                                            progress=not args.no_progress and is_main_process())
+
+    config = student_config(teacher.config, layers=args.layers, heads=args.heads, hidden=args.hidden)
+    config = config.replace(max_length=max_length, truncation=truncation,
+                            gradient_checkpointing=args.gradient_checkpointing)
+    student = SDBertForSequenceClassification(config)
+    student.tokenizer = teacher.tokenizer
+    if args.init == "teacher":
+        init_student_from_teacher(student, teacher, layer_map)
+    elif layer_map is not None:
+        raise ConfigError("--layer-map only applies with --init teacher")
+    del teacher
+    if is_main_process():
+        print(f"student: {student.num_parameters():,} parameters ({args.layers} layers, {args.heads} heads); "
+              f"teacher logits {'from cache' if cached else f'computed in {teacher_seconds:.1f}s'}; "
+              f"transfer set {len(train_set):,}, validation {len(val_set):,}")
+    loss_fn = kd_loss_fn(logits, alpha=args.alpha, kind=args.kind, temperature=args.temperature)
+    started = time.perf_counter()
+    result = train(student, train_set, val_set, training_arguments(args, student), loss_fn=loss_fn,
+                   distributed=distributed)
+    if is_main_process():
+        summary = {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
+                   "teacher_logits_seconds": round(teacher_seconds, 2), "teacher_logits_cached": cached,
+                   "wall_seconds": round(time.perf_counter() - started, 2),
+                   "examples_per_second": round(result.examples_per_second, 2), "steps": result.final_step,
+                   "parameters": student.num_parameters(), "alpha": args.alpha, "kind": args.kind}
+        write_json(Path(args.output) / "summary.json", summary)
+        print(f"done: validation accuracy {result.best_metrics.get('accuracy', float('nan')):.4f} | "
+              f"{result.final_step} steps in {result.train_seconds:.1f}s | model in {args.output}")
+    return 0

@@ -1,0 +1,200 @@
+"""The training loop: it learns, it is deterministic, it resumes exactly, DDP equals one process."""
+
+import csv
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdbert import SDBertConfig, SDBertForSequenceClassification
+from sdbert.checkpoint import read_weights
+from sdbert.data.encoded import EncodedDataset
+from sdbert.train import TrainingArguments, evaluate, train
+
+FILLER = "the a movie film plot actor scene story time very really quite some it was and of to".split()
+
+
+def synthetic_examples(n, seed=0, vocab=40):
+    """Label = which of two marker tokens (5 or 6) the sequence holds; lengths vary 8..70."""
+    rng = np.random.default_rng(seed)
+    sequences, labels = [], []
+    for _ in range(n):
+        label = int(rng.integers(2))
+        body = rng.integers(10, vocab, size=int(rng.integers(6, 68))).tolist()
+        body[int(rng.integers(len(body)))] = 5 + label
+        sequences.append([2] + body + [3])
+        labels.append(label)
+    return EncodedDataset.from_lists(sequences, labels)
+
+
+def tiny_model(seed=0, dropout=0.0, attention_type="block_sparse"):
+    torch.manual_seed(seed)
+    config = SDBertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=128, block_size=8, num_random_blocks=1,
+                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                          attention_type=attention_type)
+    return SDBertForSequenceClassification(config)
+
+
+def args(tmp_path, **overrides):
+    base = dict(output_dir=str(tmp_path), epochs=2, batch_size=16, learning_rate=3e-3, block_size=8,
+                progress=False, log_every=2, seed=1)
+    base.update(overrides)
+    return TrainingArguments(**base)
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_learns_and_keeps_the_best_model(tmp_path):
+    model = tiny_model()
+    train_set, val_set = synthetic_examples(320, seed=0), synthetic_examples(96, seed=1)
+    result = train(model, train_set, val_set, args(tmp_path, epochs=4))
+    assert result.best_metrics["accuracy"] >= 0.9, result.best_metrics
+    assert (tmp_path / "config.json").exists() and (tmp_path / "model.safetensors").exists()
+    best = SDBertForSequenceClassification.from_pretrained(tmp_path)
+    assert evaluate(best, val_set)["accuracy"] == result.best_metrics["accuracy"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert any('"loss"' in line for line in lines) and any("val_accuracy" in line for line in lines)
+    assert len(list((tmp_path / "checkpoints").glob("step-*"))) == 2, "keeps the last 2 checkpoints"
+
+
+def test_same_seed_same_weights(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        model = tiny_model(dropout=0.1)
+        train(model, synthetic_examples(64), None, args(tmp_path / name, max_steps=5))
+        runs.append(weights(model))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
+    data, val = synthetic_examples(96), synthetic_examples(32, seed=3)
+    settings = dict(epochs=3, save_every=4, eval_every=5)  # 18 steps, dropout on: RNG state must resume too
+    reference = tiny_model(dropout=0.1)
+    train(reference, data, val, args(tmp_path / "full", **settings))
+
+    calls = {"n": 0}
+
+    def crashing_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt  # stands in for a kill between checkpoints (steps 8 and 12)
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return torch.nn.functional.cross_entropy(logits, batch["labels"])
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(dropout=0.1), data, val, args(tmp_path / "cut", **settings), loss_fn=crashing_loss)
+    resumed = tiny_model(seed=123, dropout=0.1)  # different init: everything must come from the checkpoint
+    result = train(resumed, data, val, args(tmp_path / "cut", resume=True, **settings))
+    assert result.final_step == 18
+    expected = weights(reference)
+    assert all(torch.equal(expected[k], v) for k, v in weights(resumed).items())
+
+
+def test_batch_size_must_split_over_accumulation(tmp_path):
+    from sdbert.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="divisible"):
+        train(tiny_model(), synthetic_examples(64), None, args(tmp_path, batch_size=10, gradient_accumulation_steps=4))
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    runs = []
+    for name, accumulation in (("one", 1), ("four", 4)):
+        model = tiny_model()
+        train(model, synthetic_examples(64), None, args(tmp_path / name, max_steps=3,
+                                                        gradient_accumulation_steps=accumulation))
+        runs.append(weights(model))
+    assert all(torch.allclose(runs[0][k], runs[1][k], atol=1e-5) for k in runs[0])
+
+
+# --- the command line: kill and resume, torchrun ---------------------------------------------
+
+
+def write_review_csv(path: Path, n: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            words = [rng.choice(FILLER) for _ in range(rng.randint(5, 60))]
+            words.insert(rng.randint(0, len(words)), "great" if label == "pos" else "awful")
+            writer.writerow([" ".join(words), label])
+    return path
+
+
+CLI_TRAIN = ["--size", "tiny", "--vocab-size", "200", "--max-length", "64", "--block-size", "8",
+             "--random-blocks", "1", "--batch-size", "8", "--epochs", "3", "--lr", "1e-3", "--no-progress",
+             "--seed", "3"]
+
+
+def sdbert(*cli_args, env_extra=None, launcher=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    cmd = (launcher or [sys.executable, "-m", "sdbert"]) + list(cli_args)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def final_checkpoint_weights(output: Path):
+    last = sorted((output / "checkpoints").glob("step-*"))[-1]
+    return last.name, read_weights(last)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    data = write_review_csv(tmp_path / "reviews.csv", 240)
+    env = {"SDBERT_CACHE": str(tmp_path / "cache")}
+    common = ["--data", str(data), *CLI_TRAIN, "--save-every", "5", "--dropout", "0.1"]
+    done = sdbert("train", "--output", str(tmp_path / "full"), *common, env_extra=env)
+    assert done.returncode == 0, done.stderr
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sdbert", "train", "--output", str(out), *common],
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "checkpoints").glob("step-0000010")):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = sdbert("train", "--output", str(out), *common, "--resume", env_extra=env)
+    assert resumed.returncode == 0, resumed.stderr
+    name_a, full = final_checkpoint_weights(tmp_path / "full")
+    name_b, again = final_checkpoint_weights(out)
+    assert name_a == name_b
+    assert all(torch.equal(full[k], again[k]) for k in full)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    data = write_review_csv(tmp_path / "reviews.csv", 160)
+    env = {"SDBERT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    common = ["--data", str(data), *CLI_TRAIN, "--dropout", "0", "--epochs", "2"]
+    single = sdbert("train", "--output", str(tmp_path / "one"), *common, env_extra=env)
+    assert single.returncode == 0, single.stderr
+    launcher = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sdbert"]
+    double = sdbert("train", "--output", str(tmp_path / "two"), *common, env_extra=env, launcher=launcher)
+    assert double.returncode == 0, double.stderr[-3000:]
+    name_a, one = final_checkpoint_weights(tmp_path / "one")
+    name_b, two = final_checkpoint_weights(tmp_path / "two")
+    assert name_a == name_b
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    import json
+
+    acc = [json.loads((tmp_path / d / "summary.json").read_text())["validation"]["accuracy"] for d in ("one", "two")]
+    assert acc[0] == acc[1]
