@@ -18,6 +18,7 @@ COMMANDS = {
     "distill": ("sdbert.commands.distill", "distil a teacher into a small block-sparse student"),
     "evaluate": ("sdbert.commands.evaluate", "accuracy, F1 and confusion matrix of a model on a split"),
     "predict": ("sdbert.commands.predict", "classify text files or stdin lines; prints JSON lines"),
+    "reproduce": ("sdbert.commands.reproduce", "train and compare the paper's four systems (Table 1)"),
     "bench": ("sdbert.commands.bench", "benchmark attention kernels and models"),
 }
 

@@ -58,6 +58,8 @@ class PreparedData:
     train: TextDataset | None
     validation: TextDataset | None
     test: TextDataset | None
+    train_pool: TextDataset | None = None
+    """All of train minus validation, before `train_limit` (for baselines that use every label)."""
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -77,10 +79,11 @@ def prepare_data(settings: DataSettings, *, train: bool = True, test: bool = Fal
     loaded = load_splits(settings.source, splits, text_column=settings.text_column,
                          label_column=settings.label_column, id2label=id2label,
                          errors=settings.encoding_errors, progress=settings.progress)
-    train_set = val_set = test_set = None
+    train_set = val_set = test_set = train_pool = None
     if train:
         train_set, val_set = train_validation_split(loaded["train"], fraction=settings.val_fraction,
                                                     max_size=settings.val_max, seed=settings.seed)
+        train_pool = train_set
         if settings.train_limit is not None and settings.train_limit < len(train_set):
             train_set = stratified_subset(train_set, settings.train_limit, seed=settings.seed)
         if settings.eval_limit is not None and settings.eval_limit < len(val_set):
@@ -89,7 +92,7 @@ def prepare_data(settings: DataSettings, *, train: bool = True, test: bool = Fal
         test_set = loaded["test"]
         if settings.eval_limit is not None and settings.eval_limit < len(test_set):
             test_set = stratified_subset(test_set, settings.eval_limit, seed=settings.seed)
-    return PreparedData(train_set, val_set, test_set)
+    return PreparedData(train_set, val_set, test_set, train_pool)
 
 
 def build_model(
