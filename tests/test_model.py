@@ -100,8 +100,9 @@ def test_resample_random_blocks_changes_pattern_in_training_only():
     assert attn.attention_seed() == model.config.attention_seed
 
 
-def test_padding_does_not_change_logits_of_real_tokens():
-    model = SDBertForSequenceClassification(tiny_config(attention_type="full")).eval()
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_padding_does_not_change_logits_of_real_tokens(pooling):
+    model = SDBertForSequenceClassification(tiny_config(attention_type="full", classifier_pooling=pooling)).eval()
     ids, mask = batch(seq=64, lengths=(40, 64))
     padded = model(ids, attention_mask=mask).logits[0]
     alone = model(ids[:1, :40], attention_mask=mask[:1, :40]).logits[0]
@@ -178,3 +179,23 @@ def test_bad_model_folders(tmp_path):
     (tmp_path / "ok" / "model.safetensors").write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="cannot read the weights"):
         SDBertForSequenceClassification.from_pretrained(tmp_path / "ok")
+
+
+def test_mean_pooling_averages_real_tokens_only():
+    model = SDBertForSequenceClassification(tiny_config(classifier_pooling="mean")).eval()
+    hidden = torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    pooled = model.bert.pooler(hidden, mask)
+    expected = torch.tanh(model.bert.pooler.dense(hidden[0, :3].mean(0)))
+    assert torch.allclose(pooled[0], expected, atol=1e-6)
+
+
+def test_sentence_transformers_folder_classifies_from_the_mean(tmp_path):
+    model = SDBertForSequenceClassification(tiny_config())
+    model.save_pretrained(tmp_path)
+    from sdbert.checkpoint import sentence_transformers_mean_pooling
+
+    assert not sentence_transformers_mean_pooling(tmp_path)
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    assert sentence_transformers_mean_pooling(tmp_path)

@@ -101,7 +101,20 @@ def load_config(path: str | Path) -> SDBertConfig:
     raw = read_config(path)
     if raw.get("model_type") == "sdbert":
         return SDBertConfig.from_json_file(path / CONFIG_NAME)
-    return config_from_hf(raw)
+    config = config_from_hf(raw)
+    if sentence_transformers_mean_pooling(path):
+        config = config.replace(classifier_pooling="mean")
+    return config
+
+
+def sentence_transformers_mean_pooling(path: Path) -> bool:
+    """sentence-transformers folders (all-MiniLM-L6-v2, ...) declare their pooling in
+    `1_Pooling/config.json`; their encoder was trained for the mean, so we classify from it."""
+    pooling = path / "1_Pooling" / "config.json"
+    try:
+        return bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def load_model(cls, path: str | Path, **overrides):

@@ -44,6 +44,9 @@ class SDBertConfig:
     # Activation between pooler dense and classifier: "tanh" for BERT/RoBERTa heads; BigBird's
     # classification head uses its hidden_act instead.
     pooler_activation: str = "tanh"
+    # What the pooler reads: the first token ("cls", BERT's) or the mean over real tokens ("mean",
+    # what sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to produce).
+    classifier_pooling: str = "cls"
     classifier_dropout: float | None = None
     num_labels: int = 2
     id2label: dict[int, str] = field(default_factory=lambda: {0: "neg", 1: "pos"})
@@ -79,6 +82,7 @@ class SDBertConfig:
              f"id2label has {len(self.id2label)} entries but num_labels is {self.num_labels}"),
             (self.hidden_act in ACTIVATIONS, f"hidden_act must be one of {ACTIVATIONS}"),
             (self.pooler_activation in ACTIVATIONS, f"pooler_activation must be one of {ACTIVATIONS}"),
+            (self.classifier_pooling in ("cls", "mean"), "classifier_pooling must be 'cls' or 'mean'"),
             (0.0 <= self.hidden_dropout_prob < 1.0, "hidden_dropout_prob must be in [0, 1)"),
             (0.0 <= self.attention_probs_dropout_prob < 1.0, "attention_probs_dropout_prob must be in [0, 1)"),
         ]

@@ -180,15 +180,24 @@ class SDBertEncoder(nn.Module):
 
 
 class SDBertPooler(nn.Module):
-    """dense + activation on the first token; BERT's pooler and RoBERTa/BigBird's head dense."""
+    """dense + activation on the first token (or the mean of the real tokens); BERT's pooler and
+    RoBERTa/BigBird's head dense."""
 
     def __init__(self, config: SDBertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACT2FN[config.pooler_activation]
+        self.mean = config.classifier_pooling == "mean"
 
-    def forward(self, hidden):
-        return self.act(self.dense(hidden[:, 0]))
+    def forward(self, hidden, key_padding_mask=None):
+        if not self.mean:
+            return self.act(self.dense(hidden[:, 0]))
+        if key_padding_mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            weights = key_padding_mask.to(hidden.dtype).unsqueeze(-1)  # (B, S, 1)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.act(self.dense(pooled))
 
 
 class SDBertModel(nn.Module):
@@ -246,7 +255,7 @@ class SDBertForSequenceClassification(nn.Module):
             if bool(key_padding_mask.all()):
                 key_padding_mask = None  # nothing to mask: take SDPA's unmasked fast path
         hidden, states = self.bert(input_ids, key_padding_mask, token_type_ids, output_hidden_states)
-        logits = self.classifier(self.dropout(self.bert.pooler(hidden)))
+        logits = self.classifier(self.dropout(self.bert.pooler(hidden, key_padding_mask)))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float(), labels)
