@@ -199,3 +199,13 @@ def test_sentence_transformers_folder_classifies_from_the_mean(tmp_path):
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
     assert sentence_transformers_mean_pooling(tmp_path)
+
+
+def test_inference_mode_first_then_training_at_the_same_length():
+    """Cached layouts built under inference_mode must still serve a later backward pass."""
+    model = SDBertForSequenceClassification(tiny_config(attention_seed=977))  # a seed no other test caches
+    ids, mask = batch(seq=136, lengths=(136, 120))
+    with torch.inference_mode():
+        model.eval()(ids, attention_mask=mask)
+    model.train()(ids, attention_mask=mask, labels=torch.tensor([0, 1])).loss.backward()
+    assert model.classifier.weight.grad is not None

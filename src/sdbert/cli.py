@@ -20,6 +20,8 @@ COMMANDS = {
     "predict": ("sdbert.commands.predict", "classify text files or stdin lines; prints JSON lines"),
     "reproduce": ("sdbert.commands.reproduce", "train and compare the paper's four systems (Table 1)"),
     "bench": ("sdbert.commands.bench", "benchmark attention kernels and models"),
+    "export": ("sdbert.commands.export", "write a model as a Hugging Face folder or as ONNX"),
+    "serve": ("sdbert.commands.serve", "HTTP classification service (FastAPI + uvicorn) with micro-batching"),
 }
 
 

@@ -135,8 +135,7 @@ def cached_teacher_logits(
             logger.info("teacher logits for %d examples read from %s", len(examples), path)
             return torch.from_numpy(logits), 0.0, True
     start = time.perf_counter()
-    logits = predict_logits(teacher, examples, batch_size=batch_size, block_size=teacher.config.block_size,
-                            pad_token_id=teacher.config.pad_token_id, progress=progress, desc="teacher logits")
+    logits = predict_logits(teacher, examples, batch_size=batch_size, progress=progress, desc="teacher logits")
     seconds = time.perf_counter() - start
     try:
         with atomic_write(path) as f:

@@ -264,8 +264,8 @@ class Runner:
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
         trained = train(model, encoded["train"], encoded["validation"], args, **kwargs)
         best = SDBertForSequenceClassification.from_pretrained(out)
-        test = evaluate(best, encoded["test"], batch_size=p.eval_batch_size, block_size=best.config.block_size,
-                        pad_token_id=best.config.pad_token_id, progress=self.progress, desc=f"test {system}")
+        test = evaluate(best, encoded["test"], batch_size=p.eval_batch_size, progress=self.progress,
+                        desc=f"test {system}")
         row = {"system": system, "accuracy": round(test["accuracy"], 4), "f1": round(test["f1"], 4),
                "train_seconds": round(trained.train_seconds, 1), "parameters": best.num_parameters(),
                "size_mb": folder_size_mb(out), "eval_examples": test["examples"],

@@ -153,31 +153,25 @@ def default_device(distributed: Distributed) -> torch.device:
 # --- evaluation ------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def predict_logits(model, examples: EncodedDataset, *, batch_size: int = 64, block_size: int = 1,
-                   pad_token_id: int = 0, device=None, progress: bool = False, desc: str = "eval") -> torch.Tensor:
-    """Logits `(N, num_labels)` in the examples' order; batches sorted by length for speed."""
-    device = device or next(model.parameters()).device
+def predict_logits(model, examples: EncodedDataset, *, batch_size: int = 64, progress: bool = False,
+                   desc: str = "eval") -> torch.Tensor:
+    """Logits `(N, num_labels)` in the examples' order. Batches hold one block count each, so an
+    example's logits never depend on what it is batched with (see `sdbert.inference`)."""
+    from sdbert.inference import predict_logits as predict_ids
+
     was_training = model.training
     model.eval()
-    order = np.argsort(examples.lengths, kind="stable")
-    out = torch.empty(len(examples), model.config.num_labels)
-    autocast = _autocast(device, None)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False,
-                      unit="batch"):
-        idx = order[start : start + batch_size]
-        batch = collate_padded(examples, idx, padded_length(examples.lengths[idx], block_size), pad_token_id)
-        with autocast:
-            logits = model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        out[torch.as_tensor(idx)] = logits.float().cpu()
+    ids = [examples.sequence(i) for i in range(len(examples))]
+    out = predict_ids(model, ids, batch_size=batch_size, progress=progress, desc=desc)
     model.train(was_training)
     return out
 
 
-def evaluate(model, examples: EncodedDataset, **kwargs) -> dict:
+def evaluate(model, examples: EncodedDataset, *, batch_size: int = 64, progress: bool = False,
+             desc: str = "eval") -> dict:
     """Accuracy, macro F1, confusion matrix and throughput of `model` on labelled `examples`."""
     start = time.perf_counter()
-    logits = predict_logits(model, examples, **kwargs)
+    logits = predict_logits(model, examples, batch_size=batch_size, progress=progress, desc=desc)
     seconds = time.perf_counter() - start
     metrics = classification_metrics(logits.argmax(-1).numpy(), examples.labels, model.config.num_labels)
     metrics.update(examples=len(examples), seconds=round(seconds, 3),
@@ -354,9 +348,8 @@ def train(
         """Evaluate, keep the best model; returns True when training should stop early."""
         if val_examples is None or len(val_examples) == 0:
             return False
-        metrics = evaluate(model, val_examples, batch_size=args.eval_batch_size, block_size=args.block_size,
-                           pad_token_id=args.pad_token_id, device=device, progress=args.progress and is_main,
-                           desc="validate")
+        metrics = evaluate(model, val_examples, batch_size=args.eval_batch_size,
+                           progress=args.progress and is_main, desc="validate")
         improved = metrics["accuracy"] > state["best_accuracy"]
         if improved:
             state.update(best_accuracy=metrics["accuracy"], best_metrics=metrics, evals_without_gain=0)

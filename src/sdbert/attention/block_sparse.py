@@ -1,6 +1,15 @@
-"""Block-sparse attention (BigBird ITC) in pure PyTorch, with memory linear in sequence length.
+"""Block-sparse attention (BigBird ITC), with memory linear in sequence length.
 
-How it computes a layout (see `layout.py`):
+Three interchangeable kernels compute a plan; `_block_sparse` takes the first that applies:
+
+1. the native C++ kernel (`native.py`, CPU, fp32/fp64, any layout): per query block, its key
+   blocks, scores and probabilities stay in a per-thread cache-resident buffer;
+2. the flash band path (`fast.py`, CPU, BigBird-shaped plans): torch's fused CPU attention over
+   strided window views, LSE-merged, with only the random blocks gathered;
+3. the general path below, pure PyTorch on any device and layout, and the reference the other
+   two are tested against (`tests/test_fast_attention.py`).
+
+How the general path computes a layout (see `layout.py`):
 
 * global query blocks (first and last) attend every key: one SDPA call over the full keys,
   `2 * block_size` query rows, so its cost is linear in the sequence length;
@@ -19,7 +28,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sdbert.attention import native
 from sdbert.attention.dense import dense_attention
+from sdbert.attention.fast import band_attention, band_plan, band_supported
 from sdbert.attention.layout import SparsePlan, bigbird_plan, plan_from_layout
 
 
@@ -57,6 +68,8 @@ def block_sparse_attention(
             raise ValueError(f"key_padding_mask must be (batch, seq) = {(batch, seq_len)}, "
                              f"got {tuple(key_padding_mask.shape)}")
         key_padding_mask = key_padding_mask.bool()
+        if bool(key_padding_mask.all()):
+            key_padding_mask = None  # nothing to hide: the cheaper unmasked calls give the same result
 
     num_blocks = -(-seq_len // block_size)
     if plan is None and layout is None and num_blocks <= 5 + 2 * num_random_blocks:
@@ -93,6 +106,15 @@ def _block_sparse(q, k, v, block_size, key_padding_mask, plan: SparsePlan, dropo
         if key_padding_mask is None:
             key_padding_mask = torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
         key_padding_mask = F.pad(key_padding_mask, (0, pad), value=False)
+
+    # Fast paths, best first; each equals the general path below (tests/test_fast_attention.py).
+    if native.supported(q, dropout_p):
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        return native.native_attention(q, k, v, bs, plan, key_padding_mask)[:, :, :seq_len]
+    band = band_plan(plan) if band_supported(q, key_padding_mask, dropout_p) else None
+    if band is not None:
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        return band_attention(q, k, v, bs, band, key_padding_mask)[:, :, :seq_len]
 
     out = q.new_empty(batch, heads, nb, bs, head_dim)
     if plan.global_rows.numel():

@@ -106,6 +106,7 @@ def plan_from_layout(layout: torch.Tensor) -> SparsePlan:
 
 
 @lru_cache(maxsize=256)
+@torch.inference_mode(False)  # a cached tensor made under inference_mode could never join autograd later
 def bigbird_plan(num_blocks: int, num_random_blocks: int, num_heads: int, seed: int) -> SparsePlan:
     """Cached plan of `bigbird_block_layout`: a layer builds it once per sequence length."""
     return plan_from_layout(bigbird_block_layout(num_blocks, num_random_blocks, num_heads=num_heads, seed=seed))

@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     max_length = args.max_length or model.config.max_length or model.config.max_position_embeddings
     truncation = args.truncation if args.truncation != "head+tail" else model.config.truncation
     encoded = encode(model, dataset, max_length=max_length, truncation=truncation)
-    metrics = evaluate(model, encoded, batch_size=args.batch_size, block_size=model.config.block_size,
-                       pad_token_id=model.config.pad_token_id, progress=not args.no_progress, desc="evaluate")
+    metrics = evaluate(model, encoded, batch_size=args.batch_size, progress=not args.no_progress, desc="evaluate")
     metrics.update(split=args.split, model=str(args.model), max_length=max_length, truncation=truncation)
     out = Path(args.output_json) if args.output_json else Path(args.model) / f"eval_{args.split}.json"
     write_json(out, metrics)

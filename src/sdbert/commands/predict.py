@@ -12,7 +12,7 @@ from sdbert.errors import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model folder")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (PyTorch, or an ONNX export)")
     parser.add_argument("files", nargs="*", metavar="FILE",
                         help="text files, one document each; '-' or nothing reads one document per stdin line")
     parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: as trained)")
@@ -40,21 +40,16 @@ def read_inputs(files: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.data.encoded import EncodedDataset
     from sdbert.data.tokenization import encode
-    from sdbert.model import SDBertForSequenceClassification
-    from sdbert.train import predict_logits
+    from sdbert.inference import load_classifier, predict_logits
 
-    model = SDBertForSequenceClassification.from_pretrained(args.model)
-    if model.tokenizer is None:
-        raise DataError(f"{args.model} has no tokenizer.json")
+    model = load_classifier(args.model)  # a PyTorch model folder or an ONNX export; must have tokenizer.json
     inputs = read_inputs(args.files)
     if not inputs:
         raise DataError("no input text (give files, or lines on stdin)")
     max_length = args.max_length or model.config.max_length or model.config.max_position_embeddings
     ids = encode(model.tokenizer, [text for _, text in inputs], max_length, model.config.truncation)
-    logits = predict_logits(model, EncodedDataset.from_lists(ids, None), batch_size=args.batch_size,
-                            block_size=model.config.block_size, pad_token_id=model.config.pad_token_id)
+    logits = predict_logits(model, ids, batch_size=args.batch_size)
     probabilities = logits.softmax(-1)
     for (name, _), probs in zip(inputs, probabilities, strict=True):
         best = int(probs.argmax())

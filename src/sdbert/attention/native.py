@@ -1,0 +1,178 @@
+"""The optional native CPU kernel: fused block-sparse attention in C++ (`csrc/block_sparse_cpu.cpp`).
+
+Why it exists: on a CPU, the pure PyTorch kernels pay for every gathered key block and every
+partial result with a round trip through main memory; this kernel keeps each query block's keys,
+scores and probabilities in a per-thread, cache-resident buffer (two GEMMs and an in-place
+softmax per block), which is what makes block-sparse attention several times faster than dense
+SDPA on a laptop-class CPU (see `benchmarks/BENCHMARKS.md`).
+
+It is compiled on first use with `torch.utils.cpp_extension` (a C++ compiler is needed; about ten
+seconds, cached under torch's extension folder, keyed by this machine's CPU). Anything that goes
+wrong (no compiler, an unusual torch build without the BLAS symbols) is logged once and the pure
+PyTorch paths take over; `SDBERT_NATIVE=0` turns it off. It handles fp32 and fp64 and any layout;
+the pure paths remain the reference and cover the other dtypes and devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import threading
+import weakref
+from pathlib import Path
+
+import torch
+
+from sdbert.attention.layout import SparsePlan
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("csrc") / "block_sparse_cpu.cpp"
+_DTYPES = (torch.float32, torch.float64)
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool once a load was attempted, "error": why not
+_enabled = [True]
+
+
+@contextlib.contextmanager
+def use(enabled: bool):
+    """`with native.use(False): ...` runs the pure PyTorch kernels (benchmarks, comparisons)."""
+    previous, _enabled[0] = _enabled[0], enabled
+    try:
+        yield
+    finally:
+        _enabled[0] = previous
+
+
+def available() -> bool:
+    """Whether the native kernel can be used (compiles and loads it on the first call)."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = _load()
+    return bool(_state["ok"])
+
+
+def _load() -> bool:
+    if os.environ.get("SDBERT_NATIVE", "1").lower() in ("0", "false", "no", "off"):
+        _state["error"] = "disabled by SDBERT_NATIVE"
+        return False
+    try:
+        from torch.utils import cpp_extension
+
+        # -march=native binaries must not be shared between different CPUs: key the build by CPU.
+        name = "sdbert_native_" + hashlib.sha1(_cpu_signature().encode()).hexdigest()[:10]
+        log.info("sdbert: loading the native CPU attention kernel (compiled on first use, about 10 s)")
+        cpp_extension.load(name=name, sources=[str(_SOURCE)], is_python_module=False,
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        torch.ops.sdbert_native.block_sparse_fwd  # noqa: B018 - raises if the library did not register
+        return True
+    except Exception as exc:  # no compiler, no BLAS symbols, ...: the pure paths take over
+        _state["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("sdbert: native CPU attention kernel unavailable (%s); using the PyTorch kernels",
+                    _state["error"])
+        return False
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = [platform.processor()]
+    return "|".join([platform.machine(), torch.__version__, *lines])
+
+
+def supported(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether these inputs can take the native kernel (fp32/fp64 on the CPU, no dropout)."""
+    return (_enabled[0] and q.device.type == "cpu" and q.dtype in _DTYPES and dropout_p == 0.0
+            and available())
+
+
+# --- plans as runs of key blocks ------------------------------------------------------------------
+
+_runs_cache: dict[int, tuple[weakref.ref, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def plan_runs(plan: SparsePlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(runs (H, nb, R, 2), nruns (H, nb))`: each query block's key blocks as runs of consecutive
+    blocks `(first, count)`, in block order (cached per plan)."""
+    hit = _runs_cache.get(id(plan))
+    if hit is not None and hit[0]() is plan:
+        return hit[1]
+    with torch.inference_mode(False):  # cached tensors must stay usable by autograd later
+        runs = _runs_from_layout(_plan_layout(plan))
+    _runs_cache[id(plan)] = (weakref.ref(plan), runs)
+    weakref.finalize(plan, _runs_cache.pop, id(plan), None)
+    return runs
+
+
+def _plan_layout(plan: SparsePlan) -> torch.Tensor:
+    """The boolean layout `(H, nb, nb)` a plan computes."""
+    heads, nb = plan.key_blocks.shape[0], plan.num_blocks
+    layout = torch.zeros(heads, nb, nb, dtype=torch.bool)
+    layout[:, plan.global_rows.cpu()] = True
+    if plan.sparse_rows.numel():
+        layout[:, plan.sparse_rows.cpu()] = _rows_from_blocks(plan, nb)
+    return layout
+
+
+def _rows_from_blocks(plan: SparsePlan, nb: int) -> torch.Tensor:
+    blocks, valid = plan.key_blocks.cpu(), plan.key_valid.cpu()  # (H, m, W)
+    rows = torch.zeros(*blocks.shape[:2], nb + 1, dtype=torch.bool)
+    rows.scatter_(-1, blocks.masked_fill(~valid, nb), True)  # padding slots land in the spare column
+    return rows[..., :nb]
+
+
+def _runs_from_layout(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    heads, nb, _ = layout.shape
+    before = torch.zeros_like(layout)
+    before[..., 1:] = layout[..., :-1]
+    after = torch.zeros_like(layout)
+    after[..., :-1] = layout[..., 1:]
+    starts, ends = layout & ~before, layout & ~after  # (H, nb, nb)
+    nruns = starts.sum(-1)
+    width = max(int(nruns.max()), 1)
+    # A stable sort brings each row's run starts (ends) to the front, in block order.
+    first = torch.sort((~starts).to(torch.uint8), dim=-1, stable=True).indices[..., :width]
+    last = torch.sort((~ends).to(torch.uint8), dim=-1, stable=True).indices[..., :width]
+    used = torch.arange(width) < nruns[..., None]
+    runs = torch.stack([first, last - first + 1], dim=-1) * used[..., None]
+    return runs.long().contiguous(), nruns.long().contiguous()
+
+
+# --- the autograd function -----------------------------------------------------------------------
+
+def native_attention(q, k, v, block_size: int, plan: SparsePlan, key_padding_mask: torch.Tensor | None):
+    """Block-sparse attention through the native kernel. `q, k, v`: `(B, H, nb * bs, D)`, unit
+    stride in `D`. Returns `(B, H, S, D)` laid out as `(B, S, H, D)`; padding query rows are not
+    zeroed here; a row that sees no key gives zeros."""
+    runs, nruns = plan_runs(plan)
+    kmask = None
+    if key_padding_mask is not None:
+        kmask = torch.zeros(key_padding_mask.shape, dtype=q.dtype).masked_fill_(~key_padding_mask, float("-inf"))
+    return _NativeAttention.apply(q, k, v, kmask, runs, nruns, block_size)
+
+
+class _NativeAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kmask, runs, nruns, block_size):
+        scale = q.shape[-1] ** -0.5
+        out, lse = torch.ops.sdbert_native.block_sparse_fwd(q, k, v, kmask, runs, nruns, block_size, scale)
+        ctx.save_for_backward(q, k, v, out, lse, kmask, runs, nruns)
+        ctx.block_size, ctx.scale = block_size, scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, kmask, runs, nruns = ctx.saved_tensors
+        if grad_out.stride(-1) != 1:
+            grad_out = grad_out.contiguous()
+        dq, dk, dv = torch.ops.sdbert_native.block_sparse_bwd(grad_out, q, k, v, out, lse, kmask, runs, nruns,
+                                                             ctx.block_size, ctx.scale)
+        return dq, dk, dv, None, None, None, None

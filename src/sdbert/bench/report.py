@@ -1,0 +1,202 @@
+"""What every benchmark shares: the machine, a peak-memory probe, tables, plots and BENCHMARKS.md.
+
+Peak memory on CPU: torch keeps no allocator statistics for the CPU, so a case runs once in a
+fresh interpreter (`run_isolated`) and we read the kernel's resident-set high-water mark:
+`/proc/self/clear_refs` resets it (Linux >= 4.0), `VmHWM - VmRSS` after/before the call is the
+peak extra memory the call needed on top of its inputs (allocator overhead included, pages that
+were never touched excluded). Where `/proc` is missing we fall back to `getrusage`'s `ru_maxrss`,
+which cannot be reset and so can under-count.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine_info() -> dict[str, Any]:
+    """A short description of where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+        if match:
+            cpu = match.group(1).strip()
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+# --- peak memory -------------------------------------------------------------------------------
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+        return int(match.group(1)) if match else None
+    except OSError:
+        return None
+
+
+class PeakRSS:
+    """`with PeakRSS() as p: work()` leaves `p.peak_mb`: the resident-memory peak above the start."""
+
+    def __enter__(self) -> PeakRSS:
+        self._proc = False
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            self._proc = _proc_status_kb("VmHWM") is not None
+        except OSError:
+            pass
+        self._start_kb = _proc_status_kb("VmRSS") if self._proc else _maxrss_kb()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end_kb = _proc_status_kb("VmHWM") if self._proc else _maxrss_kb()
+        self.peak_mb = max(0, end_kb - self._start_kb) / 1024
+        self.method = "VmHWM - VmRSS (clear_refs)" if self._proc else "ru_maxrss delta"
+
+
+def _maxrss_kb() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn(*args)` in a fresh interpreter (spawned) and return its result.
+
+    `fn` must be a module-level function. A fresh process means no memory cached by an earlier
+    case can hide this case's peak.
+    """
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+# --- tables, files, plots -----------------------------------------------------------------------
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured table; numbers are right-aligned."""
+    cells = [[_cell(c) for c in row] for row in rows]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned table for the terminal."""
+    cells = [list(header)] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    def fmt(row):
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+    return "\n".join([fmt(cells[0]), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells[1:]])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so no half-written file is ever left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def update_markdown_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
+    """Replace the generated section `name` of a markdown file (between marker comments), keeping
+    everything else; the section is appended when the file or the section is new."""
+    begin, end = f"<!-- generated:{name}:begin -->", f"<!-- generated:{name}:end -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else f"{title}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_atomic(path, text)
+
+
+def plot_scaling(path: Path, series: dict[str, dict[str, list[tuple[int, float]]]], title: str) -> bool:
+    """Log-log plots of time and memory against sequence length.
+
+    `series[panel][label] = [(length, value), ...]` with panels `"time_ms"` and `"memory_mb"`.
+    Returns False (and writes nothing) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    has_values = lambda panel: any(y for points in series.get(panel, {}).values() for _, y in points)
+    panels = [p for p in ("time_ms", "memory_mb") if has_values(p)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    labels = {"time_ms": "median time (ms)", "memory_mb": "peak extra memory (MiB)"}
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for label, points in series[panel].items():
+            points = [(x, y) for x, y in points if y is not None and y > 0]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", linestyle="--" if "bwd" in label else "-", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(labels[panel])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True

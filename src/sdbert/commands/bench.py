@@ -1,0 +1,223 @@
+"""`sdbert bench attention ...`: measure, print tables, write JSON, a plot and BENCHMARKS.md.
+
+Each benchmark is a sub-subcommand registered in `BENCHMARKS` (name -> (add_arguments, run));
+`model`, `train` and `serve` slot in beside `attention`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sdbert.errors import ConfigError
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one length")
+    return values
+
+
+# --- attention ----------------------------------------------------------------------------------
+
+def add_attention_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lengths", type=_int_list, default=(512, 1024, 2048, 4096, 8192),
+                   help="comma-separated sequence lengths (default 512,1024,2048,4096,8192)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--random-blocks", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time forward+backward (default on)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure peak memory, one fresh process per case (default on)")
+    p.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=None,
+                   help="comma-separated subset of dense,sparse,sparse_pytorch,sparse_proj,hf (default all)")
+    p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
+                   help="include Hugging Face BigBird when transformers is installed (default on)")
+    p.add_argument("--output", type=Path, default=Path("benchmarks"),
+                   help="folder for NAME.json, NAME.png and BENCHMARKS.md")
+    p.add_argument("--name", default="attention",
+                   help="file stem and BENCHMARKS.md section of this run (default attention), e.g. attention_batch8")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdbert.bench import attention as bench
+    from sdbert.bench.report import text_table, write_json
+
+    name = args.name
+    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise ConfigError(f"--name must be a plain file stem, got {name!r}")
+    methods = args.methods or tuple(bench.METHODS)
+    notes = []
+    if not args.hf:
+        methods = tuple(m for m in methods if m != "hf")
+    elif "hf" in methods and not bench.hf_available():
+        methods = tuple(m for m in methods if m != "hf")
+        notes.append("Hugging Face BigBird skipped: transformers is not installed (pip install 'sdbert[hf]').")
+    try:
+        cfg = bench.AttentionBenchConfig(
+            lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
+            block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
+            warmup=args.warmup, backward=args.backward, methods=methods, memory=args.memory,
+            threads=args.threads or torch.get_num_threads())
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+    result = bench.run_attention_bench(cfg, progress=args.progress)
+    result["notes"] = notes
+    machine = result["machine"]
+    print(f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}")
+    print(f"batch {cfg.batch}, {cfg.heads} heads x {cfg.head_dim}, block {cfg.block_size}, "
+          f"r = {cfg.random_blocks}, fp32, {cfg.repeats} repeats (median); dense fallback "
+          f"<= {cfg.dense_fallback_length} tokens")
+    print(_kernel_line(result))
+    for key in ("median_ms", "peak_mb") if cfg.memory else ("median_ms",):
+        for mode in cfg.modes:
+            header, rows = bench.summary_rows(result, mode, key)
+            title = ("time, " if key == "median_ms" else "peak memory, ") + mode.replace("_", " + ")
+            print(f"\n{title}\n{text_table(header, rows)}")
+    checks = bench.scaling_checks(result)
+    if checks:
+        print("\n" + "\n".join(checks))
+    for note in notes:
+        print(note)
+
+    out = args.output
+    if name != "attention":
+        result["command"] += f" --name {name}"
+    write_json(out / f"{name}.json", result)
+    plotted = _plot(result, out / f"{name}.png")
+    _update_markdown(result, out / "BENCHMARKS.md", plotted, name)
+    print(f"\nwrote {out / f'{name}.json'}" + (f", {out / f'{name}.png'}" if plotted else "")
+          + f" and {out / 'BENCHMARKS.md'}")
+    if not plotted:
+        print("plot skipped: matplotlib is not installed (pip install 'sdbert[plot]')")
+    return 0
+
+
+def _plot(result: dict, path: Path) -> bool:
+    from sdbert.bench.attention import METHODS, lookup
+    from sdbert.bench.report import plot_scaling
+
+    cfg = result["config"]
+    series: dict = {"time_ms": {}, "memory_mb": {}}
+    for panel, key in (("time_ms", "median_ms"), ("memory_mb", "peak_mb")):
+        values = lookup(result, key)
+        for method in cfg["methods"]:
+            for mode in ("forward", "forward_backward") if cfg["backward"] else ("forward",):
+                label = METHODS[method] + (" fwd+bwd" if mode == "forward_backward" else " fwd")
+                series[panel][label] = [(n, values[(n, method, mode)]) for n in cfg["lengths"]]
+    title = (f"attention, batch {cfg['batch']}, {cfg['heads']} heads x {cfg['head_dim']}, block "
+             f"{cfg['block_size']}, r={cfg['random_blocks']}, fp32, {result['machine']['cpu']}, "
+             f"{result['machine']['torch_threads']} threads")
+    return plot_scaling(path, series, title)
+
+
+def _kernel_line(result: dict) -> str:
+    kernel = result.get("kernel", {})
+    if kernel.get("native_available"):
+        return ("\"ours\" ran the native C++ kernel (`sdbert.attention.native`, compiled on first use); "
+                "\"ours, pure PyTorch\" the same call with it switched off.")
+    return f"\"ours\" ran the pure PyTorch kernels: the native kernel is unavailable ({kernel.get('native_error')})."
+
+
+def _update_markdown(result: dict, path: Path, plotted: bool, name: str = "attention") -> None:
+    from sdbert.bench.attention import METHODS, scaling_checks, summary_rows
+    from sdbert.bench.report import markdown_table, update_markdown_section
+
+    cfg, machine = result["config"], result["machine"]
+    lines = [
+        "## Attention kernels (`sdbert bench attention`)" + ("" if name == "attention" else f": {name}"),
+        "",
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch "
+        f"threads, torch {machine['torch']}, Python {machine['python']}"
+        + (f", transformers {machine['transformers']}" if "transformers" in machine else "") + ".",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Problem: batch {cfg['batch']}, {cfg['heads']} heads x {cfg['head_dim']}, block {cfg['block_size']}, "
+        f"{cfg['random_blocks']} random blocks, fp32. Methods: "
+        + "; ".join(f"{METHODS[m]}" for m in cfg["methods"]) + ". Times are medians of "
+        f"{cfg['repeats']} interleaved rounds in one process; memory is the peak resident memory "
+        "above the inputs, one fresh process per case. Up to "
+        f"{(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
+        "HF BigBird is measured only above that length (its model switches to full attention below).",
+        "",
+        _kernel_line(result),
+    ]
+    for key in ("median_ms", "peak_mb") if cfg["memory"] else ("median_ms",):
+        for mode in ("forward", "forward_backward") if cfg["backward"] else ("forward",):
+            header, rows = summary_rows(result, mode, key)
+            title = ("Time (median ms), " if key == "median_ms" else "Peak memory (MiB), ") + mode.replace("_", " + ")
+            lines += ["", f"### {title}", "", markdown_table(header, rows)]
+    checks = scaling_checks(result)
+    if checks:
+        lines += ["", "Scaling of our kernel:", ""] + [f"- {c}" for c in checks]
+    for note in result.get("notes", []):
+        lines += ["", note]
+    if plotted:
+        lines += ["", f"![attention time and memory against length]({name}.png)"]
+    update_markdown_section(path, name, "\n".join(lines))
+
+
+# --- train, model: arguments and reports live in sdbert.bench.<name>; here they are printed --------
+
+def _library_benchmark(name: str):
+    """`(add_arguments, run)` for `sdbert.bench.<name>`, which provides `add_arguments`, `run_from_args`,
+    `text_report` and `markdown_report`; `run` prints the report, writes `<name>.json` and its
+    section of BENCHMARKS.md."""
+    import importlib
+
+    def add(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(f"sdbert.bench.{name}").add_arguments(p)
+
+    def run_fn(args: argparse.Namespace) -> int:
+        from sdbert.bench.report import update_markdown_section, write_json
+
+        module = importlib.import_module(f"sdbert.bench.{name}")
+        result = module.run_from_args(args)
+        print(module.text_report(result))
+        write_json(args.output / f"{name}.json", result)
+        update_markdown_section(args.output / "BENCHMARKS.md", name, module.markdown_report(result))
+        print(f"\nwrote {args.output / f'{name}.json'} and {args.output / 'BENCHMARKS.md'}")
+        return 0
+
+    return add, run_fn
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+BENCHMARKS = {
+    "attention": (add_attention_arguments, run_attention,
+                  "dense SDPA vs our block-sparse kernel vs Hugging Face BigBird"),
+    "train": (*_library_benchmark("train"), "fine-tuning examples/s: our training loop vs a plain Hugging Face loop"),
+    "model": (*_library_benchmark("model"),
+              "inference throughput, latency, parameters and size on disk of model folders"),
+    "serve": (*_library_benchmark("serve"), "HTTP service load test on loopback: latency percentiles, throughput"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", parser_class=type(parser))
+    for name, (add, run_fn, help_text) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        p.set_defaults(_bench_run=run_fn)
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "benchmark", None) is None:
+        raise ConfigError(f"choose a benchmark: {', '.join(BENCHMARKS)}")
+    return args._bench_run(args)

@@ -1,0 +1,40 @@
+"""`sdbert export`: write a model as a Hugging Face folder (transformers loads it) or as ONNX."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="sdbert (or Hugging Face) model folder")
+    parser.add_argument("--format", required=True, choices=["hf", "onnx"],
+                        help="hf: a folder AutoModelForSequenceClassification/AutoTokenizer/pipeline() load; "
+                             "onnx: model.onnx + config.json + tokenizer.json (sdbert predict/serve take it)")
+    parser.add_argument("--output", required=True, metavar="OUT", help="folder to write (or FILE.onnx)")
+    parser.add_argument("--hf-architecture", choices=["auto", "bert", "big_bird"], default="auto",
+                        help="auto: BERT for full attention, BigBird for block-sparse (refused when its head "
+                             "cannot match ours exactly); bert: BertForSequenceClassification (full attention)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip loading the export back and comparing its logits with ours")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdbert.export import export_hf, export_onnx
+    from sdbert.model import SDBertForSequenceClassification
+
+    model = SDBertForSequenceClassification.from_pretrained(args.model).eval()
+    if args.format == "hf":
+        result = export_hf(model, args.output, architecture=args.hf_architecture, overwrite=args.overwrite,
+                           verify=args.verify)
+        kind = {"bert": "BertForSequenceClassification", "big_bird": "BigBirdForSequenceClassification"}
+        what = kind[result.architecture]
+    else:
+        result = export_onnx(model, args.output, opset=args.opset, overwrite=args.overwrite, verify=args.verify)
+        what = f"ONNX ({result.architecture} attention, dynamic batch and sequence axes)"
+    check = "" if result.max_abs_diff is None else f"; logits match ours (max abs diff {result.max_abs_diff:.1e})"
+    print(f"wrote {result.path}: {what}{check}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,518 @@
+"""Export a classifier to a Hugging Face folder or to ONNX.
+
+**Hugging Face** (`export_hf`). The folder holds `config.json`, `model.safetensors`,
+`tokenizer.json` and `tokenizer_config.json`, and loads offline with plain `transformers`
+(`AutoModelForSequenceClassification`, `AutoTokenizer`, `pipeline("text-classification")`; the
+labels come from `id2label`). No `trust_remote_code`:
+
+* full-attention models become `BertForSequenceClassification`: our parameter names are BERT's and
+  our pooler (dense + `pooler_activation`) + classifier is BERT's pooler (dense + tanh) + classifier;
+* block-sparse models become `BigBirdForSequenceClassification` (`attention_type="block_sparse"`,
+  same `block_size` and `num_random_blocks`). Our pooler dense and classifier become BigBird's
+  `classifier.dense` and `classifier.out_proj`, and BigBird's own (unused) `bert.pooler` gets the
+  pooler weights too.
+
+Both heads read the first token, so a model with `classifier_pooling="mean"` (the default for
+sentence-transformers starts such as all-MiniLM-L6-v2) has no exact Hugging Face form and is
+refused (`transformers` has no sequence classifier that averages the real tokens under a padding
+mask); its ONNX export is exact. Among first-token models, the head activation decides what is
+exact: BERT's pooler always applies tanh; BigBird's classification head applies the encoder's
+`hidden_act`, with no separate setting. So:
+
+| our model                                          | exported as               | exact              |
+|----------------------------------------------------|---------------------------|--------------------|
+| full, pooler tanh                                  | BERT                      | yes                |
+| full, pooler = hidden_act                          | BigBird, `original_full`  | yes                |
+| block-sparse, pooler = hidden_act (from BigBird)   | BigBird, `block_sparse`   | where both are dense |
+| block-sparse, pooler tanh, hidden_act gelu (BERT)  | refused by default        | -                  |
+
+The last case (the usual one: a student initialised from a BERT checkpoint) has no exact BigBird
+form in plain `transformers`: replacing tanh by gelu in the head changes every logit. We refuse
+rather than ship a silently different model, and offer `architecture="bert"`: a
+`BertForSequenceClassification` with the exact head that runs full attention at every length
+(equal to ours up to the dense-fallback length, `(5 + 2 r) * block_size` tokens, and to our
+model with `attention_type="full"` beyond it).
+
+Hugging Face BigBird differs from ours on long inputs, so exact agreement holds only where both run
+dense attention:
+
+* At or below `(5 + 2 r) * block_size` tokens both use full attention; Hugging Face switches the
+  model to `original_full` *for good* (`model.bert.set_attention_type`), so after one short batch a
+  loaded model stays dense until you call `model.bert.set_attention_type("block_sparse")`.
+* Above it, in evaluation mode, Hugging Face draws no random blocks: every random block index is 0
+  (`_bigbird_block_rand_mask*` return zeros when `not self.training`), so each middle query block
+  attends the first global block `r + 1` times (its keys count `r + 1` times in the softmax) and no
+  random block at all. Ours keeps one seeded random pattern per layer (`attention_seed + layer`) for
+  training and evaluation alike. In training mode Hugging Face draws new NumPy-random blocks on
+  every call. The same weights therefore give different logits on long inputs in the two libraries.
+* Hugging Face masks with a -10000 penalty where we mask exactly; the difference is far below 1e-4.
+
+**ONNX** (`export_onnx`). The block-sparse kernel in `attention/block_sparse.py` picks its path in
+Python (dense below the fallback length, the fused CPU band kernel, `bool(mask.all())` shortcuts,
+a plan built on the CPU per length), which a graph with a dynamic sequence axis cannot express.
+The export therefore traces `TraceableClassifier`: the same modules and weights, attention
+from `attention/traceable.py` (tensor ops only, random blocks of every length precomputed with the
+same seeds, dense-vs-sparse as `torch.cond` -> ONNX `If`, padding to a block multiple inside the
+graph). Inputs `input_ids` and `attention_mask` (int64, `(batch, sequence)`, both axes dynamic up
+to `max_position_embeddings`), output `logits` `(batch, num_labels)`. The folder also holds our
+`config.json` and `tokenizer.json`, which is all `OnnxClassifier` (and `sdbert predict/serve`) need.
+
+Both exports write into a temporary folder beside the output and rename it into place, so a failed
+export leaves nothing behind, and (by default) check their own result: the Hugging Face folder is
+loaded back with `transformers` and the ONNX file with onnxruntime, and the logits compared with
+ours (max abs diff < 1e-4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from sdbert.attention.traceable import random_block_table, traceable_block_sparse_attention, traceable_dense_attention
+from sdbert.config import SDBertConfig
+from sdbert.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+HFArchitecture = Literal["auto", "bert", "big_bird"]
+ONNX_NAME = "model.onnx"
+TOLERANCE = 1e-4
+# Tokens of real text in the self-check probes start here: ids 0-4 are [PAD], [UNK], [CLS], ... in
+# our tokenizers, and a probe should look like text.
+_PROBE_MIN_ID = 5
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how well it matched the source model."""
+
+    path: Path
+    format: str
+    architecture: str
+    max_abs_diff: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# --- Hugging Face ---------------------------------------------------------------------------------
+
+
+def choose_hf_architecture(config: SDBertConfig, requested: HFArchitecture = "auto") -> str:
+    """`"bert"` or `"big_bird"` for `config`, or a ConfigError explaining why neither is exact."""
+    if requested not in ("auto", "bert", "big_bird"):
+        raise ConfigError(f"architecture must be auto, bert or big_bird, got {requested!r}")
+    if getattr(config, "classifier_pooling", "cls") != "cls":
+        raise ConfigError(f"no exact Hugging Face form: this model classifies from the {config.classifier_pooling} "
+                          "of its token states, BERT's and BigBird's heads read the first token "
+                          "(export --format onnx keeps it exact)")
+    tanh_head = config.pooler_activation == "tanh"
+    act_head = config.pooler_activation == config.hidden_act
+    if requested == "bert" and not tanh_head:
+        raise ConfigError(f"cannot export as BERT: BERT's pooler applies tanh, this model's head applies "
+                          f"{config.pooler_activation}")
+    if requested == "big_bird" and not act_head:
+        raise ConfigError(_bigbird_head_message(config))
+    if requested != "auto":
+        return requested
+    if config.attention_type == "block_sparse":
+        if act_head:
+            return "big_bird"
+        raise ConfigError(_bigbird_head_message(config) + "; --hf-architecture bert exports an exact "
+                          "BertForSequenceClassification that runs full attention at every length")
+    if tanh_head:
+        return "bert"
+    if act_head:
+        return "big_bird"
+    raise ConfigError(f"no exact Hugging Face form: the head applies {config.pooler_activation}, BERT's "
+                      f"tanh and BigBird's hidden_act ({config.hidden_act})")
+
+
+def _bigbird_head_message(config: SDBertConfig) -> str:
+    return (f"cannot export exactly as BigBird: its classification head applies hidden_act "
+            f"({config.hidden_act}) where this model applies {config.pooler_activation}")
+
+
+def hf_config(config: SDBertConfig, architecture: str) -> dict[str, Any]:
+    """The Hugging Face `config.json` of our config as `architecture` ("bert" or "big_bird")."""
+    out: dict[str, Any] = {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": config.hidden_act,
+        "hidden_dropout_prob": config.hidden_dropout_prob,
+        "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "classifier_dropout": config.classifier_dropout,
+        "position_embedding_type": "absolute",
+        "num_labels": config.num_labels,
+        "id2label": {str(i): label for i, label in sorted(config.id2label.items())},
+        "label2id": {label: i for i, label in sorted(config.id2label.items())},
+        "problem_type": config.problem_type,
+    }
+    if architecture == "bert":
+        out.update(model_type="bert", architectures=["BertForSequenceClassification"])
+    elif architecture == "big_bird":
+        out.update(
+            model_type="big_bird",
+            architectures=["BigBirdForSequenceClassification"],
+            attention_type=config.attention_type if config.attention_type == "block_sparse" else "original_full",
+            block_size=config.block_size,
+            num_random_blocks=config.num_random_blocks,
+            use_bias=True,
+            rescale_embeddings=False,
+        )
+    else:
+        raise ConfigError(f"unknown architecture {architecture!r}")
+    return out
+
+
+def hf_state_dict(model: nn.Module, architecture: str) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face names (the inverse of `convert.state_dict_from_hf`)."""
+    state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in model.state_dict().items()}
+    if architecture == "bert":
+        return state
+    out = {}
+    for name, tensor in state.items():
+        if name.startswith("bert.pooler.dense."):
+            part = name.rsplit(".", 1)[1]
+            out[f"classifier.dense.{part}"] = tensor
+            out[f"bert.pooler.{part}"] = tensor.clone()  # BigBird's own pooler: unused by its head
+        elif name.startswith("classifier."):
+            out[f"classifier.out_proj.{name.rsplit('.', 1)[1]}"] = tensor
+        else:
+            out[name] = tensor
+    return out
+
+
+def hf_tokenizer_config(tokenizer, config: SDBertConfig) -> dict[str, Any]:
+    """`tokenizer_config.json` that makes `AutoTokenizer` load our `tokenizer.json` as it is."""
+    from sdbert.data.tokenization import pad_token_id, special_tokens
+
+    prefix, suffix = special_tokens(tokenizer)
+    out: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": config.max_length or config.max_position_embeddings,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "padding_side": "right",
+        "truncation_side": "right",
+        "clean_up_tokenization_spaces": False,
+    }
+    names = {
+        "cls_token": tokenizer.id_to_token(prefix[0]) if prefix else None,
+        "sep_token": tokenizer.id_to_token(suffix[-1]) if suffix else None,
+        "pad_token": tokenizer.id_to_token(pad_token_id(tokenizer)),
+        "unk_token": json.loads(tokenizer.to_str()).get("model", {}).get("unk_token"),
+        "mask_token": next((t for t in ("[MASK]", "<mask>") if tokenizer.token_to_id(t) is not None), None),
+    }
+    if names["cls_token"] == "<s>":  # RoBERTa-style template: <s> ... </s>
+        names.update(bos_token="<s>", eos_token=names["sep_token"])
+    out.update({k: v for k, v in names.items() if v is not None})
+    return out
+
+
+def export_hf(
+    model: nn.Module,
+    out_dir: str | os.PathLike[str],
+    *,
+    architecture: HFArchitecture = "auto",
+    overwrite: bool = False,
+    verify: bool = True,
+) -> ExportResult:
+    """Write `model` (an `SDBertForSequenceClassification`) as a Hugging Face model folder.
+
+    `architecture="auto"` picks BERT for full attention and BigBird for block-sparse models, and
+    refuses a model that neither expresses exactly (see the module docstring). With `verify`, the
+    folder is loaded back with `transformers` and must give our logits (< 1e-4) on a padded batch at
+    or below the dense-fallback length.
+    """
+    config: SDBertConfig = model.config
+    arch = choose_hf_architecture(config, architecture)
+    result = ExportResult(Path(out_dir), "hf", arch)
+    if arch == "bert" and config.attention_type == "block_sparse":
+        result.notes.append(f"exported as BERT: Hugging Face runs full attention at every length (ours is "
+                            f"block-sparse above {config.dense_fallback_length} tokens)")
+    if arch == "big_bird" and config.attention_type == "block_sparse":
+        result.notes.append(f"Hugging Face BigBird equals this model up to {config.dense_fallback_length} tokens; "
+                            "above that its evaluation-time random blocks differ (all block 0)")
+    if model.tokenizer is None:
+        result.notes.append("the model has no tokenizer: AutoTokenizer and pipeline() will not work")
+
+    def write(tmp: Path) -> None:
+        (tmp / "config.json").write_text(json.dumps(hf_config(config, arch), indent=2) + "\n")
+        save_file(hf_state_dict(model, arch), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if model.tokenizer is not None:
+            from sdbert.data.tokenization import save_tokenizer
+
+            save_tokenizer(model.tokenizer, tmp)
+            (tmp / "tokenizer_config.json").write_text(
+                json.dumps(hf_tokenizer_config(model.tokenizer, config), indent=2) + "\n")
+        if verify:
+            result.max_abs_diff = verify_hf(model, tmp)
+
+    _write_folder(Path(out_dir), write, overwrite=overwrite)
+    return result
+
+
+def verify_hf(model: nn.Module, folder: Path) -> float:
+    """Load `folder` with `transformers` and compare its logits with `model`'s where both run dense
+    attention. Returns the max abs difference; raises CheckpointError above the tolerance."""
+    transformers = _require("transformers", "hf")
+    config: SDBertConfig = model.config
+    length = min(config.max_position_embeddings, config.dense_fallback_length if
+                 config.attention_type == "block_sparse" else 64)
+    ids, mask = probe_batch(config, length)
+    with torch.inference_mode(), _quiet_transformers(transformers):
+        hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+        expected = _torch_logits(model, ids, mask)
+        got = hf(input_ids=ids, attention_mask=mask).logits.float()
+        tok = transformers.AutoTokenizer.from_pretrained(str(folder)) if model.tokenizer is not None else None
+    diff = (got - expected).abs().max().item()
+    if not diff < TOLERANCE:
+        raise CheckpointError(f"the exported Hugging Face model disagrees with ours (max abs diff {diff:.2e})")
+    text = "A slow start, but the last hour is wonderful."
+    if tok is not None and tok(text)["input_ids"] != model.tokenizer.encode(text).ids:
+        raise CheckpointError("the exported tokenizer encodes text differently from ours")
+    return diff
+
+
+# --- ONNX -----------------------------------------------------------------------------------------
+
+
+class TraceableClassifier(nn.Module):
+    """`SDBertForSequenceClassification`'s evaluation forward with export-friendly attention.
+
+    Shares the wrapped model's modules (no copy of the weights); adds one random-block table per
+    layer for block-sparse models. `forward(input_ids, attention_mask) -> logits`.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        config: SDBertConfig = model.config
+        self.sparse = config.attention_type == "block_sparse"
+        if self.sparse:
+            max_blocks = -(-config.max_position_embeddings // config.block_size)
+            for i in range(config.num_hidden_layers):
+                # Evaluation seeds, as SDBertSelfAttention.attention_seed() gives them outside training.
+                table = random_block_table(max_blocks, config.num_random_blocks, config.num_attention_heads,
+                                           config.attention_seed + i)
+                self.register_buffer(f"random_blocks_{i}", table, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        config: SDBertConfig = self.model.config
+        bert = self.model.bert
+        mask = attention_mask.bool()
+        hidden = bert.embeddings(input_ids, None)
+        batch, seq_len, width = hidden.shape
+        heads, head_dim = config.num_attention_heads, config.head_dim
+        split = lambda t: t.view(batch, seq_len, heads, head_dim).transpose(1, 2)  # (B, S, H * D) -> (B, H, S, D)
+        for i, layer in enumerate(bert.encoder.layer):
+            attention = layer.attention.self
+            q, k, v = split(attention.query(hidden)), split(attention.key(hidden)), split(attention.value(hidden))
+            if self.sparse:
+                context = traceable_block_sparse_attention(
+                    q, k, v, mask, getattr(self, f"random_blocks_{i}"),
+                    block_size=config.block_size, num_random_blocks=config.num_random_blocks)
+            else:
+                context = traceable_dense_attention(q, k, v, mask)
+            context = context.transpose(1, 2).reshape(batch, seq_len, width)  # (B, S, H * D)
+            attended = layer.attention.output(context, hidden)
+            hidden = layer.output(layer.intermediate(attended), attended)
+        return self.model.classifier(bert.pooler(hidden, mask))
+
+
+def export_onnx(
+    model: nn.Module,
+    out: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+    verify_lengths: tuple[int, ...] | None = None,
+) -> ExportResult:
+    """Write `model` as an ONNX folder: `model.onnx` + our `config.json` + `tokenizer.json`.
+
+    `out` is the folder (a path ending in `.onnx` writes only that file). With `verify`, onnxruntime
+    must reproduce our logits (< 1e-4) on padded batches at `verify_lengths` (default: one length in
+    the dense regime and one in the sparse regime).
+    """
+    _require("onnxscript", "onnx")
+    config: SDBertConfig = model.config
+    out = Path(out)
+    single_file = out.suffix == ".onnx"
+    result = ExportResult(out, "onnx", config.attention_type)
+    was_training = model.training
+    model.eval()
+    try:
+        def write(tmp: Path) -> None:
+            onnx_path = tmp / (out.name if single_file else ONNX_NAME)
+            _torch_onnx_export(model, onnx_path, opset)
+            if not single_file:
+                config.to_json_file(tmp / "config.json")
+                if model.tokenizer is not None:
+                    from sdbert.data.tokenization import save_tokenizer
+
+                    save_tokenizer(model.tokenizer, tmp)
+            if verify:
+                result.max_abs_diff = verify_onnx(model, onnx_path, verify_lengths)
+
+        if single_file:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+                write(Path(tmp))
+                if out.exists() and not overwrite:
+                    raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+                os.replace(Path(tmp) / out.name, out)
+        else:
+            _write_folder(out, write, overwrite=overwrite)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _torch_onnx_export(model: nn.Module, path: Path, opset: int | None) -> None:
+    config: SDBertConfig = model.config
+    wrapper = TraceableClassifier(model).eval()
+    # An example in the sparse regime (both branches are traced either way); batch 2 and length > 1
+    # keep torch.export from specialising the dynamic axes to 0/1.
+    length = max(2, min(config.max_position_embeddings, config.dense_fallback_length + config.block_size + 1))
+    ids, mask = probe_batch(config, length)
+    batch = torch.export.Dim("batch", min=1)
+    sequence = torch.export.Dim("sequence", min=1, max=config.max_position_embeddings)
+    dynamic = {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
+    kwargs = {} if opset is None else {"opset_version": opset}
+    with _quiet_torch_export(), torch.no_grad():
+        try:
+            program = torch.onnx.export(wrapper, (ids, mask), input_names=["input_ids", "attention_mask"],
+                                        output_names=["logits"], dynamic_shapes=dynamic, dynamo=True,
+                                        verbose=False, **kwargs)
+        except Exception as exc:  # the exporter raises many types; one line is what a user can act on
+            raise CheckpointError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from exc
+    # Constant folding merges and drops weights, so the graph's initializers do not count parameters.
+    program.model.metadata_props.update({"sdbert.parameters": str(model.num_parameters()),
+                                         "sdbert.attention_type": config.attention_type})
+    program.save(str(path), external_data=False)
+
+
+def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike[str], lengths: tuple[int, ...] | None = None) -> float:
+    """Max abs difference between onnxruntime's and our logits on padded probe batches; raises
+    CheckpointError above the tolerance."""
+    from sdbert.onnx_runtime import create_session
+
+    config: SDBertConfig = model.config
+    if lengths is None:
+        lengths = (min(config.max_position_embeddings, 48),
+                   min(config.max_position_embeddings, config.dense_fallback_length + 2 * config.block_size + 5))
+    session = create_session(onnx_path)
+    worst = 0.0
+    for length in lengths:
+        ids, mask = probe_batch(config, length)
+        got = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        with torch.inference_mode():
+            expected = _torch_logits(model, ids, mask)
+        worst = max(worst, (torch.from_numpy(got) - expected).abs().max().item())
+    if not worst < TOLERANCE:
+        raise CheckpointError(f"onnxruntime disagrees with PyTorch (max abs diff {worst:.2e})")
+    return worst
+
+
+# --- shared ---------------------------------------------------------------------------------------
+
+
+def probe_batch(config: SDBertConfig, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of two: `length` random tokens, and a shorter padded row (`(2, length)` int64 each)."""
+    g = torch.Generator().manual_seed(seed)
+    low = min(_PROBE_MIN_ID, config.vocab_size - 1)
+    ids = torch.randint(low, config.vocab_size, (2, length), generator=g)
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, max(1, (2 * length) // 3):] = 0
+    return ids.masked_fill(mask == 0, config.pad_token_id), mask
+
+
+def _torch_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(ids, attention_mask=mask).logits.float()
+    finally:
+        model.train(was_training)
+
+
+def _write_folder(out: Path, write, *, overwrite: bool) -> None:
+    """Call `write(tmp)` on a fresh folder beside `out`, then move it onto `out`."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _require(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{module} is not installed: pip install 'sdbert[{extra}]'") from None
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers):
+    """Hide BigBird's 'changing attention type' warning and the loading progress bar of the
+    self-check (both expected)."""
+    logging_ = transformers.utils.logging
+    verbosity, bars = logging_.get_verbosity(), logging_.is_progress_bar_enabled()
+    logging_.set_verbosity_error()
+    logging_.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging_.set_verbosity(verbosity)
+        if bars:
+            logging_.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _quiet_torch_export():
+    """The exporter warns about torchvision, deprecations and specialisations: not the user's concern."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx",
+                                                    "torch._export", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -1,0 +1,108 @@
+"""Inference on raw text with either backend: a PyTorch model folder or an ONNX export.
+
+`load_classifier(path)` returns an `SDBertForSequenceClassification` (in eval mode) or an
+`OnnxClassifier`; both are called as `model(input_ids, attention_mask=mask).logits` and carry
+`config` and `tokenizer`. `predict_logits` batches token ids so that a text's logits never depend
+on the other texts it is batched with: a block-sparse model's random-block pattern is a function of
+the padded block count, so texts are grouped by their own block count (and padded within it, which
+changes nothing for the real tokens). `sdbert predict` and `sdbert serve` use these.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from sdbert.errors import CheckpointError
+
+Backend = str  # "auto" | "torch" | "onnx"
+
+
+def load_classifier(path: str | os.PathLike[str], *, backend: Backend = "auto", threads: int | None = None):
+    """The classifier in `path`: ONNX when it holds `model.onnx` (or is an `.onnx` file) or
+    `backend="onnx"`, else the PyTorch model folder. It must have a tokenizer."""
+    from sdbert.onnx_runtime import OnnxClassifier, is_onnx_model
+
+    if backend not in ("auto", "torch", "onnx"):
+        raise CheckpointError(f"backend must be auto, torch or onnx, got {backend!r}")
+    if backend == "onnx" or (backend == "auto" and is_onnx_model(path)):
+        model = OnnxClassifier.from_pretrained(path, threads=threads)
+    else:
+        from sdbert.model import SDBertForSequenceClassification
+
+        if threads:
+            torch.set_num_threads(threads)
+        model = SDBertForSequenceClassification.from_pretrained(path).eval()
+    if model.tokenizer is None:
+        raise CheckpointError(f"{path} has no tokenizer.json")
+    return model
+
+
+def max_length_of(model, requested: int | None = None) -> int:
+    """Tokens per text: `requested`, else the length the model was trained with, else its positions."""
+    limit = model.config.max_position_embeddings
+    return min(requested or model.config.max_length or limit, limit)
+
+
+def batch_groups(lengths: Sequence[int], *, batch_size: int, block_size: int | None) -> list[list[int]]:
+    """Indices grouped into batches of at most `batch_size`; with `block_size`, every batch holds
+    texts of one block count `ceil(length / block_size)`. Shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    if block_size is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    buckets: dict[int, list[int]] = defaultdict(list)
+    for i in order:
+        buckets[math.ceil(lengths[i] / block_size)].append(i)
+    return [bucket[i : i + batch_size] for _, bucket in sorted(buckets.items())
+            for i in range(0, len(bucket), batch_size)]
+
+
+def predict_logits(model, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False,
+                   desc: str = "predict") -> torch.Tensor:
+    """Logits `(N, num_labels)` of token-id lists, in their order (float32, CPU)."""
+    from tqdm.auto import tqdm
+
+    config = model.config
+    out = torch.empty(len(ids), config.num_labels)
+    sparse = config.attention_type == "block_sparse"
+    lengths = [len(x) for x in ids]
+    groups = batch_groups(lengths, batch_size=batch_size, block_size=config.block_size if sparse else None)
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    for group in tqdm(groups, desc=desc, disable=not progress, leave=False, unit="batch"):
+        width = max(len(ids[i]) for i in group)
+        if sparse:
+            width = math.ceil(width / config.block_size) * config.block_size
+        width = min(width, config.max_position_embeddings)
+        input_ids = torch.full((len(group), width), config.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for row, i in enumerate(group):
+            input_ids[row, : len(ids[i])] = torch.as_tensor(ids[i], dtype=torch.long)
+            mask[row, : len(ids[i])] = 1
+        with torch.inference_mode():
+            logits = model(input_ids.to(device), attention_mask=mask.to(device)).logits
+        out[torch.as_tensor(group)] = logits.float().cpu()
+    return out
+
+
+def classify(model, texts: Sequence[str], *, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
+    """`[{"label", "score", "probabilities": {label: p}}]` per text."""
+    from sdbert.data.tokenization import encode
+
+    ids = encode(model.tokenizer, list(texts), max_length_of(model, max_length), model.config.truncation)
+    probabilities = predict_logits(model, ids, batch_size=batch_size).softmax(-1)
+    labels = model.config.id2label
+    results = []
+    for probs in probabilities.tolist():
+        best = max(range(len(probs)), key=probs.__getitem__)
+        results.append({"label": labels[best], "score": probs[best],
+                        "probabilities": {labels[i]: p for i, p in enumerate(probs)}})
+    return results
+
+
+def model_name(path: str | os.PathLike[str]) -> str:
+    return Path(path).resolve().name

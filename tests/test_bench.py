@@ -1,0 +1,61 @@
+"""`sdbert bench attention` end to end on tiny shapes, and the memory probe."""
+
+import json
+
+import pytest
+import torch
+
+from sdbert.bench.report import PeakRSS, update_markdown_section
+from sdbert.cli import main
+
+TINY = ["--heads", "2", "--head-dim", "16", "--block-size", "32", "--random-blocks", "1",
+        "--repeats", "1", "--warmup", "0", "--no-progress"]
+
+
+def test_bench_attention_writes_table_json_plot_and_markdown(tmp_path, capsys):
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n\nhand-written notes stay\n")
+    assert main(["bench", "attention", "--lengths", "256,512", "--no-memory", *TINY,
+                 "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "dense/ours" in printed
+
+    result = json.loads((tmp_path / "attention.json").read_text())
+    rows = {(r["length"], r["method"], r["mode"]): r for r in result["rows"]}
+    for n in (256, 512):
+        for method in ("dense", "sparse", "sparse_proj"):
+            for mode in ("forward", "forward_backward"):
+                assert rows[(n, method, mode)]["median_ms"] > 0
+    assert result["machine"]["torch"] == torch.__version__
+    assert result["command"].startswith("sdbert bench attention --lengths 256,512")
+
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "hand-written notes stay" in markdown and "| 512 |" in markdown
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_attention_memory_in_fresh_process(tmp_path):
+    assert main(["bench", "attention", "--lengths", "512", "--methods", "sparse", "--no-backward",
+                 *TINY, "--output", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "attention.json").read_text())["rows"]
+    assert row["peak_mb"] >= 0 and row["memory_method"]
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    assert main(["bench", "attention", "--lengths", "0", "--no-memory", *TINY]) == 2
+    assert "lengths" in capsys.readouterr().err
+
+
+def test_peak_rss_sees_a_big_allocation():
+    with PeakRSS() as probe:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert probe.peak_mb > 48
+
+
+def test_markdown_section_is_replaced_not_duplicated(tmp_path):
+    path = tmp_path / "B.md"
+    update_markdown_section(path, "x", "one")
+    update_markdown_section(path, "x", "two")
+    text = path.read_text()
+    assert "two" in text and "one" not in text and text.count("generated:x:begin") == 1

@@ -1,0 +1,292 @@
+"""Export: Hugging Face folders that plain transformers loads, and ONNX graphs that onnxruntime runs,
+both giving our logits (max abs diff < 1e-4) wherever the two sides compute the same attention.
+
+Models are tiny and random (hidden 32); weights larger than the default init make attention far
+from uniform, so a wrong mask, position or random block moves the logits well above the tolerance.
+The ONNX graph is exported once per module (the slow part, ~15-25 s on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sdbert import SDBertConfig, SDBertForSequenceClassification
+from sdbert.attention import block_sparse_attention
+from sdbert.attention.traceable import random_block_table, traceable_block_sparse_attention
+from sdbert.cli import main
+from sdbert.data.wordpiece import train_wordpiece_tokenizer
+from sdbert.errors import ConfigError
+from sdbert.export import TraceableClassifier, choose_hf_architecture, export_hf, probe_batch
+
+ATOL = 1e-4
+LABELS = {0: "negative", 1: "positive"}
+TEXTS = ["a wonderful film with great acting and a clever script", "a terrible boring movie, the worst plot",
+         "the start was slow but the ending is beautiful", "never watch this again, predictable and long"] * 8
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece_tokenizer(TEXTS, vocab_size=150, min_frequency=1)
+
+
+def tiny_model(tokenizer, *, attention_type="block_sparse", pooler_activation="tanh", hidden_act="gelu",
+               max_position_embeddings=512, seed=0, **overrides) -> SDBertForSequenceClassification:
+    overrides = {"num_hidden_layers": 2, **overrides}
+    config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
+                          num_attention_heads=4, intermediate_size=48, max_position_embeddings=max_position_embeddings,
+                          block_size=16, num_random_blocks=1, initializer_range=0.2, attention_type=attention_type,
+                          pooler_activation=pooler_activation, hidden_act=hidden_act, id2label=LABELS,
+                          max_length=max_position_embeddings, **overrides)
+    torch.manual_seed(seed)
+    model = SDBertForSequenceClassification(config).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+def padded(config, length, seed=0):
+    return probe_batch(config, length, seed=seed)
+
+
+def max_diff(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+# --- the traceable kernel ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq_len", [1, 40, 112, 113, 130, 300, 517])
+@pytest.mark.parametrize("r", [0, 1, 2])
+def test_traceable_attention_equals_block_sparse_kernel(seq_len, r):
+    """The export kernel reproduces `block_sparse_attention` (dense fallback, padding to a block
+    multiple, global/window/random blocks, key padding) at every real query position."""
+    g = torch.Generator().manual_seed(seq_len + r)
+    batch, heads, dim, bs, seed = 2, 3, 8, 16, 7
+    q, k, v = (torch.randn(batch, heads, seq_len, dim, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    mask[1, max(1, seq_len - 37):] = False
+    table = random_block_table(-(-600 // bs), r, heads, seed)
+    got = traceable_block_sparse_attention(q, k, v, mask, table, block_size=bs, num_random_blocks=r)
+    expected = block_sparse_attention(q, k, v, block_size=bs, num_random_blocks=r, key_padding_mask=mask, seed=seed)
+    real = mask[:, None, :, None]
+    assert max_diff(got * real, expected * real) < 1e-10
+    assert (got[~mask[:, None, :].expand(-1, heads, -1)] == 0).all()  # padding query rows are zero
+
+
+@pytest.mark.parametrize("attention_type, pooling",
+                         [("block_sparse", "cls"), ("full", "cls"), ("block_sparse", "mean")])
+def test_traceable_classifier_matches_model_in_eager_mode(tokenizer, attention_type, pooling):
+    model = tiny_model(tokenizer, attention_type=attention_type, classifier_pooling=pooling)
+    wrapper = TraceableClassifier(model).eval()
+    with torch.inference_mode():
+        for length in (50, 112, 200, 512):
+            ids, mask = padded(model.config, length)
+            assert max_diff(wrapper(ids, mask), model(ids, attention_mask=mask).logits) < 1e-5
+
+
+# --- Hugging Face -----------------------------------------------------------------------------------
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+def hf_logits(folder, ids, mask, *, attention_type=None):
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    if attention_type is not None:
+        hf.bert.set_attention_type(attention_type)
+    with torch.inference_mode():
+        return hf, hf(input_ids=ids, attention_mask=mask).logits
+
+
+def test_full_model_exports_as_bert_with_equal_logits_and_labels(tokenizer, tmp_path):
+    model = tiny_model(tokenizer, attention_type="full")
+    result = export_hf(model, tmp_path / "hf")
+    assert result.architecture == "bert" and result.max_abs_diff < ATOL
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    for length in (37, 300, 512):
+        ids, mask = padded(model.config, length, seed=length)
+        hf, logits = hf_logits(tmp_path / "hf", ids, mask)
+        assert type(hf).__name__ == "BertForSequenceClassification"
+        with torch.inference_mode():
+            assert max_diff(logits, model(ids, attention_mask=mask).logits) < ATOL
+
+
+def test_block_sparse_model_exports_as_bigbird(tokenizer, tmp_path):
+    """Equal where both run dense attention: inputs up to the fallback length (HF switches itself to
+    original_full), and longer inputs with HF set to original_full against our model run dense."""
+    model = tiny_model(tokenizer, pooler_activation="gelu")
+    result = export_hf(model, tmp_path / "hf")
+    assert result.architecture == "big_bird" and result.max_abs_diff < ATOL
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["attention_type"] == "block_sparse"
+    assert (config["block_size"], config["num_random_blocks"]) == (16, 1)
+    fallback = model.config.dense_fallback_length  # 112
+    for length in (20, fallback):
+        ids, mask = padded(model.config, length, seed=length)
+        hf, logits = hf_logits(tmp_path / "hf", ids, mask)
+        assert type(hf).__name__ == "BigBirdForSequenceClassification"
+        with torch.inference_mode():
+            assert max_diff(logits, model(ids, attention_mask=mask).logits) < ATOL
+
+    dense = SDBertForSequenceClassification(model.config.replace(attention_type="full")).eval()
+    dense.load_state_dict(model.state_dict())
+    ids, mask = padded(model.config, 400, seed=3)
+    _, logits = hf_logits(tmp_path / "hf", ids, mask, attention_type="original_full")
+    with torch.inference_mode():
+        assert max_diff(logits, dense(ids, attention_mask=mask).logits) < ATOL
+
+
+def test_hf_bigbird_eval_random_blocks_differ_from_ours(tokenizer, tmp_path):
+    """Documented, not hidden: above the fallback length HF BigBird in eval mode uses block 0 for
+    every random block, so its logits differ from ours (which keep a seeded random pattern)."""
+    model = tiny_model(tokenizer, pooler_activation="gelu")
+    export_hf(model, tmp_path / "hf", verify=False)
+    ids, mask = padded(model.config, 400, seed=5)
+    _, logits = hf_logits(tmp_path / "hf", ids, mask)
+    with torch.inference_mode():
+        assert max_diff(logits, model(ids, attention_mask=mask).logits) > 1e-3
+
+
+def test_pipeline_and_tokenizer_load_offline(tokenizer, tmp_path):
+    model = tiny_model(tokenizer, attention_type="full")
+    export_hf(model, tmp_path / "hf")
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert tok.model_max_length == 512 and tok.pad_token == "[PAD]" and tok.cls_token == "[CLS]"
+    text = "a wonderful film, the worst ending"
+    assert tok(text)["input_ids"] == tokenizer.encode(text).ids
+    classifier = transformers.pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
+    out = classifier([text, "boring"], top_k=None)
+    from sdbert.inference import classify
+
+    ours = classify(model, [text, "boring"])
+    for got, expected in zip(out, ours, strict=True):
+        scores = {d["label"]: d["score"] for d in got}
+        assert set(scores) == {"negative", "positive"}
+        for label, p in expected["probabilities"].items():
+            assert abs(scores[label] - p) < ATOL
+
+
+def test_tanh_head_block_sparse_model_is_refused_or_exported_as_bert(tokenizer, tmp_path):
+    """BigBird's head applies hidden_act: a tanh pooler cannot be expressed, so auto refuses, and
+    architecture='bert' gives the exact head with full attention (equal up to the fallback length)."""
+    model = tiny_model(tokenizer)  # block-sparse, pooler tanh, hidden_act gelu: a BERT-initialised student
+    with pytest.raises(ConfigError, match="hidden_act"):
+        choose_hf_architecture(model.config)
+    with pytest.raises(ConfigError):
+        export_hf(model, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    result = export_hf(model, tmp_path / "bert", architecture="bert")
+    assert result.architecture == "bert" and result.notes
+    ids, mask = padded(model.config, model.config.dense_fallback_length, seed=1)
+    _, logits = hf_logits(tmp_path / "bert", ids, mask)
+    with torch.inference_mode():
+        assert max_diff(logits, model(ids, attention_mask=mask).logits) < ATOL
+
+
+def test_mean_pooled_model_has_no_exact_hf_form(tokenizer, tmp_path):
+    model = tiny_model(tokenizer, attention_type="full", classifier_pooling="mean")
+    with pytest.raises(ConfigError, match="mean"):
+        export_hf(model, tmp_path / "hf", architecture="bert")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_cli_hf(tokenizer, tmp_path, capsys):
+    model = tiny_model(tokenizer, attention_type="full")
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "hf"
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(out)]) == 0
+    assert "BertForSequenceClassification" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
+                                                     "tokenizer_config.json"]
+    # A non-empty output is not replaced without --overwrite; a one-line error, exit status 2.
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--overwrite" in err and len(err.splitlines()) == 1
+    # The HF folder loads back into sdbert with the same logits.
+    back = SDBertForSequenceClassification.from_pretrained(out).eval()
+    ids, mask = padded(model.config, 64)
+    with torch.inference_mode():
+        assert max_diff(back(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits) < ATOL
+
+
+def test_export_cli_refuses_inexact_bigbird_in_one_line(tokenizer, tmp_path, capsys):
+    tiny_model(tokenizer).save_pretrained(tmp_path / "model")
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--hf-architecture bert" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- ONNX -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tokenizer, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from sdbert.export import export_onnx
+
+    model = tiny_model(tokenizer, max_position_embeddings=2048, num_hidden_layers=1)
+    folder = tmp_path_factory.mktemp("onnx") / "model"
+    result = export_onnx(model, folder)
+    return model, folder, result
+
+
+def test_onnx_logits_equal_pytorch_at_512_and_2048(onnx_export):
+    from sdbert.onnx_runtime import OnnxClassifier
+
+    model, folder, result = onnx_export
+    assert result.max_abs_diff < ATOL
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
+    onnx_model = OnnxClassifier.from_pretrained(folder)
+    assert onnx_model.num_parameters() == model.num_parameters()
+    # Dynamic batch and sequence axes: dense (<= 112 tokens) and sparse regimes, lengths that are not a
+    # block multiple, padded rows, batch sizes 1 and 3.
+    for length, batch in ((512, 2), (2048, 2), (100, 1), (777, 3)):
+        ids, mask = probe_batch(model.config, length, seed=length)
+        ids, mask = ids.repeat(2, 1)[:batch], mask.repeat(2, 1)[:batch]
+        with torch.inference_mode():
+            expected = model(ids, attention_mask=mask).logits
+        assert max_diff(onnx_model(ids, attention_mask=mask).logits, expected) < ATOL, length
+
+
+def test_predict_accepts_onnx_export(onnx_export, tmp_path, capsys):
+    model, folder, _ = onnx_export
+    model.save_pretrained(tmp_path / "torch")
+    files = []
+    for i, text in enumerate(TEXTS[:3] + [" ".join(TEXTS) * 3]):  # the last one is truncated to max_length
+        files.append(tmp_path / f"{i}.txt")
+        files[-1].write_text(text)
+    outputs = {}
+    for name, path in (("onnx", folder), ("torch", tmp_path / "torch")):
+        assert main(["predict", "--model", str(path), *map(str, files)]) == 0
+        outputs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for a, b in zip(outputs["onnx"], outputs["torch"], strict=True):
+        assert a["label"] == b["label"]
+        for label in LABELS.values():
+            assert abs(a["probabilities"][label] - b["probabilities"][label]) < ATOL
+
+
+def test_serve_app_accepts_onnx_model(onnx_export):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from sdbert.inference import classify
+    from sdbert.onnx_runtime import OnnxClassifier
+    from sdbert.serve import create_app
+
+    model, folder, _ = onnx_export
+    onnx_model = OnnxClassifier.from_pretrained(folder)
+    with TestClient(create_app(onnx_model, name="student")) as client:
+        info = client.get("/v1/model").json()
+        assert info["backend"] == "onnxruntime" and info["labels"] == ["negative", "positive"]
+        response = client.post("/v1/classify", json={"texts": TEXTS[:2]})
+    assert response.status_code == 200
+    expected = classify(model, TEXTS[:2])
+    for got, want in zip(response.json()["results"], expected, strict=True):
+        assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < ATOL

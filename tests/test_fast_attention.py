@@ -1,0 +1,152 @@
+"""The fast CPU paths against the general gathered path and the dense oracle.
+
+`block_sparse_attention` picks, best first: the native C++ kernel (`sdbert.attention.native`, fp32 and
+fp64, any layout), the flash-attention band path (`sdbert.attention.fast`, BigBird-shaped plans),
+then the general gathered path. `tests/test_attention.py` runs the oracle grid through whichever
+path is picked; these tests force each path in turn and pin what is specific to them."""
+
+import pytest
+import torch
+
+import sdbert.attention.fast as fast
+from sdbert.attention import (
+    bigbird_block_layout,
+    bigbird_plan,
+    block_sparse_attention,
+    dense_attention,
+    layout_to_token_mask,
+    native,
+    plan_from_layout,
+)
+
+PATHS = ["native", "band", "general"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Force one kernel path; yields a list that records the calls of that path's kernel."""
+    calls = []
+
+    def spy(owner, name):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a: calls.append(1) or original(*a))
+
+    if request.param == "native":
+        if not native.available():
+            pytest.skip(f"native kernel unavailable: {native._state.get('error')}")
+        spy(native._NativeAttention, "apply")
+    else:
+        monkeypatch.setattr(native, "supported", lambda *a: False)
+        if request.param == "band":
+            spy(fast._BandAttention, "apply")
+        else:
+            monkeypatch.setattr(fast, "HAVE_FLASH", False)
+            calls.append(1)  # nothing to spy on: the general path is what is left
+    return calls
+
+
+def general(*args, **kwargs):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "supported", lambda *a: False)
+        mp.setattr(fast, "HAVE_FLASH", False)
+        return block_sparse_attention(*args, **kwargs)
+
+
+def qkv(batch, heads, seq, dim, dtype=torch.float64, seed=0, layout="bhsd", requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "bshd":  # what the model's projections give: (B, S, H, D) transposed
+        ts = [torch.randn(batch, seq, heads, dim, generator=g, dtype=dtype).transpose(1, 2) for _ in range(3)]
+    else:
+        ts = [torch.randn(batch, heads, seq, dim, generator=g, dtype=dtype) for _ in range(3)]
+    return [t.requires_grad_(requires_grad) for t in ts]
+
+
+def test_band_plan_recognises_bigbird_and_only_bigbird():
+    for nb, r in ((6, 0), (8, 1), (16, 3)):
+        band = fast.band_plan(bigbird_plan(nb, r, 3, 0))
+        assert band is not None and band.random_blocks.shape == (3, nb - 2, r)
+    layout = bigbird_block_layout(12, 2, num_heads=2, seed=0)
+    layout[:, 5, 6] = False  # a middle row without its right neighbour
+    assert fast.band_plan(plan_from_layout(layout)) is None
+
+
+def test_plan_runs_rebuild_the_layout():
+    layout = bigbird_block_layout(20, 3, num_heads=4, seed=2)
+    layout[1, 7] = False  # an empty row
+    runs, nruns = native.plan_runs(plan_from_layout(layout))
+    rebuilt = torch.zeros_like(layout)
+    for h, i in zip(*torch.nonzero(nruns, as_tuple=True), strict=True):
+        for first, count in runs[h, i, : nruns[h, i]].tolist():
+            rebuilt[h, i, first:first + count] = True
+    assert torch.equal(rebuilt, layout)
+
+
+@pytest.mark.parametrize("r", [0, 1, 3])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_each_path_equals_general_with_mixed_padding(path, r, layout):
+    batch, heads, bs, dim = 3, 2, 8, 16
+    seq = (5 + 2 * r + 4) * bs - 3
+    q, k, v = qkv(batch, heads, seq, dim, seed=r, layout=layout)
+    kpm = torch.ones(batch, seq, dtype=torch.bool)
+    kpm[1, seq // 2:] = False  # whole key blocks of padding
+    kpm[2, -5:] = False
+    out = block_sparse_attention(q, k, v, block_size=bs, num_random_blocks=r, key_padding_mask=kpm, seed=4)
+    assert path, "the forced path did not run"
+    ref = general(q, k, v, block_size=bs, num_random_blocks=r, key_padding_mask=kpm, seed=4)
+    assert (out - ref).abs().max() < 1e-10
+    assert (out[1, :, seq // 2:] == 0).all()
+
+
+def test_each_path_gradients_equal_the_oracle_on_strided_inputs(path):
+    batch, heads, bs, dim, r = 2, 3, 4, 8, 2
+    seq = 13 * bs - 1
+    q, k, v = qkv(batch, heads, seq, dim, layout="bshd", requires_grad=True)
+    kpm = torch.ones(batch, seq, dtype=torch.bool)
+    kpm[1, -9:] = False
+    weight = torch.randn(batch, heads, seq, dim, dtype=torch.float64) * kpm[:, None, :, None]
+    (block_sparse_attention(q, k, v, block_size=bs, num_random_blocks=r, key_padding_mask=kpm, seed=7)
+     * weight).sum().backward()
+    assert path
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    layout = bigbird_block_layout(-(-seq // bs), r, num_heads=heads, seed=7)
+    mask = layout_to_token_mask(layout, bs, seq)[None] & kpm[:, None, None, :]
+    (dense_attention(q2, k2, v2, attn_mask=mask) * weight).sum().backward()
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        assert (a.grad - b.grad).abs().max() < 1e-10
+
+
+def test_each_path_fp32_at_realistic_block_size(path):
+    q, k, v = qkv(1, 2, 1024, 64, dtype=torch.float32)
+    out = block_sparse_attention(q, k, v, block_size=64, num_random_blocks=3, seed=0)
+    layout = bigbird_block_layout(16, 3, num_heads=2, seed=0)
+    ref = dense_attention(q, k, v, attn_mask=layout_to_token_mask(layout, 64)[None])
+    assert path and (out - ref).abs().max() < 1e-5
+
+
+def test_native_handles_any_layout_and_left_padding():
+    if not native.available():
+        pytest.skip("native kernel unavailable")
+    torch.manual_seed(0)
+    heads, nb, bs = 2, 7, 4
+    layout = torch.rand(heads, nb, nb) < 0.35
+    layout[0, 2] = False  # a row that attends nothing -> zeros, as in the oracle
+    q, k, v = qkv(2, heads, nb * bs, 8, requires_grad=True)
+    kpm = torch.ones(2, nb * bs, dtype=torch.bool)
+    kpm[1, :5] = False  # left padding
+    out = block_sparse_attention(q, k, v, block_size=bs, num_random_blocks=0, key_padding_mask=kpm, layout=layout)
+    ref = general(q, k, v, block_size=bs, num_random_blocks=0, key_padding_mask=kpm, layout=layout)
+    assert (out - ref).abs().max() < 1e-12
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_band_path_leaves_left_padding_to_the_general_path(monkeypatch):
+    monkeypatch.setattr(native, "supported", lambda *a: False)
+    calls = []
+    original = fast._BandAttention.apply
+    monkeypatch.setattr(fast._BandAttention, "apply", lambda *a: calls.append(1) or original(*a))
+    q, k, v = qkv(2, 2, 96, 8)
+    kpm = torch.ones(2, 96, dtype=torch.bool)
+    kpm[1, :4] = False
+    out = block_sparse_attention(q, k, v, block_size=8, num_random_blocks=1, key_padding_mask=kpm)
+    assert not calls and torch.isfinite(out).all()
