@@ -117,3 +117,35 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(tmp_path):
     assert student.config.num_hidden_layers == 1 and student.config.num_attention_heads == 1
     assert student.tokenizer is not None
     assert summaries[0]["parameters"] < json.loads((tmp_path / "teacher" / "summary.json").read_text())["parameters"]
+
+
+def test_torchrun_distill_two_processes_equal_one_process(tmp_path):
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from sdbert.checkpoint import read_weights
+    from test_train import CLI_TRAIN, sdbert, write_review_csv
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    data = write_review_csv(tmp_path / "reviews.csv", 120)
+    env = {"SDBERT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    teacher = sdbert("train", "--data", str(data), "--output", str(tmp_path / "teacher"), *CLI_TRAIN, "--epochs", "1",
+                     env_extra=env)
+    assert teacher.returncode == 0, teacher.stderr
+    common = ["distill", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--layers", "1", "--heads", "1",
+              "--epochs", "2", "--batch-size", "8", "--no-progress", "--seed", "5", "--dropout", "0"]
+    one = sdbert(*common, "--output", str(tmp_path / "one"), env_extra=env)
+    assert one.returncode == 0, one.stderr
+    launcher = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sdbert"]
+    two = sdbert(*common, "--output", str(tmp_path / "two"), env_extra=env, launcher=launcher)
+    assert two.returncode == 0, two.stderr[-3000:]
+    last = [sorted((tmp_path / d / "checkpoints").glob("step-*"))[-1] for d in ("one", "two")]
+    assert last[0].name == last[1].name
+    a, b = read_weights(last[0]), read_weights(last[1])
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    acc = [json.loads((tmp_path / d / "summary.json").read_text())["validation"]["accuracy"] for d in ("one", "two")]
+    assert acc[0] == acc[1]

@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "another source; only the distillation term is used on it")
     group.add_argument("--unlabeled-limit", type=positive_int, metavar="N", help="use N unlabelled texts")
     group.add_argument("--max-length", type=positive_int, help="tokens per text (default: the teacher's)")
+    group.add_argument("--dropout", type=fraction, help="student hidden and attention dropout (default: the teacher's)")
     add_data_arguments(parser)
     add_training_arguments(parser, lr=1e-4)
 
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     config = student_config(teacher.config, layers=args.layers, heads=args.heads, hidden=args.hidden)
     config = config.replace(max_length=max_length, truncation=truncation,
                             gradient_checkpointing=args.gradient_checkpointing)
+    if args.dropout is not None:
+        config = config.replace(hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
     student = SDBertForSequenceClassification(config)
     student.tokenizer = teacher.tokenizer
     if args.init == "teacher":
