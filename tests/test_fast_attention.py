@@ -150,3 +150,24 @@ def test_band_path_leaves_left_padding_to_the_general_path(monkeypatch):
     kpm[1, :4] = False
     out = block_sparse_attention(q, k, v, block_size=8, num_random_blocks=1, key_padding_mask=kpm)
     assert not calls and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("bs,nb", [(16, 160), (256, 12)])
+def test_native_rows_longer_than_a_key_chunk(bs, nb):
+    """Global rows of 2,560 keys, and (bs=256) middle rows of 1,280 keys whose runs straddle the
+    kernel's 1,024-key chunks: the online softmax across chunks must stay exact."""
+    if not native.available():
+        pytest.skip("native kernel unavailable")
+    seq = nb * bs - 7
+    q, k, v = qkv(2, 2, seq, 8, seed=5, requires_grad=True)
+    kpm = torch.ones(2, seq, dtype=torch.bool)
+    kpm[1, 1500:] = False
+    out = block_sparse_attention(q, k, v, block_size=bs, num_random_blocks=1, key_padding_mask=kpm, seed=2)
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    ref = general(q2, k2, v2, block_size=bs, num_random_blocks=1, key_padding_mask=kpm, seed=2)
+    assert (out - ref).abs().max() < 1e-10
+    weight = torch.randn_like(out)
+    (out * weight).sum().backward()
+    (ref * weight).sum().backward()
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        assert (a.grad - b.grad).abs().max() < 1e-10

@@ -67,6 +67,8 @@ class AttentionBenchConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     memory: bool = True
     """measure peak memory (one fresh process per case: slower)"""
+    hf_max_length: int = 8192
+    """longest sequence to run Hugging Face BigBird at (it needs ~15 GB and ~20 s a step at 16384)"""
     threads: int = field(default_factory=torch.get_num_threads)
     seed: int = 0
 
@@ -146,6 +148,8 @@ def skip_reason(method: str, cfg: AttentionBenchConfig, seq_len: int) -> str | N
             return "transformers not installed"
         if seq_len <= cfg.dense_fallback_length or seq_len % cfg.block_size:
             return "HF BigBird runs full attention at this length"
+        if seq_len > cfg.hf_max_length:
+            return f"above hf_max_length={cfg.hf_max_length}"
     return None
 
 
@@ -281,6 +285,8 @@ def command_line(cfg: AttentionBenchConfig) -> str:
         parts.append("--methods " + ",".join(cfg.methods))
     if not cfg.memory:
         parts.append("--no-memory")
+    if cfg.hf_max_length != AttentionBenchConfig.hf_max_length and "hf" in cfg.methods:
+        parts.append(f"--hf-max-length {cfg.hf_max_length}")
     return " ".join(parts)
 
 

@@ -43,6 +43,8 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated subset of dense,sparse,sparse_pytorch,sparse_proj,hf (default all)")
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                    help="include Hugging Face BigBird when transformers is installed (default on)")
+    p.add_argument("--hf-max-length", type=int, default=8192,
+                   help="longest length to run Hugging Face BigBird at (default 8192; it needs ~15 GB at 16384)")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
                    help="folder for NAME.json, NAME.png and BENCHMARKS.md")
     p.add_argument("--name", default="attention",
@@ -71,7 +73,7 @@ def run_attention(args: argparse.Namespace) -> int:
             lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
             block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
             warmup=args.warmup, backward=args.backward, methods=methods, memory=args.memory,
-            threads=args.threads or torch.get_num_threads())
+            hf_max_length=args.hf_max_length, threads=args.threads or torch.get_num_threads())
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
 
@@ -153,7 +155,8 @@ def _update_markdown(result: dict, path: Path, plotted: bool, name: str = "atten
         f"{cfg['repeats']} interleaved rounds in one process; memory is the peak resident memory "
         "above the inputs, one fresh process per case. Up to "
         f"{(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
-        "HF BigBird is measured only above that length (its model switches to full attention below).",
+        "HF BigBird is measured only above that length (its model switches to full attention below) "
+        f"and up to {cfg.get('hf_max_length', 8192)} tokens (`--hf-max-length`).",
         "",
         _kernel_line(result),
     ]

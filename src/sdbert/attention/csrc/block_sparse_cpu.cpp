@@ -5,7 +5,8 @@
 // number of blocks)`, `nruns[h][i]` of them. For each (batch, head, query block) the kernel copies
 // the row's key/value blocks into a thread-local buffer (cache-resident, not a tensor in memory),
 // computes the scores with one GEMM, the softmax in place, and the output with a second GEMM:
-// nothing the size of the attention pattern ever reaches main memory. Rows that see no key
+// nothing the size of the attention pattern ever reaches main memory. Rows with more than
+// kChunk keys (the global rows) go chunk by chunk with the online softmax. Rows that see no key
 // return zeros with a log-sum-exp of +inf (so their backward share is zero).
 //
 // Backward parallelises over (batch, head), so each thread owns the key/value gradients it
@@ -14,6 +15,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -22,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -75,6 +79,14 @@ static inline float exp_approx(float x) {
 static inline double exp_approx(double x) { return std::exp(x); }  // fp64: exact, for the oracle
 
 template <typename T>
+struct Buffer {  // a per-thread scratch array, left uninitialised
+  std::unique_ptr<T[]> p;
+  explicit Buffer(int64_t n) : p(new T[std::max<int64_t>(n, 1)]) {}
+  T* data() { return p.get(); }
+  T& operator[](int64_t i) { return p[i]; }
+};
+
+template <typename T>
 struct Mat {  // a (rows, D) slice of a (B, H, N, D) tensor with unit stride in D
   T* base;
   int64_t sb, sh, sn;
@@ -89,106 +101,110 @@ struct Plan {
   int64_t nb, R;
   const int64_t* row_runs(int64_t h, int64_t i) const { return runs + (h * nb + i) * R * 2; }
   int64_t count(int64_t h, int64_t i) const { return nruns[h * nb + i]; }
-  int64_t keys(int64_t h, int64_t i, int64_t bs) const {
-    int64_t n = 0;
-    const int64_t* r = row_runs(h, i);
-    for (int64_t j = 0; j < count(h, i); ++j) n += r[2 * j + 1];
-    return n * bs;
+};
+
+// Keys are processed in chunks of at most kChunk, so the scores of a long row (a global block
+// against every key) stay in cache: the forward merges chunks with the online softmax, the
+// backward needs no merging (it knows each row's log-sum-exp).
+constexpr int64_t kChunk = 1024;
+
+struct Piece {  // a contiguous range of key tokens
+  int64_t first, len;
+};
+
+struct Chunks {  // a row's key runs cut into chunks of at most kChunk keys
+  std::vector<Piece> pieces;
+  std::vector<int64_t> starts;  // chunk c is pieces[starts[c] .. starts[c + 1])
+  std::vector<int64_t> sizes;   // keys in chunk c
+  void build(const int64_t* runs, int64_t nruns, int64_t bs) {
+    pieces.clear();
+    starts.assign(1, 0);
+    sizes.clear();
+    int64_t filled = 0;
+    for (int64_t j = 0; j < nruns; ++j) {
+      int64_t first = runs[2 * j] * bs, len = runs[2 * j + 1] * bs;
+      while (len > 0) {
+        const int64_t take = std::min(len, kChunk - filled);
+        pieces.push_back({first, take});
+        filled += take;
+        first += take;
+        len -= take;
+        if (filled == kChunk) close(filled);
+      }
+    }
+    if (filled) close(filled);
+  }
+  int64_t count() const { return static_cast<int64_t>(sizes.size()); }
+  const Piece* begin(int64_t c) const { return pieces.data() + starts[c]; }
+  int64_t npieces(int64_t c) const { return starts[c + 1] - starts[c]; }
+
+ private:
+  void close(int64_t& filled) {
+    starts.push_back(static_cast<int64_t>(pieces.size()));
+    sizes.push_back(filled);
+    filled = 0;
   }
 };
 
-// The keys (or values) of one query block: a direct pointer when they form one run, else a copy
-// of the runs into `buf`. Returns the matrix pointer and sets `ld` to its leading dimension.
+// The keys (or values) of one chunk: a direct pointer when it is one piece, else a copy of the
+// pieces into `buf`. Returns the matrix pointer and sets `ld` to its leading dimension.
 template <typename T>
-const T* row_keys(const Mat<T>& m, int64_t b, int64_t h, const int64_t* runs, int64_t nruns,
-                  int64_t bs, int64_t D, T* buf, int64_t& ld) {
-  if (nruns == 1) {
+const T* chunk_rows(const Mat<T>& m, int64_t b, int64_t h, const Piece* pieces, int64_t n, int64_t D, T* buf,
+                    int64_t& ld) {
+  if (n == 1) {
     ld = m.sn;
-    return m.row(b, h, runs[0] * bs);
+    return m.row(b, h, pieces[0].first);
   }
   ld = D;
   T* dst = buf;
-  for (int64_t j = 0; j < nruns; ++j) {
-    const int64_t first = runs[2 * j] * bs, len = runs[2 * j + 1] * bs;
+  for (int64_t j = 0; j < n; ++j) {
     if (m.sn == D) {
-      std::memcpy(dst, m.row(b, h, first), sizeof(T) * len * D);
+      std::memcpy(dst, m.row(b, h, pieces[j].first), sizeof(T) * pieces[j].len * D);
     } else {
-      for (int64_t n = 0; n < len; ++n) std::memcpy(dst + n * D, m.row(b, h, first + n), sizeof(T) * D);
+      for (int64_t r = 0; r < pieces[j].len; ++r) std::memcpy(dst + r * D, m.row(b, h, pieces[j].first + r), sizeof(T) * D);
     }
-    dst += len * D;
+    dst += pieces[j].len * D;
   }
   return buf;
 }
 
-// Additive mask entries (0 or -inf) of a row's keys, gathered like the keys.
+// Additive mask entries (0 or -inf) of a chunk's keys, gathered like the keys.
 template <typename T>
-void row_mask(const T* kmask, int64_t b, int64_t N, const int64_t* runs, int64_t nruns, int64_t bs, T* dst) {
-  for (int64_t j = 0; j < nruns; ++j) {
-    const int64_t first = runs[2 * j] * bs, len = runs[2 * j + 1] * bs;
-    std::memcpy(dst, kmask + b * N + first, sizeof(T) * len);
-    dst += len;
+const T* chunk_mask(const T* kmask, const Piece* pieces, int64_t n, T* buf) {
+  if (!kmask) return nullptr;
+  if (n == 1) return kmask + pieces[0].first;
+  T* dst = buf;
+  for (int64_t j = 0; j < n; ++j) {
+    std::memcpy(dst, kmask + pieces[j].first, sizeof(T) * pieces[j].len);
+    dst += pieces[j].len;
+  }
+  return buf;
+}
+
+// Adds `src` (rows x D, contiguous) into the rows of `m` that the pieces name.
+template <typename T>
+void scatter_add(const Mat<T>& m, int64_t b, int64_t h, const Piece* pieces, int64_t n, int64_t D, const T* src) {
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t r = 0; r < pieces[j].len; ++r) {
+      T* dst = m.row(b, h, pieces[j].first + r);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
+      src += D;
+    }
   }
 }
 
-// S (bs x L) = scale * Q K^T (+ mask); then, in place, the unnormalised softmax numerators
-// exp(S - row max). Sets lse (+inf for a row without keys, whose numerators are all zero) and
-// inv = 1 / row sum (0 for such a row); the caller scales the output rows by inv, which is
-// cheaper than normalising the bs x L probabilities.
+// S (bs x L) = scale * Q K^T (+ mask), as S^T (L x bs) = K (as D x L, transposed) * Q^T (D x bs)
+// in column-major BLAS terms.
 template <typename T>
-void scores_softmax(const T* q, int64_t ldq, const T* k, int64_t ldk, const T* mask, int64_t bs, int64_t L,
-                    int64_t D, T scale, T* S, T* lse, T* inv) {
-  // Column-major BLAS: S^T (L x bs) = K (as D x L, transposed) * Q^T (D x bs).
+void scores(const T* q, int64_t ldq, const T* k, int64_t ldk, const T* mask, int64_t bs, int64_t L, int64_t D,
+            T scale, T* S) {
   blas::gemm(T_, N_, L, bs, D, scale, k, ldk, q, ldq, T(0), S, L);
+  if (!mask) return;
   for (int64_t t = 0; t < bs; ++t) {
     T* row = S + t * L;
-    T mx = -std::numeric_limits<T>::infinity();
-    if (mask) {
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 0; j < L; ++j) {
-        const T x = row[j] + mask[j];
-        row[j] = x;
-        mx = std::max(mx, x);
-      }
-    } else {
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 0; j < L; ++j) mx = std::max(mx, row[j]);
-    }
-    if (mx == -std::numeric_limits<T>::infinity()) {
-      std::fill(row, row + L, T(0));
-      lse[t] = std::numeric_limits<T>::infinity();
-      inv[t] = T(0);
-      continue;
-    }
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < L; ++j) {
-      row[j] = exp_approx(row[j] - mx);
-      sum += row[j];
-    }
-    inv[t] = T(1) / sum;
-    lse[t] = mx + std::log(sum);
-  }
-}
-
-// P (bs x L) from saved log-sum-exp: exp(scale * Q K^T + mask - lse).
-template <typename T>
-void probs(const T* q, int64_t ldq, const T* k, int64_t ldk, const T* mask, int64_t bs, int64_t L, int64_t D,
-           T scale, const T* lse, T* P) {
-  blas::gemm(T_, N_, L, bs, D, scale, k, ldk, q, ldq, T(0), P, L);
-  for (int64_t t = 0; t < bs; ++t) {
-    T* row = P + t * L;
-    const T l = lse[t];
-    if (std::isinf(l)) {
-      std::fill(row, row + L, T(0));
-      continue;
-    }
-    if (mask) {
 #pragma omp simd
-      for (int64_t j = 0; j < L; ++j) row[j] = exp_approx(row[j] + mask[j] - l);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < L; ++j) row[j] = exp_approx(row[j] - l);
-    }
+    for (int64_t j = 0; j < L; ++j) row[j] += mask[j];
   }
 }
 
@@ -210,38 +226,68 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), nb = plan.nb;
   const Mat<T> Q(q), K(k), V(v), O(out);
   T* lse_ptr = lse.data_ptr<T>();  // (B, H, N) contiguous
-  int64_t Lmax = 0;
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t i = 0; i < nb; ++i) Lmax = std::max(Lmax, plan.keys(h, i, bs));
+  constexpr T kInf = std::numeric_limits<T>::infinity();
   at::parallel_for(0, B * H * nb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> S(bs * Lmax), kbuf(Lmax * D), vbuf(Lmax * D), mbuf(Lmax), inv(bs);
+    // Uninitialised buffers: only the pages a row touches become resident memory.
+    Buffer<T> S(bs * kChunk), kbuf(kChunk * D), vbuf(kChunk * D), mbuf(kChunk), mx(bs), sum(bs), alpha(bs);
+    Chunks chunks;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (H * nb), h = (item / nb) % H, i = item % nb;
-      const int64_t* runs = plan.row_runs(h, i);
-      const int64_t nr = plan.count(h, i), L = plan.keys(h, i, bs);
+      chunks.build(plan.row_runs(h, i), plan.count(h, i), bs);
+      const T* qi = Q.row(b, h, i * bs);
       T* o = O.row(b, h, i * bs);
       T* l = lse_ptr + (b * H + h) * N + i * bs;
-      if (L == 0) {
-        for (int64_t t = 0; t < bs; ++t) std::fill(o + t * O.sn, o + t * O.sn + D, T(0));
-        std::fill(l, l + bs, std::numeric_limits<T>::infinity());
-        continue;
+      const T* km = kmask ? kmask + b * N : nullptr;
+      std::fill(mx.data(), mx.data() + bs, -kInf);
+      std::fill(sum.data(), sum.data() + bs, T(0));
+      for (int64_t t = 0; t < bs; ++t) std::fill(o + t * O.sn, o + t * O.sn + D, T(0));
+      for (int64_t c = 0; c < chunks.count(); ++c) {
+        const Piece* pc = chunks.begin(c);
+        const int64_t np = chunks.npieces(c), L = chunks.sizes[c];
+        int64_t ldk, ldv;
+        const T* kp = chunk_rows(K, b, h, pc, np, D, kbuf.data(), ldk);
+        const T* vp = chunk_rows(V, b, h, pc, np, D, vbuf.data(), ldv);
+        scores(qi, Q.sn, kp, ldk, chunk_mask(km, pc, np, mbuf.data()), bs, L, D, T(scale), S.data());
+        // Online softmax: rescale what earlier chunks gave by exp(old max - new max).
+        for (int64_t t = 0; t < bs; ++t) {
+          T* row = S.data() + t * L;
+          T m = -kInf;
+#pragma omp simd reduction(max : m)
+          for (int64_t j = 0; j < L; ++j) m = std::max(m, row[j]);
+          const T m_new = std::max(m, mx[t]);
+          if (m_new == -kInf) {  // nothing seen yet in this row
+            std::fill(row, row + L, T(0));
+            alpha[t] = T(1);
+            continue;
+          }
+          T s = 0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t j = 0; j < L; ++j) {
+            row[j] = exp_approx(row[j] - m_new);
+            s += row[j];
+          }
+          alpha[t] = mx[t] == -kInf ? T(0) : exp_approx(mx[t] - m_new);
+          sum[t] = sum[t] * alpha[t] + s;
+          mx[t] = m_new;
+        }
+        if (c > 0) {
+          for (int64_t t = 0; t < bs; ++t) {
+            T* row = o + t * O.sn;
+            const T a = alpha[t];
+#pragma omp simd
+            for (int64_t d = 0; d < D; ++d) row[d] *= a;
+          }
+        }
+        // O^T (D x bs) += V^T (D x L) * P^T (L x bs)
+        blas::gemm(N_, N_, D, bs, L, T(1), vp, ldv, S.data(), L, T(1), o, O.sn);
       }
-      int64_t ldk, ldv;
-      const T* kp = row_keys(K, b, h, runs, nr, bs, D, kbuf.data(), ldk);
-      const T* vp = row_keys(V, b, h, runs, nr, bs, D, vbuf.data(), ldv);
-      const T* mp = nullptr;
-      if (kmask) {
-        row_mask(kmask, b, N, runs, nr, bs, mbuf.data());
-        mp = mbuf.data();
-      }
-      scores_softmax(Q.row(b, h, i * bs), Q.sn, kp, ldk, mp, bs, L, D, T(scale), S.data(), l, inv.data());
-      // O^T (D x bs) = V^T (D x L) * P^T (L x bs), then each row times 1 / its softmax sum
-      blas::gemm(N_, N_, D, bs, L, T(1), vp, ldv, S.data(), L, T(0), o, O.sn);
-      for (int64_t t = 0; t < bs; ++t) {
+      for (int64_t t = 0; t < bs; ++t) {  // normalise; a row without keys keeps zeros, lse = +inf
+        const bool empty = sum[t] == T(0);
+        const T w = empty ? T(0) : T(1) / sum[t];
         T* row = o + t * O.sn;
-        const T w = inv[t];
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) row[d] *= w;
+        l[t] = empty ? kInf : mx[t] + std::log(sum[t]);
       }
     }
   });
@@ -254,78 +300,70 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), nb = plan.nb;
   const Mat<T> Q(q), K(k), V(v), O(out), G(go), DQ(dq), DK(dk), DV(dv);
   const T* lse_ptr = lse.data_ptr<T>();
-  int64_t Lmax = 0;
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t i = 0; i < nb; ++i) Lmax = std::max(Lmax, plan.keys(h, i, bs));
   // One (batch, head) per task: the task owns that head's dk, dv, so the accumulations never race.
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> P(bs * Lmax), dS(bs * Lmax), kbuf(Lmax * D), vbuf(Lmax * D), mbuf(Lmax),
-        dkbuf(Lmax * D), dvbuf(Lmax * D), delta(bs);
+    Buffer<T> P(bs * kChunk), dS(bs * kChunk), kbuf(kChunk * D), vbuf(kChunk * D), mbuf(kChunk),
+        dkbuf(kChunk * D), dvbuf(kChunk * D), delta(bs);
+    Chunks chunks;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / H, h = item % H;
+      const T* km = kmask ? kmask + b * N : nullptr;
       for (int64_t i = 0; i < nb; ++i) {
-        const int64_t* runs = plan.row_runs(h, i);
-        const int64_t nr = plan.count(h, i), L = plan.keys(h, i, bs);
-        T* dqi = DQ.row(b, h, i * bs);
-        if (L == 0) {
-          for (int64_t t = 0; t < bs; ++t) std::fill(dqi + t * DQ.sn, dqi + t * DQ.sn + D, T(0));
-          continue;
-        }
+        chunks.build(plan.row_runs(h, i), plan.count(h, i), bs);
         const T* qi = Q.row(b, h, i * bs);
         const T* gi = G.row(b, h, i * bs);
         const T* oi = O.row(b, h, i * bs);
-        int64_t ldk, ldv;
-        const T* kp = row_keys(K, b, h, runs, nr, bs, D, kbuf.data(), ldk);
-        const T* vp = row_keys(V, b, h, runs, nr, bs, D, vbuf.data(), ldv);
-        const T* mp = nullptr;
-        if (kmask) {
-          row_mask(kmask, b, N, runs, nr, bs, mbuf.data());
-          mp = mbuf.data();
-        }
-        probs(qi, Q.sn, kp, ldk, mp, bs, L, D, T(scale), lse_ptr + (b * H + h) * N + i * bs, P.data());
-        // dP (bs x L) = dO V^T, as dP^T (L x bs) = V (D x L)^T dO^T (D x bs)
-        blas::gemm(T_, N_, L, bs, D, T(1), vp, ldv, gi, G.sn, T(0), dS.data(), L);
+        const T* li = lse_ptr + (b * H + h) * N + i * bs;
+        T* dqi = DQ.row(b, h, i * bs);
         for (int64_t t = 0; t < bs; ++t) {
+          std::fill(dqi + t * DQ.sn, dqi + t * DQ.sn + D, T(0));
           T acc = 0;
           const T* g = gi + t * G.sn;
           const T* o = oi + t * O.sn;
 #pragma omp simd reduction(+ : acc)
           for (int64_t d = 0; d < D; ++d) acc += g[d] * o[d];
-          delta[t] = acc;
+          delta[t] = acc;  // rowsum(dO * O)
         }
-        for (int64_t t = 0; t < bs; ++t) {
-          T* ds = dS.data() + t * L;
-          const T* p = P.data() + t * L;
-          const T dt = delta[t];
-#pragma omp simd
-          for (int64_t j = 0; j < L; ++j) ds[j] = p[j] * (ds[j] - dt);
-        }
-        // dQ (bs x D) = scale dS K: dQ^T (D x bs) = K^T (D x L) dS^T (L x bs)
-        blas::gemm(N_, N_, D, bs, L, T(scale), kp, ldk, dS.data(), L, T(0), dqi, DQ.sn);
-        // dK (L x D) = scale dS^T Q and dV (L x D) = P^T dO, as (D x L) = Q^T (D x bs) dS (bs x L)
-        if (nr == 1) {  // a single run: accumulate in place
-          T* dkp = DK.row(b, h, runs[0] * bs);
-          T* dvp = DV.row(b, h, runs[0] * bs);
-          blas::gemm(N_, T_, D, L, bs, T(scale), qi, Q.sn, dS.data(), L, T(1), dkp, DK.sn);
-          blas::gemm(N_, T_, D, L, bs, T(1), gi, G.sn, P.data(), L, T(1), dvp, DV.sn);
-        } else {
-          blas::gemm(N_, T_, D, L, bs, T(scale), qi, Q.sn, dS.data(), L, T(0), dkbuf.data(), D);
-          blas::gemm(N_, T_, D, L, bs, T(1), gi, G.sn, P.data(), L, T(0), dvbuf.data(), D);
-          const T* sk = dkbuf.data();
-          const T* sv = dvbuf.data();
-          for (int64_t j = 0; j < nr; ++j) {
-            const int64_t first = runs[2 * j] * bs, len = runs[2 * j + 1] * bs;
-            for (int64_t n = 0; n < len; ++n) {
-              T* dkr = DK.row(b, h, first + n);
-              T* dvr = DV.row(b, h, first + n);
-#pragma omp simd
-              for (int64_t d = 0; d < D; ++d) {
-                dkr[d] += sk[d];
-                dvr[d] += sv[d];
-              }
-              sk += D;
-              sv += D;
+        for (int64_t c = 0; c < chunks.count(); ++c) {
+          const Piece* pc = chunks.begin(c);
+          const int64_t np = chunks.npieces(c), L = chunks.sizes[c];
+          int64_t ldk, ldv;
+          const T* kp = chunk_rows(K, b, h, pc, np, D, kbuf.data(), ldk);
+          const T* vp = chunk_rows(V, b, h, pc, np, D, vbuf.data(), ldv);
+          // P = exp(S - lse) (zero for a row without keys, whose lse is +inf)
+          scores(qi, Q.sn, kp, ldk, chunk_mask(km, pc, np, mbuf.data()), bs, L, D, T(scale), P.data());
+          for (int64_t t = 0; t < bs; ++t) {
+            T* row = P.data() + t * L;
+            const T lt = li[t];
+            if (std::isinf(lt)) {
+              std::fill(row, row + L, T(0));
+              continue;
             }
+#pragma omp simd
+            for (int64_t j = 0; j < L; ++j) row[j] = exp_approx(row[j] - lt);
+          }
+          // dP (bs x L) = dO V^T; then dS = P * (dP - delta), in place
+          blas::gemm(T_, N_, L, bs, D, T(1), vp, ldv, gi, G.sn, T(0), dS.data(), L);
+          for (int64_t t = 0; t < bs; ++t) {
+            T* ds = dS.data() + t * L;
+            const T* p = P.data() + t * L;
+            const T dt = delta[t];
+#pragma omp simd
+            for (int64_t j = 0; j < L; ++j) ds[j] = p[j] * (ds[j] - dt);
+          }
+          // dQ (bs x D) += scale dS K: dQ^T (D x bs) += K^T (D x L) dS^T (L x bs)
+          blas::gemm(N_, N_, D, bs, L, T(scale), kp, ldk, dS.data(), L, T(1), dqi, DQ.sn);
+          // dK (L x D) += scale dS^T Q and dV (L x D) += P^T dO, as (D x L) = Q^T (D x bs) dS (bs x L)
+          if (np == 1) {  // one piece: accumulate in place
+            T* dkp = DK.row(b, h, pc[0].first);
+            T* dvp = DV.row(b, h, pc[0].first);
+            blas::gemm(N_, T_, D, L, bs, T(scale), qi, Q.sn, dS.data(), L, T(1), dkp, DK.sn);
+            blas::gemm(N_, T_, D, L, bs, T(1), gi, G.sn, P.data(), L, T(1), dvp, DV.sn);
+          } else {
+            blas::gemm(N_, T_, D, L, bs, T(scale), qi, Q.sn, dS.data(), L, T(0), dkbuf.data(), D);
+            blas::gemm(N_, T_, D, L, bs, T(1), gi, G.sn, P.data(), L, T(0), dvbuf.data(), D);
+            scatter_add(DK, b, h, pc, np, D, dkbuf.data());
+            scatter_add(DV, b, h, pc, np, D, dvbuf.data());
           }
         }
       }
@@ -356,10 +394,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_bwd(
   check_inputs(q, k, v, runs, nruns, block_size);
   TORCH_CHECK(grad_out.sizes() == q.sizes() && grad_out.stride(3) == 1 && out.stride(3) == 1, "grad_out, out");
   TORCH_CHECK(lse.is_contiguous(), "lse contiguous");
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
-  at::Tensor dq = at::empty({B, N, H, D}, q.options()).transpose(1, 2);
-  at::Tensor dk = at::zeros({B, N, H, D}, q.options()).transpose(1, 2);
-  at::Tensor dv = at::zeros({B, N, H, D}, q.options()).transpose(1, 2);
+  // Gradients in the inputs' own layouts, so autograd stores them without a copy.
+  at::Tensor dq = at::empty_like(q);
+  at::Tensor dk = at::zeros_like(k);
+  at::Tensor dv = at::zeros_like(v);
   Plan plan{runs.data_ptr<int64_t>(), nruns.data_ptr<int64_t>(), runs.size(1), runs.size(2)};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_bwd", [&] {
     const scalar_t* mask = kmask.has_value() ? kmask->data_ptr<scalar_t>() : nullptr;
