@@ -5,30 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from sdbert.commands.common import positive_int
+from sdbert.commands.common import positive_int, ranged
 
 logger = logging.getLogger(__name__)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {text!r}")
-    return value
+_non_negative_float = ranged(float, 0.0, what="a number >= 0")
+_port = ranged(int, 0, 65535, what="a port in 0..65535")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
