@@ -9,7 +9,7 @@ from sdbert.bench.report import PeakRSS, update_markdown_section
 from sdbert.cli import main
 
 TINY = ["--heads", "2", "--head-dim", "16", "--block-size", "32", "--random-blocks", "1",
-        "--repeats", "1", "--warmup", "0", "--no-progress"]
+        "--repeats", "1", "--warmup", "0", "--min-seconds", "0", "--no-progress"]
 
 
 def test_bench_attention_writes_table_json_plot_and_markdown(tmp_path, capsys):

@@ -73,12 +73,20 @@ def test_band_plan_recognises_bigbird_and_only_bigbird():
 def test_plan_runs_rebuild_the_layout():
     layout = bigbird_block_layout(20, 3, num_heads=4, seed=2)
     layout[1, 7] = False  # an empty row
-    runs, nruns = native.plan_runs(plan_from_layout(layout))
+    layout[2, 3] = layout[2, 0]  # a middle row with the same key list as the global rows
+    runs, nruns, order, glen = native.plan_runs(plan_from_layout(layout))
     rebuilt = torch.zeros_like(layout)
     for h, i in zip(*torch.nonzero(nruns, as_tuple=True), strict=True):
         for first, count in runs[h, i, : nruns[h, i]].tolist():
             rebuilt[h, i, first:first + count] = True
     assert torch.equal(rebuilt, layout)
+    for h in range(4):  # every query block once; the blocks of a group share their key list
+        assert sorted(order[h].tolist()) == list(range(20))
+        assert int(glen[h].sum()) == 20 and int(glen[h].max()) <= native.MAX_GROUP
+        for j in torch.nonzero(glen[h]).flatten().tolist():
+            group = order[h, j:j + glen[h, j]]
+            assert (layout[h, group] == layout[h, group[0]]).all()
+    assert glen[2, 0] == 3 and set(order[2, :3].tolist()) == {0, 3, 19}
 
 
 @pytest.mark.parametrize("r", [0, 1, 3])
@@ -167,6 +175,23 @@ def test_native_rows_longer_than_a_key_chunk(bs, nb):
     ref = general(q2, k2, v2, block_size=bs, num_random_blocks=1, key_padding_mask=kpm, seed=2)
     assert (out - ref).abs().max() < 1e-10
     weight = torch.randn_like(out)
+    (out * weight).sum().backward()
+    (ref * weight).sum().backward()
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        assert (a.grad - b.grad).abs().max() < 1e-10
+
+
+def test_native_groups_of_identical_rows(path):
+    """A dense explicit layout: every query block shares one key list, computed in groups."""
+    q, k, v = qkv(2, 2, 10 * 8 - 3, 8, requires_grad=True)
+    kpm = torch.ones(2, 77, dtype=torch.bool)
+    kpm[0, -20:] = False
+    layout = torch.ones(2, 10, 10, dtype=torch.bool)
+    out = block_sparse_attention(q, k, v, block_size=8, num_random_blocks=0, key_padding_mask=kpm, layout=layout)
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    ref = dense_attention(q2, k2, v2, attn_mask=kpm[:, None, None, :]) * kpm[:, None, :, None]
+    assert (out - ref).abs().max() < 1e-10
+    weight = torch.randn_like(out) * kpm[:, None, :, None]
     (out * weight).sum().backward()
     (ref * weight).sum().backward()
     for a, b in ((q, q2), (k, k2), (v, v2)):

@@ -66,7 +66,8 @@ def _load() -> bool:
 
         # -march=native binaries must not be shared between different CPUs: key the build by CPU.
         name = "sdbert_native_" + hashlib.sha1(_cpu_signature().encode()).hexdigest()[:10]
-        log.info("sdbert: loading the native CPU attention kernel (compiled on first use, about 10 s)")
+        log.log(logging.DEBUG if _is_built(cpp_extension, name) else logging.INFO,
+                "sdbert: compiling the native CPU attention kernel (first use only, about 10 s)")
         cpp_extension.load(name=name, sources=[str(_SOURCE)], is_python_module=False,
                            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
         torch.ops.sdbert_native.block_sparse_fwd  # noqa: B018 - raises if the library did not register
@@ -75,6 +76,13 @@ def _load() -> bool:
         _state["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
         log.warning("sdbert: native CPU attention kernel unavailable (%s); using the PyTorch kernels",
                     _state["error"])
+        return False
+
+
+def _is_built(cpp_extension, name: str) -> bool:
+    try:  # a private helper of torch's: only decides whether to say that we compile
+        return (Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+    except Exception:
         return False
 
 
@@ -95,17 +103,25 @@ def supported(q: torch.Tensor, dropout_p: float) -> bool:
 
 # --- plans as runs of key blocks ------------------------------------------------------------------
 
-_runs_cache: dict[int, tuple[weakref.ref, tuple[torch.Tensor, torch.Tensor]]] = {}
+_runs_cache: dict[int, tuple[weakref.ref, tuple[torch.Tensor, ...]]] = {}
+MAX_GROUP = 4  # query blocks computed together when they share a key list (the global rows)
 
 
-def plan_runs(plan: SparsePlan) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(runs (H, nb, R, 2), nruns (H, nb))`: each query block's key blocks as runs of consecutive
-    blocks `(first, count)`, in block order (cached per plan)."""
+def plan_runs(plan: SparsePlan) -> tuple[torch.Tensor, ...]:
+    """The plan in the kernel's form (cached per plan):
+
+    runs `(H, nb, R, 2)`, nruns `(H, nb)`: each query block's key blocks as runs of consecutive
+    blocks `(first, count)`, in block order;
+    order `(H, nb)`, glen `(H, nb)`: the query blocks reordered so that blocks with the same key
+    list sit together (groups of at most `MAX_GROUP`, first appearance first); `glen` is the size
+    of the group starting at each position, 0 inside a group.
+    """
     hit = _runs_cache.get(id(plan))
     if hit is not None and hit[0]() is plan:
         return hit[1]
     with torch.inference_mode(False):  # cached tensors must stay usable by autograd later
-        runs = _runs_from_layout(_plan_layout(plan))
+        layout = _plan_layout(plan)
+        runs = _runs_from_layout(layout) + _groups(layout)
     _runs_cache[id(plan)] = (weakref.ref(plan), runs)
     weakref.finalize(plan, _runs_cache.pop, id(plan), None)
     return runs
@@ -145,34 +161,54 @@ def _runs_from_layout(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return runs.long().contiguous(), nruns.long().contiguous()
 
 
+def _groups(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    heads, nb, _ = layout.shape
+    order = torch.empty(heads, nb, dtype=torch.long)
+    glen = torch.zeros(heads, nb, dtype=torch.long)
+    rows = torch.arange(nb)
+    for h in range(heads):
+        _, group = torch.unique(layout[h], dim=0, return_inverse=True)  # (nb,) group of each row
+        first = torch.full((int(group.max()) + 1,), nb).scatter_reduce_(0, group, rows, "amin")
+        order[h] = torch.sort(first[group], stable=True).indices  # groups in order of first appearance
+        grouped = group[order[h]]
+        start = torch.ones(nb, dtype=torch.bool)
+        start[1:] = grouped[1:] != grouped[:-1]
+        group_start = torch.cummax(torch.where(start, rows, 0), 0).values
+        rank = rows - group_start  # position inside the group
+        size = torch.bincount(grouped, minlength=int(group.max()) + 1)[grouped]
+        head_of_part = rank % MAX_GROUP == 0
+        glen[h] = torch.where(head_of_part, (size - rank).clamp(max=MAX_GROUP), 0)
+    return order.contiguous(), glen.contiguous()
+
+
 # --- the autograd function -----------------------------------------------------------------------
 
 def native_attention(q, k, v, block_size: int, plan: SparsePlan, key_padding_mask: torch.Tensor | None):
     """Block-sparse attention through the native kernel. `q, k, v`: `(B, H, nb * bs, D)`, unit
     stride in `D`. Returns `(B, H, S, D)` laid out as `(B, S, H, D)`; padding query rows are not
     zeroed here; a row that sees no key gives zeros."""
-    runs, nruns = plan_runs(plan)
+    runs = plan_runs(plan)
     kmask = None
     if key_padding_mask is not None:
         kmask = torch.zeros(key_padding_mask.shape, dtype=q.dtype).masked_fill_(~key_padding_mask, float("-inf"))
-    return _NativeAttention.apply(q, k, v, kmask, runs, nruns, block_size)
+    return _NativeAttention.apply(q, k, v, kmask, runs, block_size)
 
 
 class _NativeAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, kmask, runs, nruns, block_size):
+    def forward(ctx, q, k, v, kmask, plan, block_size):
         scale = q.shape[-1] ** -0.5
-        out, lse = torch.ops.sdbert_native.block_sparse_fwd(q, k, v, kmask, runs, nruns, block_size, scale)
-        ctx.save_for_backward(q, k, v, out, lse, kmask, runs, nruns)
-        ctx.block_size, ctx.scale = block_size, scale
+        out, lse = torch.ops.sdbert_native.block_sparse_fwd(q, k, v, kmask, *plan, block_size, scale)
+        ctx.save_for_backward(q, k, v, out, lse, kmask)
+        ctx.plan, ctx.block_size, ctx.scale = plan, block_size, scale
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, out, lse, kmask, runs, nruns = ctx.saved_tensors
+        q, k, v, out, lse, kmask = ctx.saved_tensors
         if grad_out.stride(-1) != 1:
             grad_out = grad_out.contiguous()
-        dq, dk, dv = torch.ops.sdbert_native.block_sparse_bwd(grad_out, q, k, v, out, lse, kmask, runs, nruns,
+        dq, dk, dv = torch.ops.sdbert_native.block_sparse_bwd(grad_out, q, k, v, out, lse, kmask, *ctx.plan,
                                                              ctx.block_size, ctx.scale)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None

@@ -13,8 +13,9 @@ Methods (all on `(batch, heads, seq, head_dim)` problems of the same size):
   training; it has no attention dropout) and only where its own model would not switch to full
   attention (`seq > (5 + 2 r) * block_size`). Skipped when transformers is not installed.
 
-Timing: for each length every case runs `warmup` times, then `repeats` rounds in which the
-cases take turns (so background noise falls on all of them alike); we report the median.
+Timing: for each length every case runs `warmup` times, then at least `repeats` rounds in which
+the cases take turns (so background noise falls on all of them alike; short lengths get more
+rounds, up to about `min_seconds` per length); we report the median.
 "Forward" runs under `torch.no_grad()`; "forward+backward" backpropagates a fixed random
 gradient into the inputs (and the projection weights).
 
@@ -26,6 +27,7 @@ libraries. One process per case means nothing cached by an earlier case hides a 
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -67,6 +69,10 @@ class AttentionBenchConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     memory: bool = True
     """measure peak memory (one fresh process per case: slower)"""
+    min_seconds: float = 3.0
+    """short lengths get extra timed rounds until about this much time per length is spent"""
+    max_repeats: int = 50
+    """cap on those extra rounds"""
     hf_max_length: int = 8192
     """longest sequence to run Hugging Face BigBird at (it needs ~15 GB and ~20 s a step at 16384)"""
     threads: int = field(default_factory=torch.get_num_threads)
@@ -231,6 +237,7 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
+    load_start = _load_average()
     cases = [(n, m, mode) for n in cfg.lengths for m in cfg.methods for mode in cfg.modes]
     rows: dict[tuple, dict] = {}
     total = len(cases) * (1 + cfg.memory)
@@ -248,13 +255,21 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
                     steps[(method, mode)] = build_case(method, mode, cfg, n)
             times = {key: [] for key in steps}
             bar.set_postfix_str(f"n={n} timing")
-            for round_ in range(cfg.warmup + cfg.repeats):
+            rounds, round_ = cfg.warmup + cfg.repeats, 0
+            while round_ < rounds:
                 for key, step in steps.items():  # cases take turns within each round
                     start = time.perf_counter()
                     step()
                     elapsed = (time.perf_counter() - start) * 1e3
                     if round_ >= cfg.warmup:
                         times[key].append(elapsed)
+                round_ += 1
+                if round_ == cfg.warmup + 1 and steps:
+                    # Short cases get more rounds (up to ~min_seconds per length): medians of a few
+                    # millisecond-scale runs are easily skewed by other jobs on the machine.
+                    round_seconds = sum(v[-1] for v in times.values()) / 1e3
+                    extra = int(cfg.min_seconds / max(round_seconds, 1e-6))
+                    rounds = max(rounds, min(cfg.warmup + extra, cfg.warmup + cfg.max_repeats))
             for (method, mode), values in times.items():
                 rows[(n, method, mode)].update(median_ms=statistics.median(values), times_ms=values)
                 bar.update(1)
@@ -266,8 +281,18 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
                     rows[(n, method, mode)].update(_isolated_memory(method, mode, cfg, n))
                     bar.update(1)
     kernel = {"native_available": native.available(), "native_error": native._state.get("error")}
-    return {"benchmark": "attention", "machine": machine_info(), "kernel": kernel, "config": asdict(cfg),
+    machine = machine_info()
+    machine["load_average_start"], machine["load_average_end"] = load_start, _load_average()
+    return {"benchmark": "attention", "machine": machine, "kernel": kernel, "config": asdict(cfg),
             "command": command_line(cfg), "rows": [rows[c] for c in cases]}
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: other jobs on the machine inflate every time in a run."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _isolated_memory(method: str, mode: str, cfg: AttentionBenchConfig, seq_len: int) -> dict:
@@ -285,6 +310,8 @@ def command_line(cfg: AttentionBenchConfig) -> str:
         parts.append("--methods " + ",".join(cfg.methods))
     if not cfg.memory:
         parts.append("--no-memory")
+    if cfg.min_seconds != AttentionBenchConfig.min_seconds:
+        parts.append(f"--min-seconds {cfg.min_seconds:g}")
     if cfg.hf_max_length != AttentionBenchConfig.hf_max_length and "hf" in cfg.methods:
         parts.append(f"--hf-max-length {cfg.hf_max_length}")
     return " ".join(parts)

@@ -32,7 +32,9 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--random-blocks", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case at least (median reported)")
+    p.add_argument("--min-seconds", type=float, default=3.0,
+                   help="extra rounds for short lengths until about this many seconds per length (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
@@ -72,6 +74,7 @@ def run_attention(args: argparse.Namespace) -> int:
         cfg = bench.AttentionBenchConfig(
             lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
             block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
+            min_seconds=args.min_seconds,
             warmup=args.warmup, backward=args.backward, methods=methods, memory=args.memory,
             hf_max_length=args.hf_max_length, threads=args.threads or torch.get_num_threads())
     except (TypeError, ValueError) as exc:
@@ -82,7 +85,7 @@ def run_attention(args: argparse.Namespace) -> int:
     machine = result["machine"]
     print(f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}")
     print(f"batch {cfg.batch}, {cfg.heads} heads x {cfg.head_dim}, block {cfg.block_size}, "
-          f"r = {cfg.random_blocks}, fp32, {cfg.repeats} repeats (median); dense fallback "
+          f"r = {cfg.random_blocks}, fp32, median of >= {cfg.repeats} rounds; dense fallback "
           f"<= {cfg.dense_fallback_length} tokens")
     print(_kernel_line(result))
     for key in ("median_ms", "peak_mb") if cfg.memory else ("median_ms",):
@@ -145,14 +148,18 @@ def _update_markdown(result: dict, path: Path, plotted: bool, name: str = "atten
         "",
         f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch "
         f"threads, torch {machine['torch']}, Python {machine['python']}"
-        + (f", transformers {machine['transformers']}" if "transformers" in machine else "") + ".",
+        + (f", transformers {machine['transformers']}" if "transformers" in machine else "") + "."
+        + (f" Load average (1 min) at start / end of the run: {machine['load_average_start']} / "
+           f"{machine['load_average_end']} (a shared machine: other jobs slow every method of a round alike, "
+           "but lengths timed minutes apart can see different load)." if "load_average_start" in machine else ""),
         "",
         f"Command: `{result['command']}`",
         "",
         f"Problem: batch {cfg['batch']}, {cfg['heads']} heads x {cfg['head_dim']}, block {cfg['block_size']}, "
         f"{cfg['random_blocks']} random blocks, fp32. Methods: "
-        + "; ".join(f"{METHODS[m]}" for m in cfg["methods"]) + ". Times are medians of "
-        f"{cfg['repeats']} interleaved rounds in one process; memory is the peak resident memory "
+        + "; ".join(f"{METHODS[m]}" for m in cfg["methods"]) + ". Times are medians of at least "
+        f"{cfg['repeats']} interleaved rounds in one process (more for short lengths, about "
+        f"{cfg.get('min_seconds', 0):g} s per length); memory is the peak resident memory "
         "above the inputs, one fresh process per case. Up to "
         f"{(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
         "HF BigBird is measured only above that length (its model switches to full attention below) "

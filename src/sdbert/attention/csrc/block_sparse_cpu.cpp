@@ -5,8 +5,9 @@
 // number of blocks)`, `nruns[h][i]` of them. For each (batch, head, query block) the kernel copies
 // the row's key/value blocks into a thread-local buffer (cache-resident, not a tensor in memory),
 // computes the scores with one GEMM, the softmax in place, and the output with a second GEMM:
-// nothing the size of the attention pattern ever reaches main memory. Rows with more than
-// kChunk keys (the global rows) go chunk by chunk with the online softmax. Rows that see no key
+// nothing the size of the attention pattern ever reaches main memory. Query blocks with the same
+// key list (the global rows) are computed together, so their keys are read once; rows with more
+// than kChunk keys go chunk by chunk with the online softmax. Rows that see no key
 // return zeros with a log-sum-exp of +inf (so their backward share is zero).
 //
 // Backward parallelises over (batch, head), so each thread owns the key/value gradients it
@@ -18,6 +19,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/max.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -98,10 +100,36 @@ struct Mat {  // a (rows, D) slice of a (B, H, N, D) tensor with unit stride in 
 struct Plan {
   const int64_t* runs;   // (H, nb, R, 2)
   const int64_t* nruns;  // (H, nb)
-  int64_t nb, R;
+  const int64_t* order;  // (H, nb): query blocks, rows with the same key list next to each other
+  const int64_t* glen;   // (H, nb): rows in the group that starts at this position, 0 inside one
+  int64_t nb, R, max_group;
   const int64_t* row_runs(int64_t h, int64_t i) const { return runs + (h * nb + i) * R * 2; }
   int64_t count(int64_t h, int64_t i) const { return nruns[h * nb + i]; }
+  const int64_t* group(int64_t h, int64_t j) const { return order + h * nb + j; }
+  int64_t group_size(int64_t h, int64_t j) const { return glen[h * nb + j]; }
 };
+
+// The rows of a group of query blocks as one (M x D) matrix: a direct pointer for a single block,
+// else a copy into `buf` (gather) that `put_rows` writes back (scatter).
+template <typename T>
+const T* get_rows(const Mat<T>& m, int64_t b, int64_t h, const int64_t* blocks, int64_t g, int64_t bs,
+                  int64_t D, T* buf, int64_t& ld) {
+  if (g == 1) {
+    ld = m.sn;
+    return m.row(b, h, blocks[0] * bs);
+  }
+  ld = D;
+  for (int64_t r = 0; r < g; ++r)
+    for (int64_t t = 0; t < bs; ++t) std::memcpy(buf + (r * bs + t) * D, m.row(b, h, blocks[r] * bs + t), sizeof(T) * D);
+  return buf;
+}
+
+template <typename T>
+void put_rows(const Mat<T>& m, int64_t b, int64_t h, const int64_t* blocks, int64_t g, int64_t bs, int64_t D,
+              const T* buf) {
+  for (int64_t r = 0; r < g; ++r)
+    for (int64_t t = 0; t < bs; ++t) std::memcpy(m.row(b, h, blocks[r] * bs + t), buf + (r * bs + t) * D, sizeof(T) * D);
+}
 
 // Keys are processed in chunks of at most kChunk, so the scores of a long row (a global block
 // against every key) stay in cache: the forward merges chunks with the online softmax, the
@@ -224,71 +252,79 @@ template <typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const T* kmask, const Plan& plan,
                   int64_t bs, double scale, at::Tensor& out, at::Tensor& lse) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), nb = plan.nb;
+  const int64_t Mmax = plan.max_group * bs;
   const Mat<T> Q(q), K(k), V(v), O(out);
   T* lse_ptr = lse.data_ptr<T>();  // (B, H, N) contiguous
   constexpr T kInf = std::numeric_limits<T>::infinity();
   at::parallel_for(0, B * H * nb, 1, [&](int64_t begin, int64_t end) {
     // Uninitialised buffers: only the pages a row touches become resident memory.
-    Buffer<T> S(bs * kChunk), kbuf(kChunk * D), vbuf(kChunk * D), mbuf(kChunk), mx(bs), sum(bs), alpha(bs);
+    Buffer<T> S(Mmax * kChunk), kbuf(kChunk * D), vbuf(kChunk * D), mbuf(kChunk), mx(Mmax), sum(Mmax),
+        alpha(Mmax), qbuf(Mmax * D), obuf(Mmax * D);
     Chunks chunks;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / (H * nb), h = (item / nb) % H, i = item % nb;
-      chunks.build(plan.row_runs(h, i), plan.count(h, i), bs);
-      const T* qi = Q.row(b, h, i * bs);
-      T* o = O.row(b, h, i * bs);
-      T* l = lse_ptr + (b * H + h) * N + i * bs;
+      const int64_t b = item / (H * nb), h = (item / nb) % H, j = item % nb;
+      const int64_t g = plan.group_size(h, j);
+      if (g == 0) continue;  // inside a group: its first position computes it
+      const int64_t* blocks = plan.group(h, j);
+      const int64_t M = g * bs;
+      chunks.build(plan.row_runs(h, blocks[0]), plan.count(h, blocks[0]), bs);
+      int64_t ldq;
+      const T* qi = get_rows(Q, b, h, blocks, g, bs, D, qbuf.data(), ldq);
+      T* o = g == 1 ? O.row(b, h, blocks[0] * bs) : obuf.data();
+      const int64_t ldo = g == 1 ? O.sn : D;
       const T* km = kmask ? kmask + b * N : nullptr;
-      std::fill(mx.data(), mx.data() + bs, -kInf);
-      std::fill(sum.data(), sum.data() + bs, T(0));
-      for (int64_t t = 0; t < bs; ++t) std::fill(o + t * O.sn, o + t * O.sn + D, T(0));
+      std::fill(mx.data(), mx.data() + M, -kInf);
+      std::fill(sum.data(), sum.data() + M, T(0));
+      for (int64_t t = 0; t < M; ++t) std::fill(o + t * ldo, o + t * ldo + D, T(0));
       for (int64_t c = 0; c < chunks.count(); ++c) {
         const Piece* pc = chunks.begin(c);
         const int64_t np = chunks.npieces(c), L = chunks.sizes[c];
         int64_t ldk, ldv;
         const T* kp = chunk_rows(K, b, h, pc, np, D, kbuf.data(), ldk);
         const T* vp = chunk_rows(V, b, h, pc, np, D, vbuf.data(), ldv);
-        scores(qi, Q.sn, kp, ldk, chunk_mask(km, pc, np, mbuf.data()), bs, L, D, T(scale), S.data());
+        scores(qi, ldq, kp, ldk, chunk_mask(km, pc, np, mbuf.data()), M, L, D, T(scale), S.data());
         // Online softmax: rescale what earlier chunks gave by exp(old max - new max).
-        for (int64_t t = 0; t < bs; ++t) {
+        for (int64_t t = 0; t < M; ++t) {
           T* row = S.data() + t * L;
           T m = -kInf;
 #pragma omp simd reduction(max : m)
-          for (int64_t j = 0; j < L; ++j) m = std::max(m, row[j]);
+          for (int64_t jj = 0; jj < L; ++jj) m = std::max(m, row[jj]);
           const T m_new = std::max(m, mx[t]);
           if (m_new == -kInf) {  // nothing seen yet in this row
             std::fill(row, row + L, T(0));
             alpha[t] = T(1);
             continue;
           }
-          T s = 0;
-#pragma omp simd reduction(+ : s)
-          for (int64_t j = 0; j < L; ++j) {
-            row[j] = exp_approx(row[j] - m_new);
-            s += row[j];
+          T sm = 0;
+#pragma omp simd reduction(+ : sm)
+          for (int64_t jj = 0; jj < L; ++jj) {
+            row[jj] = exp_approx(row[jj] - m_new);
+            sm += row[jj];
           }
           alpha[t] = mx[t] == -kInf ? T(0) : exp_approx(mx[t] - m_new);
-          sum[t] = sum[t] * alpha[t] + s;
+          sum[t] = sum[t] * alpha[t] + sm;
           mx[t] = m_new;
         }
         if (c > 0) {
-          for (int64_t t = 0; t < bs; ++t) {
-            T* row = o + t * O.sn;
+          for (int64_t t = 0; t < M; ++t) {
+            T* row = o + t * ldo;
             const T a = alpha[t];
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) row[d] *= a;
           }
         }
-        // O^T (D x bs) += V^T (D x L) * P^T (L x bs)
-        blas::gemm(N_, N_, D, bs, L, T(1), vp, ldv, S.data(), L, T(1), o, O.sn);
+        // O^T (D x M) += V^T (D x L) * P^T (L x M)
+        blas::gemm(N_, N_, D, M, L, T(1), vp, ldv, S.data(), L, T(1), o, ldo);
       }
-      for (int64_t t = 0; t < bs; ++t) {  // normalise; a row without keys keeps zeros, lse = +inf
+      for (int64_t t = 0; t < M; ++t) {  // normalise; a row without keys keeps zeros, lse = +inf
         const bool empty = sum[t] == T(0);
         const T w = empty ? T(0) : T(1) / sum[t];
-        T* row = o + t * O.sn;
+        T* row = o + t * ldo;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) row[d] *= w;
-        l[t] = empty ? kInf : mx[t] + std::log(sum[t]);
+        lse_ptr[(b * H + h) * N + blocks[t / bs] * bs + t % bs] = empty ? kInf : mx[t] + std::log(sum[t]);
       }
+      if (g > 1) put_rows(O, b, h, blocks, g, bs, D, obuf.data());
     }
   });
 }
@@ -298,30 +334,38 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
                    const at::Tensor& out, const at::Tensor& lse, const T* kmask, const Plan& plan, int64_t bs,
                    double scale, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3), nb = plan.nb;
+  const int64_t Mmax = plan.max_group * bs;
   const Mat<T> Q(q), K(k), V(v), O(out), G(go), DQ(dq), DK(dk), DV(dv);
   const T* lse_ptr = lse.data_ptr<T>();
   // One (batch, head) per task: the task owns that head's dk, dv, so the accumulations never race.
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    Buffer<T> P(bs * kChunk), dS(bs * kChunk), kbuf(kChunk * D), vbuf(kChunk * D), mbuf(kChunk),
-        dkbuf(kChunk * D), dvbuf(kChunk * D), delta(bs);
+    Buffer<T> P(Mmax * kChunk), dS(Mmax * kChunk), kbuf(kChunk * D), vbuf(kChunk * D), mbuf(kChunk),
+        dkbuf(kChunk * D), dvbuf(kChunk * D), delta(Mmax), lbuf(Mmax), qbuf(Mmax * D), gbuf(Mmax * D),
+        obuf(Mmax * D), dqbuf(Mmax * D);
     Chunks chunks;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / H, h = item % H;
       const T* km = kmask ? kmask + b * N : nullptr;
-      for (int64_t i = 0; i < nb; ++i) {
-        chunks.build(plan.row_runs(h, i), plan.count(h, i), bs);
-        const T* qi = Q.row(b, h, i * bs);
-        const T* gi = G.row(b, h, i * bs);
-        const T* oi = O.row(b, h, i * bs);
-        const T* li = lse_ptr + (b * H + h) * N + i * bs;
-        T* dqi = DQ.row(b, h, i * bs);
-        for (int64_t t = 0; t < bs; ++t) {
-          std::fill(dqi + t * DQ.sn, dqi + t * DQ.sn + D, T(0));
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t g = plan.group_size(h, j);
+        if (g == 0) continue;
+        const int64_t* blocks = plan.group(h, j);
+        const int64_t M = g * bs;
+        chunks.build(plan.row_runs(h, blocks[0]), plan.count(h, blocks[0]), bs);
+        int64_t ldq, ldg, ldo;
+        const T* qi = get_rows(Q, b, h, blocks, g, bs, D, qbuf.data(), ldq);
+        const T* gi = get_rows(G, b, h, blocks, g, bs, D, gbuf.data(), ldg);
+        const T* oi = get_rows(O, b, h, blocks, g, bs, D, obuf.data(), ldo);
+        T* dqi = g == 1 ? DQ.row(b, h, blocks[0] * bs) : dqbuf.data();
+        const int64_t lddq = g == 1 ? DQ.sn : D;
+        for (int64_t t = 0; t < M; ++t) {
+          std::fill(dqi + t * lddq, dqi + t * lddq + D, T(0));
+          lbuf[t] = lse_ptr[(b * H + h) * N + blocks[t / bs] * bs + t % bs];
           T acc = 0;
-          const T* g = gi + t * G.sn;
-          const T* o = oi + t * O.sn;
+          const T* gr = gi + t * ldg;
+          const T* orow = oi + t * ldo;
 #pragma omp simd reduction(+ : acc)
-          for (int64_t d = 0; d < D; ++d) acc += g[d] * o[d];
+          for (int64_t d = 0; d < D; ++d) acc += gr[d] * orow[d];
           delta[t] = acc;  // rowsum(dO * O)
         }
         for (int64_t c = 0; c < chunks.count(); ++c) {
@@ -331,55 +375,66 @@ void backward_impl(const at::Tensor& go, const at::Tensor& q, const at::Tensor& 
           const T* kp = chunk_rows(K, b, h, pc, np, D, kbuf.data(), ldk);
           const T* vp = chunk_rows(V, b, h, pc, np, D, vbuf.data(), ldv);
           // P = exp(S - lse) (zero for a row without keys, whose lse is +inf)
-          scores(qi, Q.sn, kp, ldk, chunk_mask(km, pc, np, mbuf.data()), bs, L, D, T(scale), P.data());
-          for (int64_t t = 0; t < bs; ++t) {
+          scores(qi, ldq, kp, ldk, chunk_mask(km, pc, np, mbuf.data()), M, L, D, T(scale), P.data());
+          for (int64_t t = 0; t < M; ++t) {
             T* row = P.data() + t * L;
-            const T lt = li[t];
+            const T lt = lbuf[t];
             if (std::isinf(lt)) {
               std::fill(row, row + L, T(0));
               continue;
             }
 #pragma omp simd
-            for (int64_t j = 0; j < L; ++j) row[j] = exp_approx(row[j] - lt);
+            for (int64_t jj = 0; jj < L; ++jj) row[jj] = exp_approx(row[jj] - lt);
           }
-          // dP (bs x L) = dO V^T; then dS = P * (dP - delta), in place
-          blas::gemm(T_, N_, L, bs, D, T(1), vp, ldv, gi, G.sn, T(0), dS.data(), L);
-          for (int64_t t = 0; t < bs; ++t) {
+          // dP (M x L) = dO V^T; then dS = P * (dP - delta), in place
+          blas::gemm(T_, N_, L, M, D, T(1), vp, ldv, gi, ldg, T(0), dS.data(), L);
+          for (int64_t t = 0; t < M; ++t) {
             T* ds = dS.data() + t * L;
             const T* p = P.data() + t * L;
             const T dt = delta[t];
 #pragma omp simd
-            for (int64_t j = 0; j < L; ++j) ds[j] = p[j] * (ds[j] - dt);
+            for (int64_t jj = 0; jj < L; ++jj) ds[jj] = p[jj] * (ds[jj] - dt);
           }
-          // dQ (bs x D) += scale dS K: dQ^T (D x bs) += K^T (D x L) dS^T (L x bs)
-          blas::gemm(N_, N_, D, bs, L, T(scale), kp, ldk, dS.data(), L, T(1), dqi, DQ.sn);
-          // dK (L x D) += scale dS^T Q and dV (L x D) += P^T dO, as (D x L) = Q^T (D x bs) dS (bs x L)
+          // dQ (M x D) += scale dS K: dQ^T (D x M) += K^T (D x L) dS^T (L x M)
+          blas::gemm(N_, N_, D, M, L, T(scale), kp, ldk, dS.data(), L, T(1), dqi, lddq);
+          // dK (L x D) += scale dS^T Q and dV (L x D) += P^T dO, as (D x L) = Q^T (D x M) dS (M x L)
           if (np == 1) {  // one piece: accumulate in place
             T* dkp = DK.row(b, h, pc[0].first);
             T* dvp = DV.row(b, h, pc[0].first);
-            blas::gemm(N_, T_, D, L, bs, T(scale), qi, Q.sn, dS.data(), L, T(1), dkp, DK.sn);
-            blas::gemm(N_, T_, D, L, bs, T(1), gi, G.sn, P.data(), L, T(1), dvp, DV.sn);
+            blas::gemm(N_, T_, D, L, M, T(scale), qi, ldq, dS.data(), L, T(1), dkp, DK.sn);
+            blas::gemm(N_, T_, D, L, M, T(1), gi, ldg, P.data(), L, T(1), dvp, DV.sn);
           } else {
-            blas::gemm(N_, T_, D, L, bs, T(scale), qi, Q.sn, dS.data(), L, T(0), dkbuf.data(), D);
-            blas::gemm(N_, T_, D, L, bs, T(1), gi, G.sn, P.data(), L, T(0), dvbuf.data(), D);
+            blas::gemm(N_, T_, D, L, M, T(scale), qi, ldq, dS.data(), L, T(0), dkbuf.data(), D);
+            blas::gemm(N_, T_, D, L, M, T(1), gi, ldg, P.data(), L, T(0), dvbuf.data(), D);
             scatter_add(DK, b, h, pc, np, D, dkbuf.data());
             scatter_add(DV, b, h, pc, np, D, dvbuf.data());
           }
         }
+        if (g > 1) put_rows(DQ, b, h, blocks, g, bs, D, dqbuf.data());
       }
     }
   });
 }
 
+Plan make_plan(const at::Tensor& runs, const at::Tensor& nruns, const at::Tensor& order, const at::Tensor& glen) {
+  TORCH_CHECK(order.is_contiguous() && glen.is_contiguous() && order.sizes() == nruns.sizes() &&
+                  glen.sizes() == nruns.sizes() && order.scalar_type() == at::kLong && glen.scalar_type() == at::kLong,
+              "order, glen: (H, nb) int64");
+  const int64_t max_group = std::max<int64_t>(glen.numel() ? glen.max().item<int64_t>() : 1, 1);
+  return Plan{runs.data_ptr<int64_t>(), nruns.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
+              glen.data_ptr<int64_t>(), runs.size(1), runs.size(2), max_group};
+}
+
 std::tuple<at::Tensor, at::Tensor> block_sparse_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                     const std::optional<at::Tensor>& kmask, const at::Tensor& runs,
-                                                    const at::Tensor& nruns, int64_t block_size, double scale) {
+                                                    const at::Tensor& nruns, const at::Tensor& order,
+                                                    const at::Tensor& glen, int64_t block_size, double scale) {
   check_inputs(q, k, v, runs, nruns, block_size);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
   // (B, H, N, D) laid out as (B, N, H, D): what the model's head merge wants.
   at::Tensor out = at::empty({B, N, H, D}, q.options()).transpose(1, 2);
   at::Tensor lse = at::empty({B, H, N}, q.options());
-  Plan plan{runs.data_ptr<int64_t>(), nruns.data_ptr<int64_t>(), runs.size(1), runs.size(2)};
+  const Plan plan = make_plan(runs, nruns, order, glen);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_fwd", [&] {
     const scalar_t* mask = kmask.has_value() ? kmask->data_ptr<scalar_t>() : nullptr;
     forward_impl<scalar_t>(q, k, v, mask, plan, block_size, scale, out, lse);
@@ -390,7 +445,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_fwd(const at::Tensor& q, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_bwd(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& kmask, const at::Tensor& runs, const at::Tensor& nruns,
-    int64_t block_size, double scale) {
+    const at::Tensor& order, const at::Tensor& glen, int64_t block_size, double scale) {
   check_inputs(q, k, v, runs, nruns, block_size);
   TORCH_CHECK(grad_out.sizes() == q.sizes() && grad_out.stride(3) == 1 && out.stride(3) == 1, "grad_out, out");
   TORCH_CHECK(lse.is_contiguous(), "lse contiguous");
@@ -398,7 +453,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_bwd(
   at::Tensor dq = at::empty_like(q);
   at::Tensor dk = at::zeros_like(k);
   at::Tensor dv = at::zeros_like(v);
-  Plan plan{runs.data_ptr<int64_t>(), nruns.data_ptr<int64_t>(), runs.size(1), runs.size(2)};
+  const Plan plan = make_plan(runs, nruns, order, glen);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_bwd", [&] {
     const scalar_t* mask = kmask.has_value() ? kmask->data_ptr<scalar_t>() : nullptr;
     backward_impl<scalar_t>(grad_out, q, k, v, out, lse, mask, plan, block_size, scale, dq, dk, dv);
@@ -409,10 +464,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_bwd(
 }  // namespace
 
 TORCH_LIBRARY(sdbert_native, m) {
-  m.def("block_sparse_fwd(Tensor q, Tensor k, Tensor v, Tensor? kmask, Tensor runs, Tensor nruns, "
-        "int block_size, float scale) -> (Tensor, Tensor)");
+  m.def("block_sparse_fwd(Tensor q, Tensor k, Tensor v, Tensor? kmask, Tensor runs, Tensor nruns, Tensor order, "
+        "Tensor glen, int block_size, float scale) -> (Tensor, Tensor)");
   m.def("block_sparse_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? kmask, "
-        "Tensor runs, Tensor nruns, int block_size, float scale) -> (Tensor, Tensor, Tensor)");
+        "Tensor runs, Tensor nruns, Tensor order, Tensor glen, int block_size, float scale) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sdbert_native, CPU, m) {
