@@ -18,7 +18,7 @@ from sdbert.attention import block_sparse_attention
 from sdbert.attention.traceable import random_block_table, traceable_block_sparse_attention
 from sdbert.cli import main
 from sdbert.data.wordpiece import train_wordpiece_tokenizer
-from sdbert.errors import ConfigError
+from sdbert.errors import CheckpointError, ConfigError
 from sdbert.export import TraceableClassifier, choose_hf_architecture, export_hf, probe_batch
 
 ATOL = 1e-4
@@ -285,8 +285,132 @@ def test_serve_app_accepts_onnx_model(onnx_export):
     with TestClient(create_app(onnx_model, name="student")) as client:
         info = client.get("/v1/model").json()
         assert info["backend"] == "onnxruntime" and info["labels"] == ["negative", "positive"]
+        assert info["quantization"] is None
         response = client.post("/v1/classify", json={"texts": TEXTS[:2]})
     assert response.status_code == 200
     expected = classify(model, TEXTS[:2])
     for got, want in zip(response.json()["results"], expected, strict=True):
         assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < ATOL
+
+
+# --- ONNX: dynamic int8, evaluate and bench model on an export ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(onnx_export, tmp_path_factory):
+    """The fixture's fp32 graph quantised by `quantize_onnx` (the step `export --quantize int8` adds)."""
+    import shutil
+
+    from sdbert.export import quantize_onnx
+
+    model, folder, _ = onnx_export
+    out = tmp_path_factory.mktemp("onnx-int8") / "model"
+    out.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(folder / name, out / name)
+    quantize_onnx(folder / "model.onnx", out / "model.onnx")
+    return model, out
+
+
+def test_int8_export_runs_in_onnxruntime_close_to_fp32_and_smaller(onnx_export, onnx_int8):
+    """Dynamic int8 keeps the interface (int64 ids/mask of any batch and length -> float logits) and
+    moves logits by about 1% of their size: 0.25 + 25% of the largest logit is the self-check's
+    allowance (`INT8_TOLERANCE`, derived from the real student in its comment). The file shrinks:
+    the quick preset's student goes from 67.0 to 17.3 MiB; this tiny model's weights are too few for
+    more than ~25% (its graph and random-block tables stay as they are)."""
+    from sdbert.export import INT8_TOLERANCE, verify_onnx
+    from sdbert.onnx_runtime import OnnxClassifier
+
+    model, fp32_folder, _ = onnx_export
+    _, folder = onnx_int8
+    assert (folder / "model.onnx").stat().st_size < 0.8 * (fp32_folder / "model.onnx").stat().st_size
+    int8 = OnnxClassifier.from_pretrained(folder)
+    assert int8.quantization == "int8-dynamic" and OnnxClassifier.from_pretrained(fp32_folder).quantization is None
+    assert int8.num_parameters() == model.num_parameters()  # the metadata survives quantisation
+    absolute, relative = INT8_TOLERANCE
+    for length, batch in ((100, 1), (512, 2), (777, 3)):
+        ids, mask = probe_batch(model.config, length, seed=length)
+        ids, mask = ids.repeat(2, 1)[:batch], mask.repeat(2, 1)[:batch]
+        with torch.inference_mode():
+            expected = model(ids, attention_mask=mask).logits
+        got = int8(ids, attention_mask=mask).logits
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        diff = max_diff(got, expected)
+        assert 0 < diff < absolute + relative * expected.abs().max().item(), length  # close, not equal
+    assert verify_onnx(model, folder / "model.onnx", tolerance=INT8_TOLERANCE) > 0
+    with pytest.raises(CheckpointError, match="disagrees"):  # the exact check would refuse it
+        verify_onnx(model, folder / "model.onnx")
+
+
+def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch):
+    """`export --format onnx --quantize int8` end to end; the (slow) trace is replaced by the fixture's
+    graph of the same weights, so what runs here is verify fp32 -> quantise -> verify int8 -> write."""
+    import shutil
+
+    import sdbert.export
+
+    model, folder, _ = onnx_export
+    model.save_pretrained(tmp_path / "torch")
+    monkeypatch.setattr(sdbert.export, "_torch_onnx_export",
+                        lambda _model, path, _opset: shutil.copy(folder / "model.onnx", path))
+    out = tmp_path / "int8"
+    assert main(["export", "--model", str(tmp_path / "torch"), "--format", "onnx", "--quantize", "int8",
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "int8-dynamic weights" in printed and "int8 tolerance" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
+    assert (out / "model.onnx").stat().st_size < 0.8 * (folder / "model.onnx").stat().st_size
+
+    assert main(["export", "--model", str(tmp_path / "torch"), "--format", "hf", "--quantize", "int8",
+                 "--output", str(tmp_path / "hf")]) == 2
+    assert "--format onnx only" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+
+
+def test_evaluate_accepts_onnx_export(onnx_export, onnx_int8, tmp_path, capsys):
+    """`sdbert evaluate` on the ONNX folder gives the PyTorch folder's predictions (same accuracy and
+    confusion matrix); the int8 one runs too and says it is quantised."""
+    import csv
+
+    model, folder, _ = onnx_export
+    model.save_pretrained(tmp_path / "torch")
+    data = tmp_path / "reviews.csv"
+    with data.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i, text in enumerate(TEXTS):
+            writer.writerow([text * (1 + i % 20), LABELS[i % 2]])  # 10 to 200+ tokens: dense and sparse batches
+    metrics = {}
+    for name, path in (("torch", tmp_path / "torch"), ("onnx", folder), ("int8", onnx_int8[1])):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--model", str(path), "--data", str(data), "--split", "train", "--no-progress",
+                     "--batch-size", "8", "--output-json", str(out)]) == 0
+        capsys.readouterr()
+        metrics[name] = json.loads(out.read_text())
+    assert metrics["onnx"]["examples"] == len(TEXTS)
+    assert metrics["onnx"]["confusion_matrix"] == metrics["torch"]["confusion_matrix"]
+    assert metrics["onnx"]["backend"] == "onnxruntime" and metrics["torch"]["backend"] == "torch"
+    assert metrics["int8"]["quantization"] == "int8-dynamic" and "quantization" not in metrics["onnx"]
+
+
+def test_bench_model_compares_onnxruntime_with_pytorch(onnx_export, onnx_int8, tmp_path, capsys):
+    model, folder, _ = onnx_export
+    model.save_pretrained(tmp_path / "torch")
+    out = tmp_path / "bench"
+    out.mkdir()
+    assert main(["bench", "model", "--model", f"torch={tmp_path / 'torch'}", "--model", f"onnx={folder}",
+                 "--model", f"int8={onnx_int8[1]}", "--lengths", "64,4096", "--batch-sizes", "2", "--repeats", "1",
+                 "--warmup", "0", "--threads", "1", "--no-progress", "--name", "onnx", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "onnx/torch speed-up" in printed and "onnxruntime int8" in printed
+    result = json.loads((out / "onnx.json").read_text())
+    models = {m["label"]: m for m in result["models"]}
+    assert [models[k]["backend"] for k in ("torch", "onnx", "int8")] == ["torch", "onnxruntime", "onnxruntime int8"]
+    assert models["onnx"]["parameters"] == models["torch"]["parameters"] == model.num_parameters()
+    assert models["int8"]["size_mb"] < models["onnx"]["size_mb"]
+    rows = {(r["model"], r["length"]): r for r in result["rows"]}
+    assert all(rows[(m, 64)]["examples_per_second"] > 0 for m in models)
+    # The torch model's positions are tiled up to 4096; a graph's position table is fixed (2048): n/a.
+    assert "skipped" in rows[("onnx", 4096)] and rows[("torch", 4096)]["median_ms"] > 0
+    markdown = (out / "BENCHMARKS.md").read_text()
+    assert "generated:onnx:begin" in markdown and "generated:model:begin" not in markdown
+    assert "--name onnx" in result["command"] and "onnxruntime" in result["machine"]

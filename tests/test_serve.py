@@ -227,13 +227,17 @@ def test_real_server_classifies_and_batches_concurrent_requests(server, model):
 
 
 def test_bench_serve_smoke_has_zero_errors(server):
-    from sdbert.bench.serve import ServeBenchConfig, run_serve_bench, summary_lines
+    from sdbert.bench.serve import ServeBenchConfig, markdown_report, run_serve_bench, summary_lines, text_report
 
     result = run_serve_bench(ServeBenchConfig(requests=40, concurrency=8, words=30, warmup=2), server)
     assert result["errors"] == 0 and result["requests"] == 40
     lat = result["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert result["throughput_rps"] > 0 and len(summary_lines(result)) == 3
+    # A shared machine: the report says how busy it was while the requests ran.
+    assert isinstance(result["machine"]["load_average_start"], float)
+    result["command"] = "sdbert bench serve --model M"
+    assert "load average (1 min)" in markdown_report(result) and "load average" in text_report(result)
 
 
 def test_bench_serve_refuses_remote_targets():

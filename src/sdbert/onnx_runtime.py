@@ -4,8 +4,9 @@
 (`model.onnx`, our `config.json`, `tokenizer.json`). Calling it like the PyTorch model,
 `clf(input_ids, attention_mask=mask).logits`, runs the session on CPU; `config`, `tokenizer`,
 `num_parameters()`, `eval()` and `train(False)` behave as they do on the PyTorch model, so
-`sdbert predict`, `sdbert serve` and `sdbert.inference` take either. The graph pads to a block
-multiple itself; callers pass any length up to `max_position_embeddings`.
+`sdbert predict`, `sdbert evaluate`, `sdbert serve`, `sdbert bench model` and `sdbert.inference` take
+either. `quantization` says whether the graph holds dynamic int8 weights (`export --quantize int8`).
+The graph pads to a block multiple itself; callers pass any length up to `max_position_embeddings`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ class OnnxClassifier:
         """The PyTorch model's parameter count, recorded in the graph's metadata at export (0 if absent)."""
         metadata = self.session.get_modelmeta().custom_metadata_map
         return int(metadata.get("sdbert.parameters", 0))
+
+    @property
+    def quantization(self) -> str | None:
+        """`"int8-dynamic"` for a graph written by `export --quantize int8`, else None (fp32)."""
+        return self.session.get_modelmeta().custom_metadata_map.get("sdbert.quantization")
 
     def eval(self) -> OnnxClassifier:
         return self

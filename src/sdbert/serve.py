@@ -5,7 +5,8 @@ Endpoints:
 * `POST /v1/classify` `{"texts": ["...", ...]}` -> `{"model", "results": [{"label", "score",
   "probabilities": {label: p}}]}`, one result per text, in order;
 * `GET /healthz` -> `{"status": "ok"}` (503 once shutting down);
-* `GET /v1/model` -> name, backend, labels, parameter count, config, limits and batching counters.
+* `GET /v1/model` -> name, backend (and int8 quantisation), labels, parameter count, config, limits and
+  batching counters.
 
 Errors are JSON, `{"error": {"code", "message"}}`: 413 for too many texts, a text longer than
 `max_chars` or a body above `max_body_bytes` (declared or chunked); 422 for a malformed body or an
@@ -264,6 +265,7 @@ def create_app(model, settings: ServeSettings | None = None, *, name: str = "mod
         return {
             "name": name,
             "backend": _backend(model),
+            "quantization": getattr(model, "quantization", None),  # "int8-dynamic" for a quantised ONNX graph
             "labels": labels,
             "parameters": model.num_parameters(),
             "max_length": max_length,

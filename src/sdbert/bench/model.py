@@ -5,6 +5,11 @@ Every model folder (ours, or a Hugging Face BERT/RoBERTa/BigBird folder, which
 `torch.inference_mode()` on random token ids at each (length, batch) case, in fp32. Inputs have
 no padding (a full-length document each), so the model takes its unmasked attention path.
 
+An ONNX export (`sdbert export --format onnx`, a folder with `model.onnx`) runs in onnxruntime on
+the CPU with the same threads, so `--model torch=DIR --model onnx=DIR-onnx` compares the two
+runtimes on one model, and an `--quantize int8` export adds dynamic int8. ONNX graphs cannot have
+their positions extended or their attention switched: such cases are n/a (or refused).
+
 Positions: a model whose `max_position_embeddings` is below a benchmarked length has its position
 table extended by tiling the learned rows (what `sdbert train --max-length` does to a 512-token
 checkpoint); with `extend_positions=False` those cases are reported as n/a instead. Parameters
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,6 +59,8 @@ class ModelBenchConfig:
     """tile position tables up to the longest length; False reports longer cases as n/a"""
     threads: int = field(default_factory=torch.get_num_threads)
     seed: int = 0
+    name: str = "model"
+    """section of BENCHMARKS.md and stem of the JSON file (e.g. `onnx` keeps the `model` section)"""
 
     def __post_init__(self) -> None:
         self.models = tuple(self.models)
@@ -96,6 +104,8 @@ def _labels(specs: tuple[str, ...]) -> list[tuple[str, Path]]:
 
 def disk_size_mb(path: Path) -> float:
     """Size of the folder's weights file in MiB (the model; tokenizer and config are small)."""
+    if path.is_file():
+        return path.stat().st_size / 2**20
     for name in WEIGHT_FILES:
         if (path / name).is_file():
             return (path / name).stat().st_size / 2**20
@@ -106,7 +116,25 @@ def load_for_bench(label: str, path: Path, cfg: ModelBenchConfig) -> tuple[torch
     """The model in eval mode (positions extended if asked) and its description."""
     from sdbert.checkpoint import load_config
     from sdbert.model import SDBertForSequenceClassification
+    from sdbert.onnx_runtime import ONNX_NAME, OnnxClassifier, is_onnx_model
 
+    if is_onnx_model(path):
+        if cfg.attention is not None:
+            raise ConfigError(f"{path} is an ONNX graph: its attention is fixed, drop --attention")
+        model = OnnxClassifier.from_pretrained(path, threads=cfg.threads)
+        config = model.config
+        info = {
+            "label": label, "path": str(path), "backend": "onnxruntime" + (" int8" if model.quantization else ""),
+            "source_model_type": config.source_model_type or "sdbert",
+            "layers": config.num_hidden_layers, "heads": config.num_attention_heads, "hidden": config.hidden_size,
+            "intermediate": config.intermediate_size, "attention": config.attention_type,
+            "block_size": config.block_size, "random_blocks": config.num_random_blocks,
+            "max_position_embeddings": config.max_position_embeddings, "parameters": model.num_parameters(),
+            "size_mb": round(disk_size_mb(path / ONNX_NAME if path.is_dir() else path), 2),
+        }
+        if model.quantization:
+            info["quantization"] = model.quantization
+        return model, info
     config = load_config(path)  # raises a one-line CheckpointError for a folder of another kind
     positions = config.max_position_embeddings
     overrides = {}
@@ -117,7 +145,8 @@ def load_for_bench(label: str, path: Path, cfg: ModelBenchConfig) -> tuple[torch
     model = SDBertForSequenceClassification.from_pretrained(path, **overrides).eval()
     extended = model.config.max_position_embeddings - positions
     info = {
-        "label": label, "path": str(path), "source_model_type": config.source_model_type or "sdbert",
+        "label": label, "path": str(path), "backend": "torch",
+        "source_model_type": config.source_model_type or "sdbert",
         "layers": config.num_hidden_layers, "heads": config.num_attention_heads, "hidden": config.hidden_size,
         "intermediate": config.intermediate_size, "attention": model.config.attention_type,
         "block_size": model.config.block_size, "random_blocks": model.config.num_random_blocks,
@@ -136,6 +165,7 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    machine = machine_info() | {"torch_threads": cfg.threads, "load_average_start": _load_average()}
     try:
         loaded = [load_for_bench(label, path, cfg) for label, path in _labels(cfg.models)]
         models = [info for _, info in loaded]
@@ -148,8 +178,20 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
         bar.close()
     finally:
         torch.set_num_threads(threads)
-    return {"benchmark": "model", "machine": machine_info() | {"torch_threads": cfg.threads},
+    machine["load_average_end"] = _load_average()
+    if any(info.get("backend", "torch") != "torch" for info in models):
+        import onnxruntime
+
+        machine["onnxruntime"] = onnxruntime.__version__
+    return {"benchmark": "model", "machine": machine,
             "config": asdict(cfg), "command": command_line(cfg), "models": models, "rows": rows}
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not on every platform
+        return None
 
 
 def _time_case(loaded, length: int, batch: int, cfg: ModelBenchConfig) -> list[dict]:
@@ -204,6 +246,8 @@ def command_line(cfg: ModelBenchConfig) -> str:
         parts.append(f"--attention {cfg.attention}")
     if not cfg.extend_positions:
         parts.append("--no-extend-positions")
+    if cfg.name != "model":
+        parts.append(f"--name {cfg.name}")
     return " ".join(parts)
 
 
@@ -215,9 +259,9 @@ def lookup(result: dict) -> dict[tuple[str, int, int], dict]:
 
 
 def models_table(result: dict) -> tuple[list[str], list[list]]:
-    header = ["model", "layers", "heads", "hidden", "attention", "parameters", "size MiB", "positions"]
-    rows = [[m["label"], m["layers"], m["heads"], m["hidden"], m["attention"], f"{m['parameters']:,}",
-             m["size_mb"], m["max_position_embeddings"]] for m in result["models"]]
+    header = ["model", "runtime", "layers", "heads", "hidden", "attention", "parameters", "size MiB", "positions"]
+    rows = [[m["label"], m.get("backend", "torch"), m["layers"], m["heads"], m["hidden"], m["attention"],
+             f"{m['parameters']:,}", m["size_mb"], m["max_position_embeddings"]] for m in result["models"]]
     return header, rows
 
 
@@ -278,8 +322,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_arguments(p) -> None:
     p.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR", required=True,
-                   help="model folder (ours or a Hugging Face BERT/RoBERTa/BigBird one); repeat to compare; "
-                        "speed-ups are relative to the first")
+                   help="model folder (ours, a Hugging Face BERT/RoBERTa/BigBird one, or an ONNX export run by "
+                        "onnxruntime); repeat to compare; speed-ups are relative to the first")
     p.add_argument("--lengths", type=_ints, default=(512, 4096), help="comma-separated lengths (default 512,4096)")
     p.add_argument("--batch-sizes", type=_ints, default=(1, 32), help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per case at most (median reported)")
@@ -293,7 +337,15 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
                    help="folder for model.json and BENCHMARKS.md (default benchmarks)")
+    p.add_argument("--name", default="model", type=_section_name,
+                   help="name of the JSON file and BENCHMARKS.md section (default model), e.g. onnx")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _section_name(text: str) -> str:
+    if not text.replace("_", "").replace("-", "").isalnum():
+        raise argparse.ArgumentTypeError(f"expected letters, digits, - or _, got {text!r}")
+    return text
 
 
 def run_from_args(args) -> dict:
@@ -301,7 +353,7 @@ def run_from_args(args) -> dict:
         cfg = ModelBenchConfig(
             models=tuple(args.models), lengths=args.lengths, batch_sizes=args.batch_sizes, repeats=args.repeats,
             warmup=args.warmup, max_case_seconds=args.max_case_seconds or None, attention=args.attention,
-            extend_positions=args.extend_positions, threads=args.threads or torch.get_num_threads())
+            extend_positions=args.extend_positions, threads=args.threads or torch.get_num_threads(), name=args.name)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return run_model_bench(cfg, progress=args.progress)
@@ -326,8 +378,9 @@ def text_report(result: dict) -> str:
     from sdbert.bench.report import text_table
 
     machine, cfg = result["machine"], result["config"]
-    lines = [f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}",
-             f"fp32 inference, no padding, median of up to {cfg['repeats']} rounds", "",
+    lines = [f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}"
+             + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else ""),
+             f"inference (fp32 unless marked int8), no padding, median of up to {cfg['repeats']} rounds", "",
              text_table(*models_table(result)), "", text_table(*speed_table(result))]
     notes = [f"{m['label']}: {m['note']}" for m in result["models"] if m.get("note")]
     notes += goal_lines(result)
@@ -338,15 +391,26 @@ def markdown_report(result: dict) -> str:
     from sdbert.bench.report import markdown_table
 
     machine, cfg = result["machine"], result["config"]
+    onnx = any(m.get("backend", "torch") != "torch" for m in result["models"])
+    load = ""
+    if "load_average_start" in machine:
+        load = (f" Load average (1 min) at start / end: {machine['load_average_start']} / "
+                f"{machine['load_average_end']} (a shared machine; interleaved rounds spread its load over all "
+                "models).")
+    name = cfg.get("name", "model")
     lines = [
-        "## Model inference (`sdbert bench model`)",
+        "## Model inference (`sdbert bench model`)" + ("" if name == "model" else f": {name}"),
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
-        f"torch {machine['torch']}, Python {machine['python']}.",
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} threads, "
+        f"torch {machine['torch']}" + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else "")
+        + f", Python {machine['python']}." + load,
         "",
         f"Command: `{result['command']}`",
         "",
-        "Forward passes in fp32 under `torch.inference_mode()` on random ids without padding; latency is the "
+        ("ONNX exports run in onnxruntime (CPU execution provider, same thread count); the others in PyTorch. "
+         if onnx else "")
+        + "Forward passes in fp32 (int8 where marked) under `torch.inference_mode()` on random ids without padding; "
+        "latency is the "
         f"median time of one call for the whole batch over up to {cfg['repeats']} interleaved rounds (a case stops "
         "after "
         + (f"{cfg['max_case_seconds']:g} s" if cfg["max_case_seconds"] else "its rounds")

@@ -130,7 +130,9 @@ def run_serve_bench(cfg: ServeBenchConfig, url: str) -> dict:
     check_loopback(url)
     texts = synthetic_texts(max(64, cfg.texts_per_request * 8), cfg.words, cfg.seed)
     info = httpx.get(f"{url}/v1/model", timeout=30).json()
+    load_start = _load_average()
     latencies, statuses, errors, elapsed = asyncio.run(_load(cfg, url, texts))
+    load_end = _load_average()
     after = httpx.get(f"{url}/v1/model", timeout=30).json()
     from sdbert.bench.report import machine_info
 
@@ -138,9 +140,10 @@ def run_serve_bench(cfg: ServeBenchConfig, url: str) -> dict:
     batching = after.get("batching", {})
     return {
         "benchmark": "serve",
-        "machine": machine_info(),
+        "machine": machine_info() | {"load_average_start": load_start, "load_average_end": load_end},
         "config": asdict(cfg),
         "server": {"name": info.get("name"), "backend": info.get("backend"), "parameters": info.get("parameters"),
+                   "quantization": info.get("quantization"),
                    "max_length": info.get("max_length"),
                    "max_wait_ms": batching.get("max_wait_ms"), "max_batch_texts": batching.get("max_batch_texts")},
         "requests": len(latencies),
@@ -190,6 +193,14 @@ async def _load(cfg: ServeBenchConfig, url: str, texts: list[str]):
         await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
         elapsed = time.perf_counter() - started
     return latencies, statuses, errors, elapsed
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (the machine may be shared: the report says how busy it was)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _pct(sorted_values: list[float], q: float) -> float | None:
@@ -254,7 +265,8 @@ def run_from_args(args) -> dict:
     else:
         with running_server(args.model, server_args=shlex.split(args.server_args)) as url:
             result = run_serve_bench(cfg, url)
-    result["command"] = (f"sdbert bench serve --requests {cfg.requests} --concurrency {cfg.concurrency} "
+    target = f"--model {shlex.quote(str(args.model))}" if args.model else f"--url {args.url}"
+    result["command"] = (f"sdbert bench serve {target} --requests {cfg.requests} --concurrency {cfg.concurrency} "
                          f"--texts-per-request {cfg.texts_per_request} --words {cfg.words}"
                          + (f" --server-args {shlex.quote(args.server_args)}" if args.server_args else ""))
     if result["errors"]:
@@ -263,10 +275,17 @@ def run_from_args(args) -> dict:
     return result
 
 
+def _load_line(machine: dict) -> str:
+    if machine.get("load_average_start") is None:
+        return ""
+    return (f"load average (1 min) at start / end of the timed requests: {machine['load_average_start']} / "
+            f"{machine['load_average_end']}")
+
+
 def text_report(result: dict) -> str:
     machine = result["machine"]
     return "\n".join([f"{machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}",
-                      *summary_lines(result)])
+                      *summary_lines(result)] + ([_load_line(machine)] if _load_line(machine) else []))
 
 
 def markdown_report(result: dict) -> str:
@@ -275,7 +294,8 @@ def markdown_report(result: dict) -> str:
         "## HTTP service (`sdbert bench serve`)", "",
         f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}, Python "
         f"{machine['python']}. Client and server share the machine (loopback), so the client's CPU time counts "
-        "against the server's.", "",
+        "against the server's." + (f" The machine is shared with other jobs: {_load_line(machine)}."
+                                   if _load_line(machine) else ""), "",
         f"Command: `{result['command']}`", "",
         *[f"- {line}" for line in summary_lines(result)],
     ])

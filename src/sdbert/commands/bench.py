@@ -199,9 +199,10 @@ def _library_benchmark(name: str):
         module = importlib.import_module(f"sdbert.bench.{name}")
         result = module.run_from_args(args)
         print(module.text_report(result))
-        write_json(args.output / f"{name}.json", result)
-        update_markdown_section(args.output / "BENCHMARKS.md", name, module.markdown_report(result))
-        print(f"\nwrote {args.output / f'{name}.json'} and {args.output / 'BENCHMARKS.md'}")
+        stem = getattr(args, "name", None) or name  # a benchmark with `--name` keeps several runs apart
+        write_json(args.output / f"{stem}.json", result)
+        update_markdown_section(args.output / "BENCHMARKS.md", stem, module.markdown_report(result))
+        print(f"\nwrote {args.output / f'{stem}.json'} and {args.output / 'BENCHMARKS.md'}")
         return 0
 
     return add, run_fn

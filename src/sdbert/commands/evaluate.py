@@ -11,7 +11,10 @@ from sdbert.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model folder")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (PyTorch, or an ONNX export)")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                        help="auto: onnxruntime when the folder holds model.onnx, else PyTorch")
+    parser.add_argument("--threads", type=positive_int, help="intra-op threads of the model (default: all cores)")
     add_data_arguments(parser, training=False)
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="a seeded stratified subset of N examples")
@@ -25,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sdbert.data import load_split, stratified_subset
-    from sdbert.model import SDBertForSequenceClassification
+    from sdbert.inference import load_classifier
     from sdbert.pipeline import encode
     from sdbert.train import evaluate
 
-    model = SDBertForSequenceClassification.from_pretrained(args.model)
+    model = load_classifier(args.model, backend=args.backend, threads=args.threads)  # PyTorch or ONNX
     settings = data_settings(args)
     dataset = load_split(settings.source, args.split, text_column=args.text_column, label_column=args.label_column,
                          id2label=model.config.id2label, errors=args.encoding_errors, progress=settings.progress)
@@ -41,10 +44,14 @@ def run(args: argparse.Namespace) -> int:
     truncation = args.truncation if args.truncation != "head+tail" else model.config.truncation
     encoded = encode(model, dataset, max_length=max_length, truncation=truncation)
     metrics = evaluate(model, encoded, batch_size=args.batch_size, progress=not args.no_progress, desc="evaluate")
-    metrics.update(split=args.split, model=str(args.model), max_length=max_length, truncation=truncation)
-    out = Path(args.output_json) if args.output_json else Path(args.model) / f"eval_{args.split}.json"
+    metrics.update(split=args.split, model=str(args.model), max_length=max_length, truncation=truncation,
+                   backend=getattr(model, "backend", "torch"))
+    if getattr(model, "quantization", None):
+        metrics["quantization"] = model.quantization
+    folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent  # a folder or FILE.onnx
+    out = Path(args.output_json) if args.output_json else folder / f"eval_{args.split}.json"
     write_json(out, metrics)
     print(json.dumps(metrics))
     print(f"accuracy {metrics['accuracy']:.4f} | F1 {metrics['f1']:.4f} | {metrics['examples']} examples "
-          f"at {metrics['examples_per_second']:.1f}/s | written to {out}")
+          f"at {metrics['examples_per_second']:.1f}/s ({metrics['backend']}) | written to {out}")
     return 0
