@@ -59,3 +59,14 @@ def test_markdown_section_is_replaced_not_duplicated(tmp_path):
     update_markdown_section(path, "x", "two")
     text = path.read_text()
     assert "two" in text and "one" not in text and text.count("generated:x:begin") == 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_flex_is_opt_in_and_forward_only_on_cpu():
+    from sdbert.bench.attention import DEFAULT_METHODS, AttentionBenchConfig, skip_reason
+
+    assert "flex" not in DEFAULT_METHODS  # it compiles once per shape: too slow for a default run
+    cfg = AttentionBenchConfig(lengths=(512,), block_size=64)
+    if not torch.cuda.is_available():
+        assert "inference-only" in skip_reason("flex", cfg, 512, "forward_backward")
+    assert "multiple" in skip_reason("flex", cfg, 500, "forward")

@@ -1,13 +1,15 @@
 """Block-sparse attention (BigBird ITC), with memory linear in sequence length.
 
-Three interchangeable kernels compute a plan; `_block_sparse` takes the first that applies:
+Four interchangeable kernels compute a plan; `_block_sparse` takes the first that applies:
 
+0. FlexAttention (`flex.py`, CUDA, no attention dropout): the layout as a `BlockMask`, one
+   compiled fused kernel, forward and backward;
 1. the native C++ kernel (`native.py`, CPU, fp32/fp64, any layout): per query block, its key
    blocks, scores and probabilities stay in a per-thread cache-resident buffer;
 2. the flash band path (`fast.py`, CPU, BigBird-shaped plans): torch's fused CPU attention over
    strided window views, LSE-merged, with only the random blocks gathered;
 3. the general path below, pure PyTorch on any device and layout, and the reference the other
-   two are tested against (`tests/test_fast_attention.py`).
+   three are tested against (`tests/test_fast_attention.py`).
 
 How the general path computes a layout (see `layout.py`):
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sdbert.attention import native
+from sdbert.attention import flex, native
 from sdbert.attention.dense import dense_attention
 from sdbert.attention.fast import band_attention, band_plan, band_supported
 from sdbert.attention.layout import SparsePlan, bigbird_plan, plan_from_layout
@@ -107,7 +109,12 @@ def _block_sparse(q, k, v, block_size, key_padding_mask, plan: SparsePlan, dropo
             key_padding_mask = torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
         key_padding_mask = F.pad(key_padding_mask, (0, pad), value=False)
 
-    # Fast paths, best first; each equals the general path below (tests/test_fast_attention.py).
+    # Fast paths, best first; each equals the general path below (tests/test_fast_attention.py,
+    # tests/test_flex_attention.py).
+    if flex.supported(q, dropout_p):
+        out = flex.flex_block_sparse(q, k, v, bs, plan, key_padding_mask)
+        if out is not None:  # None: the compiled kernel failed once and is off from now on
+            return out[:, :, :seq_len]
     if native.supported(q, dropout_p):
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         return native.native_attention(q, k, v, bs, plan, key_padding_mask)[:, :, :seq_len]

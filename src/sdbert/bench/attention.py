@@ -12,6 +12,10 @@ Methods (all on `(batch, heads, seq, head_dim)` problems of the same size):
   q/k/v projections; same weights. It runs in train mode (its random blocks are drawn only in
   training; it has no attention dropout) and only where its own model would not switch to full
   attention (`seq > (5 + 2 r) * block_size`). Skipped when transformers is not installed.
+* `flex`        torch's FlexAttention, compiled, with our layout as its `BlockMask`
+  (`sdbert.attention.flex`, the path CUDA runs). Opt-in (`--methods ...,flex`): it compiles once
+  per shape (tens of seconds on a CPU, in the warm-up round). FlexAttention's CPU mode is a
+  prototype and inference-only, so on CPU it is timed forward only.
 
 Timing: for each length every case runs `warmup` times, then at least `repeats` rounds in which
 the cases take turns (so background noise falls on all of them alike; short lengths get more
@@ -36,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from sdbert.attention import block_sparse_attention, dense_attention, native
+from sdbert.attention import bigbird_plan, block_sparse_attention, dense_attention, flex, native
 from sdbert.bench.report import PeakRSS, machine_info, run_isolated
 from sdbert.errors import ConfigError
 
@@ -46,7 +50,9 @@ METHODS: dict[str, str] = {
     "sparse_pytorch": "ours, pure PyTorch",
     "sparse_proj": "ours + q/k/v proj",
     "hf": "HF BigBird (+ q/k/v proj)",
+    "flex": "FlexAttention (compiled)",
 }
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "flex")  # flex compiles per shape: opt in with --methods
 MODES = ("forward", "forward_backward")
 
 
@@ -66,7 +72,7 @@ class AttentionBenchConfig:
     """untimed runs per case before the timed rounds (first-call costs, plan caches)"""
     backward: bool = True
     """also time forward + backward"""
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = DEFAULT_METHODS
     memory: bool = True
     """measure peak memory (one fresh process per case: slower)"""
     min_seconds: float = 3.0
@@ -148,7 +154,14 @@ def _hf_masks(batch: int, seq_len: int, block_size: int):
                 from_blocked_mask=blocked, to_blocked_mask=blocked)
 
 
-def skip_reason(method: str, cfg: AttentionBenchConfig, seq_len: int) -> str | None:
+def skip_reason(method: str, cfg: AttentionBenchConfig, seq_len: int, mode: str = "forward") -> str | None:
+    if method == "flex":
+        if not flex.available():
+            return "FlexAttention unavailable (torch < 2.5 or SDBERT_FLEX=0)"
+        if mode == "forward_backward" and not torch.cuda.is_available():
+            return "FlexAttention on CPU is inference-only"
+        if seq_len % cfg.block_size:
+            return "length not a multiple of the block size"
     if method == "hf":
         if not hf_available():
             return "transformers not installed"
@@ -174,6 +187,14 @@ def build_case(method: str, mode: str, cfg: AttentionBenchConfig, seq_len: int,
         inputs = (q, k, v)
         if method == "dense":
             fn = lambda: dense_attention(q, k, v)
+        elif method == "flex":
+            plan = bigbird_plan(seq_len // cfg.block_size, cfg.random_blocks, heads, cfg.seed)
+
+            def fn():
+                out = flex.flex_block_sparse(q, k, v, cfg.block_size, plan, None)
+                if out is None:
+                    raise RuntimeError("FlexAttention failed to compile here (see the warning above)")
+                return out
         else:
             use_native = method == "sparse"
 
@@ -222,6 +243,8 @@ def _peak_memory_case(method: str, mode: str, cfg_dict: dict, seq_len: int) -> d
     # and the code path, so their one-off buffers are not charged to the case.
     build_case(method, mode, cfg, cfg.dense_fallback_length + 2 * cfg.block_size, batch=1, heads=1)()
     step = build_case(method, mode, cfg, seq_len)
+    if method == "flex":
+        step()  # compile for this shape first: the compiler's memory is not the kernel's
     gc.collect()
     with PeakRSS() as probe:
         step()
@@ -247,7 +270,7 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
             for method in cfg.methods:
                 for mode in cfg.modes:
                     row = rows[(n, method, mode)] = {"length": n, "method": method, "mode": mode}
-                    reason = skip_reason(method, cfg, n)
+                    reason = skip_reason(method, cfg, n, mode)
                     if reason:
                         row["skipped"] = reason
                         bar.update(1 + cfg.memory)
@@ -345,6 +368,8 @@ def summary_rows(result: dict, mode: str, key: str = "median_ms") -> tuple[list[
             pairs.append(("speed-up dense/pure", "dense", "sparse_pytorch"))
         if has("hf", "sparse_proj"):
             pairs.append(("speed-up HF/ours+proj", "hf", "sparse_proj"))
+        if has("flex", "sparse"):
+            pairs.append(("speed-up flex/ours", "flex", "sparse"))
     elif has("dense", "sparse"):
         pairs.append(("ours/dense", "sparse", "dense"))
     header += [label for label, _, _ in pairs]

@@ -42,7 +42,8 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="measure peak memory, one fresh process per case (default on)")
     p.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=None,
-                   help="comma-separated subset of dense,sparse,sparse_pytorch,sparse_proj,hf (default all)")
+                   help="comma-separated subset of dense,sparse,sparse_pytorch,sparse_proj,hf,flex "
+                        "(default all but flex, which compiles once per shape)")
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                    help="include Hugging Face BigBird when transformers is installed (default on)")
     p.add_argument("--hf-max-length", type=int, default=8192,
@@ -63,7 +64,7 @@ def run_attention(args: argparse.Namespace) -> int:
     name = args.name
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
         raise ConfigError(f"--name must be a plain file stem, got {name!r}")
-    methods = args.methods or tuple(bench.METHODS)
+    methods = args.methods or bench.DEFAULT_METHODS
     notes = []
     if not args.hf:
         methods = tuple(m for m in methods if m != "hf")
@@ -216,6 +217,8 @@ BENCHMARKS = {
     "train": (*_library_benchmark("train"), "fine-tuning examples/s: our training loop vs a plain Hugging Face loop"),
     "model": (*_library_benchmark("model"),
               "inference throughput, latency, parameters and size on disk of model folders"),
+    "encoder": (*_library_benchmark("encoder"),
+                "one model's whole forward pass with block-sparse vs full attention, beside the FLOP bound"),
     "serve": (*_library_benchmark("serve"), "HTTP service load test on loopback: latency percentiles, throughput"),
 }
 

@@ -1,0 +1,251 @@
+"""Whole-encoder benchmark: one model, block-sparse attention against full attention.
+
+The attention benchmark times the kernel alone; a user runs the whole encoder, where the q/k/v and
+output projections and the feed-forward layers cost the same under either attention. This measures
+what sparse attention buys end to end: the same weights run a forward pass with
+`attention_type="block_sparse"` and with `"full"` (SDPA), side by side in one process (interleaved
+rounds, medians), in fp32 under `torch.inference_mode()` on random ids without padding.
+
+Beside each measured speed-up we print the arithmetic bound: the ratio of the two forward passes'
+floating-point operations (matrix products only), the speed-up a kernel running every product at the
+same rate would give. Sparse attention cannot beat it, since the projections and feed-forward layers
+are common to both. For BERT-base shapes at 4,096 tokens it is about 1.7x; it grows with length.
+
+Weights are random (timing does not depend on their values): `--model DIR` takes only the folder's
+config (hidden size, layers, heads, block size, ...), `--size` one of the built-in shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from sdbert.bench.report import machine_info
+from sdbert.config import SDBertConfig
+from sdbert.errors import ConfigError
+
+# Shapes without a checkpoint: the paper's teacher and the offline stand-in.
+SIZES = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+GOAL_SPEEDUP = 2.5  # issue 6: a whole sparse teacher forward at 4,096 tokens vs the same model, full attention
+
+
+@dataclass
+class EncoderBenchConfig:
+    model: str | None = None
+    """a model folder whose config is used (weights are random); else `size`"""
+    size: str = "base"
+    lengths: tuple[int, ...] = (4096,)
+    batch: int = 1
+    block_size: int | None = None
+    """override the config's block size"""
+    random_blocks: int | None = None
+    """override the config's number of random blocks"""
+    repeats: int = 3
+    warmup: int = 1
+    threads: int = field(default_factory=torch.get_num_threads)
+
+    def __post_init__(self):
+        if self.model is None and self.size not in SIZES:
+            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+        if not self.lengths or min(self.lengths) < 1 or self.batch < 1 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError("lengths, batch and repeats must be positive, warmup >= 0")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def encoder_config(cfg: EncoderBenchConfig) -> SDBertConfig:
+    if cfg.model is not None:
+        from sdbert.checkpoint import load_config
+
+        base = load_config(cfg.model)
+    else:
+        base = SDBertConfig(vocab_size=30522, **SIZES[cfg.size])
+    overrides = {"max_position_embeddings": max(max(cfg.lengths), base.max_position_embeddings),
+                 "attention_type": "block_sparse", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    if cfg.block_size is not None:
+        overrides["block_size"] = cfg.block_size
+    if cfg.random_blocks is not None:
+        overrides["num_random_blocks"] = cfg.random_blocks
+    return base.replace(**overrides)
+
+
+def forward_gflop(config: SDBertConfig, batch: int, seq_len: int, attention: str) -> float:
+    """Matrix-product GFLOP of one forward pass (embeddings, norms, softmax and the head left out)."""
+    from sdbert.attention import bigbird_block_layout
+
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    dense_part = 2 * batch * seq_len * (4 * h * h + 2 * h * inter)  # q, k, v, output; the two FFN matrices
+    num_blocks = -(-seq_len // config.block_size)
+    if attention == "full" or num_blocks <= 5 + 2 * config.num_random_blocks:
+        pairs = seq_len * seq_len  # the sparse path runs dense attention on short inputs too
+    else:
+        layout = bigbird_block_layout(num_blocks, config.num_random_blocks, num_heads=config.num_attention_heads)
+        pairs = layout.sum().item() * config.block_size**2 / config.num_attention_heads  # mean over heads
+    attention_part = 4 * batch * pairs * h  # scores and output, every head: 2 * 2 * pairs * head_dim * heads
+    return layers * (dense_part + attention_part) / 1e9
+
+
+def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    from sdbert.model import SDBertForSequenceClassification
+
+    torch.set_num_threads(cfg.threads)
+    config = encoder_config(cfg)
+    torch.manual_seed(0)
+    sparse = SDBertForSequenceClassification(config).eval()
+    full = SDBertForSequenceClassification(config.replace(attention_type="full")).eval()
+    full.load_state_dict(sparse.state_dict())  # the same weights: only the attention differs
+    models = {"block_sparse": sparse, "full": full}
+    rows = []
+    bar = tqdm(total=len(cfg.lengths) * (cfg.warmup + cfg.repeats) * 2, desc="bench encoder", disable=not progress)
+    for seq_len in cfg.lengths:
+        ids = torch.randint(0, config.vocab_size, (cfg.batch, seq_len), generator=torch.Generator().manual_seed(0))
+        times: dict[str, list[float]] = {name: [] for name in models}
+        with torch.inference_mode():
+            for round_ in range(cfg.warmup + cfg.repeats):
+                for name, model in models.items():  # interleaved: background noise falls on both alike
+                    start = time.perf_counter()
+                    model(ids)
+                    elapsed = time.perf_counter() - start
+                    if round_ >= cfg.warmup:
+                        times[name].append(elapsed)
+                    bar.update()
+        gc.collect()
+        median = {name: statistics.median(t) for name, t in times.items()}
+        flops = {name: forward_gflop(config, cfg.batch, seq_len, name) for name in models}
+        rows.append({
+            "length": seq_len,
+            "median_s": median,
+            "times_s": times,
+            "gflop": flops,
+            "speedup": median["full"] / median["block_sparse"],
+            "flop_bound": flops["full"] / flops["block_sparse"],
+        })
+    bar.close()
+    described = cfg.model or f"--size {cfg.size}"
+    return {
+        "config": asdict(cfg),
+        "model": {"source": described, "hidden_size": config.hidden_size, "layers": config.num_hidden_layers,
+                  "heads": config.num_attention_heads, "intermediate_size": config.intermediate_size,
+                  "block_size": config.block_size, "random_blocks": config.num_random_blocks,
+                  "parameters": sparse.num_parameters()},
+        "machine": machine_info(),
+        "command": command_line(cfg),
+        "rows": rows,
+    }
+
+
+def command_line(cfg: EncoderBenchConfig) -> str:
+    parts = ["sdbert bench encoder"]
+    parts += [f"--model {cfg.model}"] if cfg.model else [f"--size {cfg.size}"]
+    parts += [f"--lengths {','.join(map(str, cfg.lengths))}", f"--batch {cfg.batch}", f"--repeats {cfg.repeats}",
+              f"--threads {cfg.threads}"]
+    if cfg.block_size is not None:
+        parts.append(f"--block-size {cfg.block_size}")
+    if cfg.random_blocks is not None:
+        parts.append(f"--random-blocks {cfg.random_blocks}")
+    return " ".join(parts)
+
+
+# --- the `sdbert bench encoder` command ---------------------------------------------------------
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="model folder whose config (shape, block size) is used; weights are random")
+    p.add_argument("--size", choices=sorted(SIZES), default="base",
+                   help="built-in shape when --model is not given: base (BERT/BigBird-base, the paper's teacher) "
+                        "or minilm (all-MiniLM-L6-v2) (default base)")
+    p.add_argument("--lengths", type=_ints, default=(4096,), help="comma-separated lengths (default 4096)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--block-size", type=int, default=None, help="override the config's block size")
+    p.add_argument("--random-blocks", type=int, default=None, help="override the config's random blocks")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per length (median reported; default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--output", type=Path, default=Path("benchmarks"),
+                   help="folder for encoder.json and BENCHMARKS.md (default benchmarks)")
+    p.add_argument("--name", default="encoder",
+                   help="file stem and BENCHMARKS.md section of this run (default encoder), e.g. encoder_minilm")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run_from_args(args) -> dict:
+    try:
+        cfg = EncoderBenchConfig(model=args.model, size=args.size, lengths=args.lengths, batch=args.batch,
+                                 block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
+                                 warmup=args.warmup, threads=args.threads or torch.get_num_threads())
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    result = run_encoder_bench(cfg, progress=args.progress)
+    if args.name != "encoder":
+        result["command"] += f" --name {args.name}"
+    return result
+
+
+def table(result: dict) -> tuple[list[str], list[list]]:
+    header = ["n", "block-sparse s", "full s", "speed-up full/sparse", "GFLOP sparse", "GFLOP full",
+              "FLOP bound", "goal (4096: >= 2.5x)"]
+    rows = []
+    for row in result["rows"]:
+        goal = "-"
+        if row["length"] == 4096:
+            goal = "met" if row["speedup"] >= GOAL_SPEEDUP else "not met"
+        rows.append([row["length"], f"{row['median_s']['block_sparse']:.3f}", f"{row['median_s']['full']:.3f}",
+                     f"{row['speedup']:.2f}", f"{row['gflop']['block_sparse']:.0f}", f"{row['gflop']['full']:.0f}",
+                     f"{row['flop_bound']:.2f}", goal])
+    return header, rows
+
+
+def _shape(result: dict) -> str:
+    m = result["model"]
+    return (f"{m['source']}: {m['layers']} layers, hidden {m['hidden_size']}, {m['heads']} heads, FFN "
+            f"{m['intermediate_size']}, block {m['block_size']}, {m['random_blocks']} random blocks, "
+            f"{m['parameters'] / 1e6:.1f}M parameters; batch {result['config']['batch']}")
+
+
+def text_report(result: dict) -> str:
+    from sdbert.bench.report import text_table
+
+    return "\n".join([_shape(result), text_table(*table(result))])
+
+
+def markdown_report(result: dict) -> str:
+    from sdbert.bench.report import markdown_table
+
+    machine = result["machine"]
+    return "\n".join([
+        f"## Whole encoder, block-sparse vs full attention (`sdbert bench encoder`): {result['model']['source']}",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
+        f"torch {machine['torch']}, Python {machine['python']}.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Model: {_shape(result)}. The same random weights run with each attention; forward passes in fp32 under "
+        f"`torch.inference_mode()`, medians of {result['config']['repeats']} interleaved rounds. "
+        "\"FLOP bound\" is the ratio of the two passes' matrix-product GFLOP: the speed-up if every product ran "
+        "at the same rate. The projections and feed-forward layers cost the same under both attentions, so "
+        "no attention kernel can exceed it.",
+        "",
+        markdown_table(*table(result)),
+    ])
