@@ -3,6 +3,10 @@
 The paper's loss is `alpha * CE(labels, student) + (1 - alpha) * ||z_teacher - z_student||^2`, the
 squared L2 distance of the logit vectors, summed over classes and averaged over the batch. (The
 seed paper's equation (1) writes a minus before the second term; both terms are minimised.)
+
+The teacher's logits are computed once and cached (`cached_teacher_logits`, `kd_loss_fn`). Beyond the
+paper, an online teacher (`online_kd_loss_fn`) runs per batch and adds an optional hidden-state MSE
+between chosen student and teacher layers (`hidden_state_loss`, `HiddenProjections`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sdbert.config import SDBertConfig
 from sdbert.errors import ConfigError
@@ -152,5 +157,122 @@ def kd_loss_fn(teacher_logits: torch.Tensor, *, alpha: float, kind: str = "mse",
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         teacher = teacher_logits[batch["indices"].cpu()].to(logits.device)
         return distillation_loss(logits, teacher, batch.get("labels"), alpha, kind, temperature)
+
+    return loss
+
+
+# --- online teacher and the hidden-state loss (beyond the paper) ------------------------------
+#
+# The paper distils logits only, which the cache above serves. Matching intermediate hidden states
+# (DistilBERT's cosine loss, TinyBERT's MSE) needs the teacher's hidden states for every batch, so
+# the teacher runs online: per batch, on the same padded batch as the student, in eval mode under
+# `torch.no_grad`. Student layer `i` is compared with teacher layer `m[i]`, both taken at the layer's
+# output (after its last LayerNorm; `hidden_states[i + 1]` of the model, index 0 being the
+# embeddings). When the widths differ, a learned `nn.Linear` maps the student's state to the
+# teacher's width; it is trained with the student and dropped afterwards.
+
+
+def default_hidden_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layers whose outputs the student's layer outputs are matched to: the last layer of each
+    of `student_layers` equal runs of teacher layers (TinyBERT's uniform map), so the student's last
+    layer meets the teacher's last. 12 -> 3 gives [3, 7, 11]; 6 -> 3 gives [1, 3, 5]. (The `--init
+    teacher` map, [0, 4, 8], names the layers *copied*; this one names the outputs *matched*.)"""
+    if student_layers > teacher_layers:
+        raise ConfigError(f"student has {student_layers} layers, teacher only {teacher_layers}")
+    return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+
+
+def check_hidden_layer_map(layer_map: list[int] | None, teacher_layers: int, student_layers: int) -> list[int]:
+    """`layer_map`, or the default, after checking it names one teacher layer per student layer."""
+    if layer_map is None:
+        return default_hidden_layer_map(teacher_layers, student_layers)
+    if len(layer_map) != student_layers:
+        raise ConfigError(f"hidden layer map {layer_map} names {len(layer_map)} teacher layers; the student has "
+                          f"{student_layers}, one teacher layer each")
+    bad = [i for i in layer_map if not 0 <= i < teacher_layers]
+    if bad:
+        raise ConfigError(f"hidden layer map {layer_map}: layer {bad[0]} is out of range, the teacher has layers "
+                          f"0..{teacher_layers - 1}")
+    return list(layer_map)
+
+
+class HiddenProjections(nn.Module):
+    """One map per matched layer pair from the student's width to the teacher's: a learned `nn.Linear`
+    when the widths differ, the identity (no parameters) when they are equal."""
+
+    def __init__(self, student_hidden: int, teacher_hidden: int, pairs: int):
+        super().__init__()
+        same = student_hidden == teacher_hidden
+        self.maps = nn.ModuleList(nn.Identity() if same else nn.Linear(student_hidden, teacher_hidden)
+                                  for _ in range(pairs))
+
+    def forward(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [project(state) for project, state in zip(self.maps, states, strict=True)]
+
+
+def hidden_state_loss(
+    student_states: list[torch.Tensor],
+    teacher_states: list[torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    projections: HiddenProjections | None = None,
+) -> torch.Tensor:
+    """Mean over layer pairs of the MSE between (projected) student and teacher states `(B, S, H)`:
+    for each example the mean over its real tokens (`attention_mask` 1; padding ignored) and the
+    teacher's features, then the mean over the batch. Per example, like the logit terms, so a batch
+    split over processes or accumulation steps gives the same loss. The teacher gets no gradient."""
+    if len(student_states) != len(teacher_states) or not student_states:
+        raise ConfigError(f"{len(student_states)} student states for {len(teacher_states)} teacher states")
+    if projections is not None:
+        student_states = projections(student_states)
+    losses = []
+    for student, teacher in zip(student_states, teacher_states, strict=True):
+        squared = (student.float() - teacher.detach().float()).pow(2).mean(-1)  # (B, S)
+        if attention_mask is None:
+            losses.append(squared.mean())
+            continue
+        real = attention_mask.to(squared.dtype)  # (B, S)
+        per_example = (squared * real).sum(-1) / real.sum(-1).clamp(min=1.0)  # (B,)
+        losses.append(per_example.mean())
+    return torch.stack(losses).mean()
+
+
+def online_kd_loss_fn(
+    teacher,
+    *,
+    alpha: float,
+    kind: str = "mse",
+    temperature: float = 2.0,
+    hidden_weight: float = 0.0,
+    hidden_layer_map: list[int] | None = None,
+    projections: HiddenProjections | None = None,
+):
+    """A `train` loss that runs `teacher` on each batch (eval mode, no gradient, moved to the batch's
+    device on first use): `distillation_loss + hidden_weight * hidden_state_loss`. With
+    `hidden_weight > 0`, student layer `i`'s output is matched to teacher layer `hidden_layer_map[i]`'s
+    (default `default_hidden_layer_map`) through `projections`, which the caller must train with the
+    student (`train(..., aux_module=projections)`). `teacher` is put in eval mode and frozen here."""
+    if hidden_weight < 0:
+        raise ConfigError(f"hidden weight must be >= 0, got {hidden_weight}")
+    teacher.eval().requires_grad_(False)
+    pairs: list[int] = []
+    if hidden_weight > 0:
+        if projections is None:
+            raise ConfigError("a hidden-state loss needs the student-to-teacher projections")
+        pairs = check_hidden_layer_map(hidden_layer_map, teacher.config.num_hidden_layers, len(projections.maps))
+    want_states = bool(pairs)
+
+    def loss(model, batch):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if next(teacher.parameters()).device != ids.device:
+            teacher.to(ids.device)
+        with torch.no_grad():
+            target = teacher(ids, attention_mask=mask, output_hidden_states=want_states)
+        out = model(ids, attention_mask=mask, output_hidden_states=want_states)
+        total = distillation_loss(out.logits, target.logits, batch.get("labels"), alpha, kind, temperature)
+        if want_states:
+            student_states = list(out.hidden_states[1:])  # output of each student layer
+            teacher_states = [target.hidden_states[m + 1] for m in pairs]
+            total = total + hidden_weight * hidden_state_loss(student_states, teacher_states, mask, projections)
+        return total
 
     return loss

@@ -225,9 +225,9 @@ def _linear_schedule(total_steps: int, warmup_steps: int):
     return factor
 
 
-def _optimizer(model, args: TrainingArguments) -> torch.optim.Optimizer:
+def _optimizer(modules: list[torch.nn.Module], args: TrainingArguments) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for name, param in (item for module in modules for item in module.named_parameters()):
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
@@ -284,8 +284,14 @@ def train(
     loss_fn: LossFn = cross_entropy_loss,
     distributed: Distributed | None = None,
     device: torch.device | None = None,
+    aux_module: torch.nn.Module | None = None,
 ) -> TrainResult:
-    """Train `model` in place; the best model by validation accuracy is saved to `args.output_dir`."""
+    """Train `model` in place; the best model by validation accuracy is saved to `args.output_dir`.
+
+    `aux_module` holds parameters that `loss_fn` uses beside the model (e.g. distillation's hidden-state
+    projections): they are optimised, clipped and averaged over processes with the model's, and kept
+    in checkpoints for resume, but never written to the model folder.
+    """
     distributed = distributed or Distributed()
     device = device or default_device(distributed)
     output_dir = Path(args.output_dir)
@@ -305,7 +311,11 @@ def train(
     warmup_steps = int(args.warmup_ratio * total_steps)
 
     model.to(device)
-    optimizer = _optimizer(model, args)
+    aux_params = []
+    if aux_module is not None:
+        aux_module.to(device)
+        aux_params = list(aux_module.parameters())
+    optimizer = _optimizer([model] if aux_module is None else [model, aux_module], args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, warmup_steps))
     checkpoints = Checkpoints(output_dir, args.keep_checkpoints)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_accuracy": -1.0, "best_metrics": {},
@@ -320,6 +330,12 @@ def train(
             from sdbert.checkpoint import read_weights
 
             model.load_state_dict(read_weights(latest))
+            if (aux_module is None) != ("aux" not in saved):
+                raise ConfigError(f"checkpoint {latest} was written {'with' if 'aux' in saved else 'without'} "
+                                  "extra trained parameters (e.g. distill --hidden-weight projections); resume "
+                                  "with the flags it was started with")
+            if aux_module is not None:
+                aux_module.load_state_dict(saved["aux"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             _set_rng_state(saved["rng"])
@@ -367,10 +383,13 @@ def train(
     def save_checkpoint() -> None:
         state["last_checkpoint_step"] = state["step"]
         if is_main:
-            checkpoints.save(state["step"], model, {
+            trainer_state = {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": _rng_state(), "progress": dict(state), "args": asdict(args),
-            })
+            }
+            if aux_module is not None:
+                trainer_state["aux"] = aux_module.state_dict()
+            checkpoints.save(state["step"], model, trainer_state)
         if world > 1:
             dist.barrier()
 
@@ -402,8 +421,13 @@ def train(
                 step_loss += loss.detach() * len(part) / len(indices)
             if world > 1:
                 dist.all_reduce(step_loss)
+                for param in aux_params:  # outside DDP: average by hand, as DDP does for the model
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                    dist.all_reduce(param.grad)
+                    param.grad /= world
             if args.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_([*model.parameters(), *aux_params], args.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
