@@ -402,6 +402,7 @@ def test_bench_model_compares_onnxruntime_with_pytorch(onnx_export, onnx_int8, t
                  "--warmup", "0", "--threads", "1", "--no-progress", "--name", "onnx", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "onnx/torch speed-up" in printed and "onnxruntime int8" in printed
+    assert "issue-4 goal" not in printed  # that goal compares a student with its teacher, not runtimes
     result = json.loads((out / "onnx.json").read_text())
     models = {m["label"]: m for m in result["models"]}
     assert [models[k]["backend"] for k in ("torch", "onnx", "int8")] == ["torch", "onnxruntime", "onnxruntime int8"]
