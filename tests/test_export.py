@@ -263,8 +263,9 @@ def test_predict_accepts_onnx_export(onnx_export, tmp_path, capsys):
         files.append(tmp_path / f"{i}.txt")
         files[-1].write_text(text)
     outputs = {}
-    for name, path in (("onnx", folder), ("torch", tmp_path / "torch")):
-        assert main(["predict", "--model", str(path), *map(str, files)]) == 0
+    for name, args in (("onnx", [str(folder), "--backend", "onnx", "--threads", "1"]),
+                       ("torch", [str(tmp_path / "torch")])):
+        assert main(["predict", "--model", *args, *map(str, files)]) == 0
         outputs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for a, b in zip(outputs["onnx"], outputs["torch"], strict=True):
         assert a["label"] == b["label"]

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder (PyTorch, or an ONNX export)")
     parser.add_argument("files", nargs="*", metavar="FILE",
                         help="text files, one document each; '-' or nothing reads one document per stdin line")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                        help="auto: onnxruntime when the folder holds model.onnx, else PyTorch")
+    parser.add_argument("--threads", type=positive_int, help="intra-op threads of the model (default: all cores)")
     parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: as trained)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from sdbert.data.tokenization import encode
     from sdbert.inference import load_classifier, predict_logits
 
-    model = load_classifier(args.model)  # a PyTorch model folder or an ONNX export; must have tokenizer.json
+    # a PyTorch model folder or an ONNX export; must have tokenizer.json
+    model = load_classifier(args.model, backend=args.backend, threads=args.threads)
     inputs = read_inputs(args.files)
     if not inputs:
         raise DataError("no input text (give files, or lines on stdin)")
