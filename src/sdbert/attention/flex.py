@@ -81,6 +81,8 @@ def block_mask(plan: SparsePlan, block_size: int, seq_len: int, key_padding_mask
             return layout[h, q_idx // bs, kv_idx // bs]
 
         no_partial = torch.zeros_like(counts)
+        # Two distinct index tensors: with one tensor for both, torch 2.13's CPU code generator
+        # emits a kernel that does not compile ("kv_indices was not declared").
         return BlockMask.from_kv_blocks(no_partial, indices.clone(), counts, indices, BLOCK_SIZE=bs, mask_mod=mask_mod,
                                         seq_lengths=(seq_len, seq_len))
 

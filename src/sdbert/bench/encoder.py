@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +101,7 @@ def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
     from sdbert.model import SDBertForSequenceClassification
 
     torch.set_num_threads(cfg.threads)
+    load_start = _load_average()
     config = encoder_config(cfg)
     torch.manual_seed(0)
     sparse = SDBertForSequenceClassification(config).eval()
@@ -133,16 +135,26 @@ def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
         })
     bar.close()
     described = cfg.model or f"--size {cfg.size}"
+    machine = machine_info()
+    machine["load_average_start"], machine["load_average_end"] = load_start, _load_average()
     return {
         "config": asdict(cfg),
         "model": {"source": described, "hidden_size": config.hidden_size, "layers": config.num_hidden_layers,
                   "heads": config.num_attention_heads, "intermediate_size": config.intermediate_size,
                   "block_size": config.block_size, "random_blocks": config.num_random_blocks,
                   "parameters": sparse.num_parameters()},
-        "machine": machine_info(),
+        "machine": machine,
         "command": command_line(cfg),
         "rows": rows,
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: other jobs on the machine slow both attentions, not always alike."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def command_line(cfg: EncoderBenchConfig) -> str:
@@ -237,7 +249,9 @@ def markdown_report(result: dict) -> str:
         f"## Whole encoder, block-sparse vs full attention (`sdbert bench encoder`): {result['model']['source']}",
         "",
         f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
-        f"torch {machine['torch']}, Python {machine['python']}.",
+        f"torch {machine['torch']}, Python {machine['python']}."
+        + (f" Load average (1 min) at start / end: {machine['load_average_start']} / {machine['load_average_end']}."
+           if machine.get("load_average_start") is not None else ""),
         "",
         f"Command: `{result['command']}`",
         "",
