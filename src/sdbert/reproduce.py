@@ -105,10 +105,7 @@ def make_preset(name: str, teacher_init: str | None = None) -> Preset:
     if name == "quick":  # sized for about 15 minutes on a 2-core CPU
         return Preset(name, init, train_limit=1500, unlabeled_limit=1000, test_limit=1000, val_max=200,
                       max_length=256, block_size=16, num_random_blocks=1, teacher_epochs=1, student_epochs=1)
-    if name == "standard":  # sized for at most 90 minutes on a 2-core CPU (estimate: about 65)
-        # From the quick run's rates (teacher 0.13 s per training example at 256 tokens, ~2x at 512):
-        # two teachers on 3,000 reviews ~28 min, 5,000 test reviews through four models ~15 min,
-        # teacher logits for 6,000 ~6 min, two students ~13 min.
+    if name == "standard":  # at most 90 minutes on a 2-core CPU: 44 min measured (README)
         return Preset(name, init, train_limit=3000, unlabeled_limit=3000, test_limit=5000, val_max=500,
                       max_length=512, block_size=32, num_random_blocks=2, teacher_epochs=1, student_epochs=1)
     if name == "paper":
