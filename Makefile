@@ -35,8 +35,9 @@ test: install  ## ruff + the whole test suite
 demo: install  ## the main job: the paper's Table 1, quick preset (about 15 min on a 2-core CPU)
 	$(BIN)/sdbert reproduce --preset quick --data $(SDBERT_DATA) --output runs/quick
 
-bench: install  ## attention benchmarks -> benchmarks/BENCHMARKS.md
+bench: install  ## attention kernel and whole-encoder benchmarks -> benchmarks/BENCHMARKS.md
 	$(BIN)/sdbert bench attention --lengths 512,1024,2048,4096,8192 --output benchmarks
+	$(BIN)/sdbert bench encoder --size base --lengths 4096,8192 --output benchmarks
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
