@@ -40,7 +40,7 @@ def test_plan_layout_round_trip(num_blocks, r, heads):
 
 def test_block_mask_lists_exactly_the_layout_blocks():
     layout = bigbird_block_layout(12, 2, num_heads=2, seed=1)
-    mask = flex.block_mask(plan_from_layout(layout), 16, 12 * 16, None, torch.device("cpu"))
+    mask = flex.block_mask(flex.plan_layout(plan_from_layout(layout)), 16, 12 * 16, None)
     dense_blocks = mask.to_dense()[0].bool()  # (H, nb, nb): the blocks the kernel will visit
     assert torch.equal(dense_blocks, layout)
 

@@ -61,15 +61,14 @@ def plan_layout(plan: SparsePlan, device: torch.device | None = None) -> torch.T
     return layout if device is None else layout.to(device)
 
 
-def block_mask(plan: SparsePlan, block_size: int, seq_len: int, key_padding_mask: torch.Tensor | None,
-               device: torch.device):
-    """A FlexAttention `BlockMask` for `plan` over a padded length of `nb * block_size` tokens.
+def block_mask(layout: torch.Tensor, block_size: int, seq_len: int, key_padding_mask: torch.Tensor | None):
+    """A FlexAttention `BlockMask` for a layout `(H, nb, nb)` (`plan_layout`) over a padded length of
+    `nb * block_size` tokens, on the layout's device.
 
     key_padding_mask: `(batch, nb * block_size)` bool, true for real tokens, or None.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
-    layout = plan_layout(plan, device)  # (H, nb, nb)
     # A stable descending sort lists each row's attended blocks first, in ascending order.
     counts = layout.sum(-1, dtype=torch.int32)[None]  # (1, H, nb)
     indices = torch.sort(layout.to(torch.uint8), dim=-1, descending=True, stable=True).indices
@@ -114,7 +113,8 @@ def flex_block_sparse(q, k, v, block_size: int, plan: SparsePlan, key_padding_ma
     Rows whose keys are all padding return zeros, as `dense_attention` does. Returns None (after
     logging why, once) when the compiled kernel fails, so the caller can take the general path.
     """
-    mask = block_mask(plan, block_size, q.shape[-2], key_padding_mask, q.device)
+    layout = plan_layout(plan, q.device)  # (H, nb, nb), shared by the block mask and the empty-row check
+    mask = block_mask(layout, block_size, q.shape[-2], key_padding_mask)
     try:
         out = _kernel(compiled)(q, k, v, block_mask=mask)
     except Exception as exc:  # a compiler or driver we cannot test here: fall back, say so once
@@ -126,14 +126,14 @@ def flex_block_sparse(q, k, v, block_size: int, plan: SparsePlan, key_padding_ma
         return None
     if key_padding_mask is not None:
         # A query block whose attended keys are all padding has no valid key: force zeros.
-        has_key = (mask_has_keys(plan, block_size, key_padding_mask))[:, :, :, None]
+        has_key = mask_has_keys(layout, block_size, key_padding_mask)[:, :, :, None]
         out = out * has_key.to(out.dtype)
     return out
 
 
-def mask_has_keys(plan: SparsePlan, block_size: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
-    """`(batch, heads, seq)` bool: whether each query position sees at least one real key."""
-    layout = plan_layout(plan, key_padding_mask.device)  # (H, nb, nb)
+def mask_has_keys(layout: torch.Tensor, block_size: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """`(batch, heads, seq)` bool: whether each query position of a layout `(H, nb, nb)` sees at least
+    one real key."""
     batch, n = key_padding_mask.shape
     real_blocks = key_padding_mask.view(batch, -1, block_size).any(-1)  # (B, nb)
     sees = (layout[None] & real_blocks[:, None, None, :]).any(-1)  # (B, H, nb)
