@@ -31,7 +31,6 @@ libraries. One process per case means nothing cached by an earlier case hides a 
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ import torch
 from torch import nn
 
 from sdbert.attention import bigbird_plan, block_sparse_attention, dense_attention, flex, native
-from sdbert.bench.report import PeakRSS, machine_info, run_isolated
+from sdbert.bench.report import PeakRSS, load_average, machine_info, run_isolated
 from sdbert.errors import ConfigError
 
 METHODS: dict[str, str] = {
@@ -260,7 +259,7 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
-    load_start = _load_average()
+    load_start = load_average()
     cases = [(n, m, mode) for n in cfg.lengths for m in cfg.methods for mode in cfg.modes]
     rows: dict[tuple, dict] = {}
     total = len(cases) * (1 + cfg.memory)
@@ -305,17 +304,11 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
                     bar.update(1)
     kernel = {"native_available": native.available(), "native_error": native._state.get("error")}
     machine = machine_info()
-    machine["load_average_start"], machine["load_average_end"] = load_start, _load_average()
+    machine["load_average_start"], machine["load_average_end"] = load_start, load_average()
     return {"benchmark": "attention", "machine": machine, "kernel": kernel, "config": asdict(cfg),
             "command": command_line(cfg), "rows": [rows[c] for c in cases]}
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average: other jobs on the machine inflate every time in a run."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 def _isolated_memory(method: str, mode: str, cfg: AttentionBenchConfig, seq_len: int) -> dict:

@@ -17,9 +17,7 @@ config (hidden size, layers, heads, block size, ...), `--size` one of the built-
 
 from __future__ import annotations
 
-import argparse
 import gc
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from sdbert.bench.report import machine_info
+from sdbert.bench.report import int_list, load_average, machine_info
 from sdbert.config import SDBertConfig
 from sdbert.errors import ConfigError
 
@@ -101,7 +99,7 @@ def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
     from sdbert.model import SDBertForSequenceClassification
 
     torch.set_num_threads(cfg.threads)
-    load_start = _load_average()
+    load_start = load_average()
     config = encoder_config(cfg)
     torch.manual_seed(0)
     sparse = SDBertForSequenceClassification(config).eval()
@@ -136,7 +134,7 @@ def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
     bar.close()
     described = cfg.model or f"--size {cfg.size}"
     machine = machine_info()
-    machine["load_average_start"], machine["load_average_end"] = load_start, _load_average()
+    machine["load_average_start"], machine["load_average_end"] = load_start, load_average()
     return {
         "config": asdict(cfg),
         "model": {"source": described, "hidden_size": config.hidden_size, "layers": config.num_hidden_layers,
@@ -149,12 +147,6 @@ def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
     }
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average: other jobs on the machine slow both attentions, not always alike."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 def command_line(cfg: EncoderBenchConfig) -> str:
@@ -171,14 +163,6 @@ def command_line(cfg: EncoderBenchConfig) -> str:
 
 # --- the `sdbert bench encoder` command ---------------------------------------------------------
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def add_arguments(p) -> None:
@@ -187,7 +171,7 @@ def add_arguments(p) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="base",
                    help="built-in shape when --model is not given: base (BERT/BigBird-base, the paper's teacher) "
                         "or minilm (all-MiniLM-L6-v2) (default base)")
-    p.add_argument("--lengths", type=_ints, default=(4096,), help="comma-separated lengths (default 4096)")
+    p.add_argument("--lengths", type=int_list, default=(4096,), help="comma-separated lengths (default 4096)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--block-size", type=int, default=None, help="override the config's block size")
     p.add_argument("--random-blocks", type=int, default=None, help="override the config's random blocks")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from sdbert.bench.report import machine_info
+from sdbert.bench.report import int_list, load_average, machine_info
 from sdbert.errors import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -165,7 +164,7 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    machine = machine_info() | {"torch_threads": cfg.threads, "load_average_start": _load_average()}
+    machine = machine_info() | {"torch_threads": cfg.threads, "load_average_start": load_average()}
     try:
         loaded = [load_for_bench(label, path, cfg) for label, path in _labels(cfg.models)]
         models = [info for _, info in loaded]
@@ -178,7 +177,7 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
         bar.close()
     finally:
         torch.set_num_threads(threads)
-    machine["load_average_end"] = _load_average()
+    machine["load_average_end"] = load_average()
     if any(info.get("backend", "torch") != "torch" for info in models):
         import onnxruntime
 
@@ -187,11 +186,6 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
             "config": asdict(cfg), "command": command_line(cfg), "models": models, "rows": rows}
 
 
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:  # not on every platform
-        return None
 
 
 def _time_case(loaded, length: int, batch: int, cfg: ModelBenchConfig) -> list[dict]:
@@ -310,22 +304,14 @@ GOAL_SPEEDUP = 1.9  # issue 4: the 3-layer, 4-head student at length 512 vs the 
 # --- command-line glue: arguments and reports (sdbert.commands.bench prints and writes them) ----
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
 
 
 def add_arguments(p) -> None:
     p.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR", required=True,
                    help="model folder (ours, a Hugging Face BERT/RoBERTa/BigBird one, or an ONNX export run by "
                         "onnxruntime); repeat to compare; speed-ups are relative to the first")
-    p.add_argument("--lengths", type=_ints, default=(512, 4096), help="comma-separated lengths (default 512,4096)")
-    p.add_argument("--batch-sizes", type=_ints, default=(1, 32), help="comma-separated batch sizes (default 1,32)")
+    p.add_argument("--lengths", type=int_list, default=(512, 4096), help="comma-separated lengths (default 512,4096)")
+    p.add_argument("--batch-sizes", type=int_list, default=(1, 32), help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per case at most (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes per model and case first")
     p.add_argument("--max-case-seconds", type=float, default=60.0,

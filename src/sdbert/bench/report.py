@@ -55,6 +55,28 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def load_average() -> float | None:
+    """The 1-minute load average: on a shared machine other jobs inflate every time in a run, so each
+    report says how busy the machine was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type for comma-separated integers ("512,4096"); ranges are the configs' to check."""
+    import argparse
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
 # --- peak memory -------------------------------------------------------------------------------
 
 def _proc_status_kb(field: str) -> int | None:

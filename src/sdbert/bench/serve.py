@@ -127,14 +127,15 @@ def run_serve_bench(cfg: ServeBenchConfig, url: str) -> dict:
     """Send the load to `url` (a running service on loopback) and measure it."""
     import httpx
 
+    from sdbert.bench.report import load_average, machine_info
+
     check_loopback(url)
     texts = synthetic_texts(max(64, cfg.texts_per_request * 8), cfg.words, cfg.seed)
     info = httpx.get(f"{url}/v1/model", timeout=30).json()
-    load_start = _load_average()
+    load_start = load_average()
     latencies, statuses, errors, elapsed = asyncio.run(_load(cfg, url, texts))
-    load_end = _load_average()
+    load_end = load_average()
     after = httpx.get(f"{url}/v1/model", timeout=30).json()
-    from sdbert.bench.report import machine_info
 
     lat = sorted(latencies)
     batching = after.get("batching", {})
@@ -195,12 +196,6 @@ async def _load(cfg: ServeBenchConfig, url: str, texts: list[str]):
     return latencies, statuses, errors, elapsed
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average (the machine may be shared: the report says how busy it was)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def _pct(sorted_values: list[float], q: float) -> float | None:

@@ -9,23 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sdbert.bench.report import int_list
 from sdbert.errors import ConfigError
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one length")
-    return values
-
 
 # --- attention ----------------------------------------------------------------------------------
 
 def add_attention_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lengths", type=_int_list, default=(512, 1024, 2048, 4096, 8192),
+    p.add_argument("--lengths", type=int_list, default=(512, 1024, 2048, 4096, 8192),
                    help="comma-separated sequence lengths (default 512,1024,2048,4096,8192)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=12)
