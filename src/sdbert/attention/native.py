@@ -6,11 +6,13 @@ scores and probabilities in a per-thread, cache-resident buffer (two GEMMs and a
 softmax per block), which is what makes block-sparse attention several times faster than dense
 SDPA on a laptop-class CPU (see `benchmarks/BENCHMARKS.md`).
 
-It is compiled on first use with `torch.utils.cpp_extension` (a C++ compiler is needed; about ten
-seconds, cached under torch's extension folder, keyed by this machine's CPU). Anything that goes
-wrong (no compiler, an unusual torch build without the BLAS symbols) is logged once and the pure
-PyTorch paths take over; `SDBERT_NATIVE=0` turns it off. It handles fp32 and fp64 and any layout;
-the pure paths remain the reference and cover the other dtypes and devices.
+It is compiled on first use with `torch.utils.cpp_extension` (a C++ compiler and `ninja`, a
+declared dependency, are needed; about ten seconds, cached under torch's extension folder, keyed by
+this machine's CPU). The first use logs one line naming the kernel that runs: the native one, or
+the pure PyTorch paths and why (no compiler, an unusual torch build without the BLAS symbols,
+`SDBERT_NATIVE=0`). `SDBERT_REQUIRE_NATIVE=1` (CI) turns a kernel that cannot be used into an error
+instead of that fallback. It handles fp32 and fp64 and any layout; the pure paths remain the
+reference and cover the other dtypes and devices.
 """
 
 from __future__ import annotations
@@ -20,21 +22,28 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import threading
+import time
 import weakref
 from pathlib import Path
 
 import torch
 
 from sdbert.attention.layout import SparsePlan
+from sdbert.errors import SDBertError
 
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "block_sparse_cpu.cpp"
 _DTYPES = (torch.float32, torch.float64)
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # "ok": bool once a load was attempted, "error": why not
+_state: dict[str, object] = {}  # "ok": bool once a load was attempted; "error": why not; "detail": how it loaded
 _enabled = [True]
+
+
+class NativeKernelError(SDBertError, RuntimeError):
+    """`SDBERT_REQUIRE_NATIVE=1` is set and the native kernel cannot be used."""
 
 
 @contextlib.contextmanager
@@ -47,36 +56,101 @@ def use(enabled: bool):
         _enabled[0] = previous
 
 
+def enabled() -> bool:
+    """Whether `use` currently lets calls take the native kernel (it is on unless switched off)."""
+    return _enabled[0]
+
+
+def required() -> bool:
+    """`SDBERT_REQUIRE_NATIVE=1`: CI must fail where the kernel does not build, not quietly run the
+    several times slower pure paths and skip the kernel's tests."""
+    return _env_flag("SDBERT_REQUIRE_NATIVE", "0")
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernel is not used (None while it is, or before the first attempt)."""
+    return _state.get("error")
+
+
 def available() -> bool:
-    """Whether the native kernel can be used (compiles and loads it on the first call)."""
-    if "ok" in _state:
-        return bool(_state["ok"])
-    with _lock:
-        if "ok" not in _state:
-            _state["ok"] = _load()
+    """Whether the native kernel can be used (compiles and loads it on the first call).
+
+    Raises `NativeKernelError` instead of returning False when `SDBERT_REQUIRE_NATIVE=1`.
+    """
+    if "ok" not in _state:
+        with _lock:
+            if "ok" not in _state:
+                _state["ok"] = _load()
+                _announce()
+    if not _state["ok"] and required():
+        raise NativeKernelError("SDBERT_REQUIRE_NATIVE=1 but the native CPU attention kernel is unavailable: "
+                                f"{_state.get('error')}")
     return bool(_state["ok"])
 
 
+def _env_flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default).lower() not in ("0", "false", "no", "off", "")
+
+
+def _announce() -> None:
+    """The one line per process that says which CPU kernel block-sparse attention runs: a silent
+    fallback once hid a several-fold slowdown (issue 12). Warning only when a build failed; switching
+    the kernel off on purpose is not a problem."""
+    if _state["ok"]:
+        log.info("sdbert: block-sparse attention on the CPU runs the native C++ kernel (%s)", _state["detail"])
+    elif _state.get("disabled"):
+        log.info("sdbert: block-sparse attention on the CPU runs the PyTorch kernels (%s)", _state["error"])
+    else:
+        log.warning("sdbert: block-sparse attention on the CPU runs the PyTorch kernels: the native kernel "
+                    "is unavailable (%s)", _state["error"])
+
+
 def _load() -> bool:
-    if os.environ.get("SDBERT_NATIVE", "1").lower() in ("0", "false", "no", "off"):
-        _state["error"] = "disabled by SDBERT_NATIVE"
+    if not _env_flag("SDBERT_NATIVE", "1"):
+        _state["error"], _state["disabled"] = "disabled by SDBERT_NATIVE", True
         return False
     try:
         from torch.utils import cpp_extension
 
         # -march=native binaries must not be shared between different CPUs: key the build by CPU.
         name = "sdbert_native_" + hashlib.sha1(_cpu_signature().encode()).hexdigest()[:10]
-        log.log(logging.DEBUG if _is_built(cpp_extension, name) else logging.INFO,
-                "sdbert: compiling the native CPU attention kernel (first use only, about 10 s)")
-        cpp_extension.load(name=name, sources=[str(_SOURCE)], is_python_module=False,
-                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        cached, start = _is_built(cpp_extension, name), time.perf_counter()
+        log.debug("sdbert: loading the native CPU attention kernel %s (cached build: %s)", name, cached)
+        with _ninja_on_path():
+            cpp_extension.load(name=name, sources=[str(_SOURCE)], is_python_module=False,
+                               extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
         torch.ops.sdbert_native.block_sparse_fwd  # noqa: B018 - raises if the library did not register
-        return True
-    except Exception as exc:  # no compiler, no BLAS symbols, ...: the pure paths take over
+    except Exception as exc:  # no compiler, no ninja, no BLAS symbols, ...: the pure paths take over
         _state["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        log.warning("sdbert: native CPU attention kernel unavailable (%s); using the PyTorch kernels",
-                    _state["error"])
         return False
+    _state["detail"] = "cached build" if cached else f"compiled in {time.perf_counter() - start:.0f} s, cached"
+    return True
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch runs `ninja` from PATH; the `ninja` package we depend on installs it next to the
+    interpreter, which is not on PATH when a virtual environment is used without being activated
+    (`.venv/bin/sdbert ...`). Lend the build that folder, for the build only."""
+    if shutil.which("ninja") is not None:
+        yield
+        return
+    try:
+        import ninja
+
+        folder = ninja.BIN_DIR
+    except (ImportError, AttributeError):  # not installed: torch will say that ninja is missing
+        folder = None
+    previous = os.environ.get("PATH")
+    if folder:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [previous, folder]))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = previous
 
 
 def _is_built(cpp_extension, name: str) -> bool:
