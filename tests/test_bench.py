@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from sdbert.attention import native
 from sdbert.bench.report import PeakRSS, update_markdown_section
 from sdbert.cli import main
 
@@ -18,6 +19,8 @@ def test_bench_attention_writes_table_json_plot_and_markdown(tmp_path, capsys):
                  "--output", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "dense/ours" in printed
+    ours = "native" if native.available() else "pytorch"
+    assert f"Attention code run: dense SDPA: dense_sdpa; ours: {ours}" in printed
 
     result = json.loads((tmp_path / "attention.json").read_text())
     rows = {(r["length"], r["method"], r["mode"]): r for r in result["rows"]}
@@ -25,6 +28,11 @@ def test_bench_attention_writes_table_json_plot_and_markdown(tmp_path, capsys):
         for method in ("dense", "sparse", "sparse_proj"):
             for mode in ("forward", "forward_backward"):
                 assert rows[(n, method, mode)]["median_ms"] > 0
+                assert rows[(n, method, mode)]["forward_gflop"] > 0
+            assert rows[(n, method, "forward")]["gflop_per_s"] > 0
+        # which code ran, per case (256 tokens = 8 blocks of 32: past the dense fallback of 7 blocks)
+        assert rows[(n, "dense", "forward")]["path"] == "dense_sdpa"
+        assert rows[(n, "sparse", "forward")]["path"] == rows[(n, "sparse_proj", "forward")]["path"] == ours
     assert result["machine"]["torch"] == torch.__version__
     assert result["command"].startswith("sdbert bench attention --lengths 256,512")
 

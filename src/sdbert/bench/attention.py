@@ -14,8 +14,14 @@ Methods (all on `(batch, heads, seq, head_dim)` problems of the same size):
   attention (`seq > (5 + 2 r) * block_size`). Skipped when transformers is not installed.
 * `flex`        torch's FlexAttention, compiled, with our layout as its `BlockMask`
   (`sdbert.attention.flex`, the path CUDA runs). Opt-in (`--methods ...,flex`): it compiles once
-  per shape (tens of seconds on a CPU, in the warm-up round). FlexAttention's CPU mode is a
-  prototype and inference-only, so on CPU it is timed forward only.
+  per shape (tens of seconds on a CPU, when the case is built, so no timed round pays for it).
+  FlexAttention's CPU mode is a prototype and inference-only, so on CPU it is timed forward only;
+  where it does not compile, its rows are skipped with the reason (logged, and in the JSON's
+  `notes`) and the tables have no column for it.
+
+Each method is one case builder in `CASE_BUILDERS`, and each row of the JSON records the `path`
+that ran (`dense_sdpa`, `native`, `pytorch`, `flex`, `hf`): up to the dense fallback length our
+kernel itself runs dense SDPA. `forward_gflop` counts 2 FLOPs per multiply-add.
 
 Timing: for each length every case runs `warmup` times, then at least `repeats` rounds in which
 the cases take turns (so background noise falls on all of them alike; short lengths get more
@@ -31,6 +37,7 @@ libraries. One process per case means nothing cached by an earlier case hides a 
 from __future__ import annotations
 
 import gc
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -39,9 +46,18 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from sdbert.attention import bigbird_plan, block_sparse_attention, dense_attention, flex, native
+from sdbert.attention import (
+    bigbird_block_layout,
+    bigbird_plan,
+    block_sparse_attention,
+    dense_attention,
+    flex,
+    native,
+)
 from sdbert.bench.report import PeakRSS, load_average, machine_info, run_isolated
 from sdbert.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 METHODS: dict[str, str] = {
     "dense": "dense SDPA",
@@ -156,7 +172,7 @@ def _hf_masks(batch: int, seq_len: int, block_size: int):
 def skip_reason(method: str, cfg: AttentionBenchConfig, seq_len: int, mode: str = "forward") -> str | None:
     if method == "flex":
         if not flex.available():
-            return "FlexAttention unavailable (torch < 2.5 or SDBERT_FLEX=0)"
+            return "FlexAttention unavailable (torch < 2.5, SDBERT_FLEX=0, or it failed to compile in this run)"
         if mode == "forward_backward" and not torch.cuda.is_available():
             return "FlexAttention on CPU is inference-only"
         if seq_len % cfg.block_size:
@@ -171,65 +187,159 @@ def skip_reason(method: str, cfg: AttentionBenchConfig, seq_len: int, mode: str 
     return None
 
 
+class CaseUnavailable(RuntimeError):
+    """A case that cannot run here (FlexAttention that fails to compile): its row is skipped."""
+
+
+@dataclass
+class _Problem:
+    """One problem size and the generator its inputs come from, as the case builders see it."""
+
+    cfg: AttentionBenchConfig
+    seq_len: int
+    batch: int
+    heads: int
+    backward: bool
+    generator: torch.Generator
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator).requires_grad_(self.backward)
+
+    def qkv(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(self.randn(self.batch, self.heads, self.seq_len, self.cfg.head_dim) for _ in range(3))
+
+
+# A builder returns `(run, leaves, path)`: `run()` computes the attention output, which has the shape of
+# `leaves[0]`; `leaves` are the tensors whose gradients a backward step resets; `path` names the code
+# that runs (recorded per row, so a table can never show one kernel's time under another's name).
+Built = tuple[Callable[[], torch.Tensor], tuple[torch.Tensor, ...], str]
+
+
+def _sparse_path(p: _Problem, use_native: bool) -> str:
+    if p.seq_len <= p.cfg.dense_fallback_length:
+        return "dense_sdpa"  # block_sparse_attention's own rule: too few blocks to gain from sparsity
+    return "native" if use_native and native.available() else "pytorch"
+
+
+def _dense_case(p: _Problem) -> Built:
+    q, k, v = p.qkv()
+    return (lambda: dense_attention(q, k, v)), (q, k, v), "dense_sdpa"
+
+
+def _sparse_case(use_native: bool) -> Callable[[_Problem], Built]:
+    def build(p: _Problem) -> Built:
+        q, k, v = p.qkv()
+
+        def run():
+            with native.use(use_native):
+                return block_sparse_attention(q, k, v, block_size=p.cfg.block_size,
+                                              num_random_blocks=p.cfg.random_blocks, seed=p.cfg.seed)
+        return run, (q, k, v), _sparse_path(p, use_native)
+    return build
+
+
+def _flex_case(p: _Problem) -> Built:
+    q, k, v = p.qkv()
+    plan = bigbird_plan(p.seq_len // p.cfg.block_size, p.cfg.random_blocks, p.heads, p.cfg.seed)
+
+    def run():
+        out = flex.flex_block_sparse(q, k, v, p.cfg.block_size, plan, None)
+        if out is None:  # flex has logged the compiler's error
+            raise CaseUnavailable("FlexAttention failed to compile here (see the logged warning)")
+        return out
+    return run, (q, k, v), "flex"
+
+
+def _sparse_proj_case(p: _Problem) -> Built:
+    hidden = p.heads * p.cfg.head_dim
+    x = p.randn(p.batch, p.seq_len, hidden)
+    module = SparseSelfAttention(hidden, p.heads, p.cfg.block_size, p.cfg.random_blocks, p.cfg.seed)
+    module.requires_grad_(p.backward)
+    return (lambda: module(x)), (x, *module.parameters()), _sparse_path(p, True)
+
+
+def _hf_case(p: _Problem) -> Built:
+    x = p.randn(p.batch, p.seq_len, p.heads * p.cfg.head_dim)
+    module = _hf_module(p.cfg, p.seq_len, p.heads)
+    masks = _hf_masks(p.batch, p.seq_len, p.cfg.block_size)
+    module.requires_grad_(p.backward)
+    return (lambda: module(x, **masks)[0]), (x, *module.parameters()), "hf"
+
+
+CASE_BUILDERS: dict[str, Callable[[_Problem], Built]] = {
+    "dense": _dense_case,
+    "sparse": _sparse_case(use_native=True),
+    "sparse_pytorch": _sparse_case(use_native=False),
+    "sparse_proj": _sparse_proj_case,
+    "hf": _hf_case,
+    "flex": _flex_case,
+}
+COMPILED = {"flex"}  # built cases run once, so the compiler's time (per shape) never lands in a timed round
+
+
+@dataclass(frozen=True)
+class Case:
+    """One step of one method on one problem, ready to time: call it."""
+
+    step: Callable[[], None]
+    path: str
+    """the attention code that runs: dense_sdpa, native, pytorch, flex or hf"""
+
+    def __call__(self) -> None:
+        self.step()
+
+
 def build_case(method: str, mode: str, cfg: AttentionBenchConfig, seq_len: int,
-               batch: int | None = None, heads: int | None = None) -> Callable[[], None]:
-    """Inputs and a closure that runs one step of `method` (`mode`: forward or forward_backward)."""
-    batch = cfg.batch if batch is None else batch
-    heads = cfg.heads if heads is None else heads
-    backward = mode == "forward_backward"
+               batch: int | None = None, heads: int | None = None) -> Case:
+    """Inputs and a step that runs `method` once (`mode`: forward or forward_backward)."""
+    if method not in CASE_BUILDERS:
+        raise ConfigError(f"unknown attention benchmark method {method!r}; choose from {list(CASE_BUILDERS)}")
+    if mode not in MODES:
+        raise ConfigError(f"unknown attention benchmark mode {mode!r}; choose from {list(MODES)}")
     generator = torch.Generator().manual_seed(cfg.seed)
-    randn = lambda *shape: torch.randn(*shape, generator=generator).requires_grad_(backward)
-
+    problem = _Problem(cfg, seq_len, cfg.batch if batch is None else batch, cfg.heads if heads is None else heads,
+                       mode == "forward_backward", generator)
     torch.manual_seed(cfg.seed)  # the same projection weights for every module case
-    if method in ("dense", "sparse", "sparse_pytorch"):
-        q, k, v = (randn(batch, heads, seq_len, cfg.head_dim) for _ in range(3))
-        inputs = (q, k, v)
-        if method == "dense":
-            fn = lambda: dense_attention(q, k, v)
-        elif method == "flex":
-            plan = bigbird_plan(seq_len // cfg.block_size, cfg.random_blocks, heads, cfg.seed)
+    run, leaves, path = CASE_BUILDERS[method](problem)
+    step = _backward_step(run, leaves, generator) if problem.backward else _forward_step(run)
+    if method in COMPILED:
+        step()
+    return Case(step, path)
 
-            def fn():
-                out = flex.flex_block_sparse(q, k, v, cfg.block_size, plan, None)
-                if out is None:
-                    raise RuntimeError("FlexAttention failed to compile here (see the warning above)")
-                return out
-        else:
-            use_native = method == "sparse"
 
-            def fn():
-                with native.use(use_native):
-                    return block_sparse_attention(q, k, v, block_size=cfg.block_size,
-                                                  num_random_blocks=cfg.random_blocks, seed=cfg.seed)
-    else:
-        hidden = heads * cfg.head_dim
-        x = randn(batch, seq_len, hidden)
-        inputs = (x,)
-        if method == "hf":
-            module = _hf_module(cfg, seq_len, heads)
-            masks = _hf_masks(batch, seq_len, cfg.block_size)
-            fn = lambda: module(x, **masks)[0]
-        else:
-            module = SparseSelfAttention(hidden, heads, cfg.block_size, cfg.random_blocks, cfg.seed)
-            fn = lambda: module(x)
-        module.requires_grad_(backward)
-        inputs = inputs + tuple(module.parameters())
+def _forward_step(run: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def step():
+        with torch.no_grad():
+            run()
+    return step
 
-    if not backward:
-        def step():
-            with torch.no_grad():
-                fn()
-        return step
 
-    # Shape known up front: running fn() here would leave freed heap that hides part of the peak.
-    out_shape = (batch, heads, seq_len, cfg.head_dim) if method not in ("sparse_proj", "hf") else x.shape
-    grad_out = torch.randn(out_shape, generator=generator)
+def _backward_step(run, leaves: tuple[torch.Tensor, ...], generator: torch.Generator) -> Callable[[], None]:
+    # Shape known up front: running run() here would leave freed heap that hides part of the peak.
+    grad_out = torch.randn(leaves[0].shape, generator=generator)
 
     def step():
-        for t in inputs:
+        for t in leaves:
             t.grad = None
-        fn().backward(grad_out)
+        run().backward(grad_out)
     return step
+
+
+def forward_gflop(method: str, cfg: AttentionBenchConfig, seq_len: int) -> float:
+    """Matrix-product GFLOP of one forward pass of a case, 2 FLOPs per multiply-add: QK^T and PV
+    (`pairs * head_dim` multiply-adds each, per head) plus, for the module methods, the q/k/v projections.
+    Sparse methods count the pattern's attended pairs: the useful work, whatever extra a method computes."""
+    batch, heads, dim = cfg.batch, cfg.heads, cfg.head_dim
+    if method == "dense" or seq_len <= cfg.dense_fallback_length:
+        pairs = seq_len * seq_len  # our kernel runs dense attention up to the fallback length too
+    else:
+        num_blocks = -(-seq_len // cfg.block_size)
+        layout = bigbird_block_layout(num_blocks, cfg.random_blocks, num_heads=heads, seed=cfg.seed)
+        pairs = layout.sum().item() * cfg.block_size**2 / heads  # per head, averaged over heads
+    flops = 2 * 2 * batch * heads * pairs * dim
+    if method in ("sparse_proj", "hf"):
+        flops += 2 * 3 * batch * seq_len * (heads * dim) ** 2
+    return flops / 1e9
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -241,9 +351,7 @@ def _peak_memory_case(method: str, mode: str, cfg_dict: dict, seq_len: int) -> d
     # A tiny warm-up (one head, batch 1, just past the dense fallback) initialises the libraries
     # and the code path, so their one-off buffers are not charged to the case.
     build_case(method, mode, cfg, cfg.dense_fallback_length + 2 * cfg.block_size, batch=1, heads=1)()
-    step = build_case(method, mode, cfg, seq_len)
-    if method == "flex":
-        step()  # compile for this shape first: the compiler's memory is not the kernel's
+    step = build_case(method, mode, cfg, seq_len)  # compiles flex for this shape: not the kernel's memory
     gc.collect()
     with PeakRSS() as probe:
         step()
@@ -253,47 +361,25 @@ def _peak_memory_case(method: str, mode: str, cfg_dict: dict, seq_len: int) -> d
 def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> dict:
     """Measure every (length, method, mode) and return a JSON-ready dict.
 
-    `result["rows"]`: one dict per case with `length, method, mode, median_ms, times_ms, peak_mb`
-    (or `skipped` with the reason). `progress` shows a tqdm bar on stderr.
+    `result["rows"]`: one dict per case with `length, method, mode, path, median_ms, times_ms,
+    forward_gflop, peak_mb` (`gflop_per_s` for forward rows), or `skipped` with the reason;
+    `result["notes"]`: why a case that should have run did not. `progress` shows a tqdm bar on stderr.
     """
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
     load_start = load_average()
     cases = [(n, m, mode) for n in cfg.lengths for m in cfg.methods for mode in cfg.modes]
-    rows: dict[tuple, dict] = {}
-    total = len(cases) * (1 + cfg.memory)
-    with tqdm(total=total, disable=not progress, desc="bench attention", unit="case") as bar:
+    rows = {(n, m, mode): {"length": n, "method": m, "mode": mode} for n, m, mode in cases}
+    notes: list[str] = []
+    with tqdm(total=len(cases) * (1 + cfg.memory), disable=not progress, desc="bench attention", unit="case") as bar:
         for n in cfg.lengths:
-            steps = {}
-            for method in cfg.methods:
-                for mode in cfg.modes:
-                    row = rows[(n, method, mode)] = {"length": n, "method": method, "mode": mode}
-                    reason = skip_reason(method, cfg, n, mode)
-                    if reason:
-                        row["skipped"] = reason
-                        bar.update(1 + cfg.memory)
-                        continue
-                    steps[(method, mode)] = build_case(method, mode, cfg, n)
-            times = {key: [] for key in steps}
+            steps = _build_cases(cfg, n, rows, notes)
+            bar.update((len(cfg.methods) * len(cfg.modes) - len(steps)) * (1 + cfg.memory))
             bar.set_postfix_str(f"n={n} timing")
-            rounds, round_ = cfg.warmup + cfg.repeats, 0
-            while round_ < rounds:
-                for key, step in steps.items():  # cases take turns within each round
-                    start = time.perf_counter()
-                    step()
-                    elapsed = (time.perf_counter() - start) * 1e3
-                    if round_ >= cfg.warmup:
-                        times[key].append(elapsed)
-                round_ += 1
-                if round_ == cfg.warmup + 1 and steps:
-                    # Short cases get more rounds (up to ~min_seconds per length): medians of a few
-                    # millisecond-scale runs are easily skewed by other jobs on the machine.
-                    round_seconds = sum(v[-1] for v in times.values()) / 1e3
-                    extra = int(cfg.min_seconds / max(round_seconds, 1e-6))
-                    rounds = max(rounds, min(cfg.warmup + extra, cfg.warmup + cfg.max_repeats))
+            times = _time_interleaved(steps, cfg)
             for (method, mode), values in times.items():
-                rows[(n, method, mode)].update(median_ms=statistics.median(values), times_ms=values)
+                _record_times(rows[(n, method, mode)], values, forward_gflop(method, cfg, n))
                 bar.update(1)
             del steps
             gc.collect()
@@ -302,13 +388,58 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
                     bar.set_postfix_str(f"n={n} memory {method} {mode}")
                     rows[(n, method, mode)].update(_isolated_memory(method, mode, cfg, n))
                     bar.update(1)
-    kernel = {"native_available": native.available(), "native_error": native._state.get("error")}
+    kernel = {"native_available": native.available(), "native_error": native.unavailable_reason()}
     machine = machine_info()
     machine["load_average_start"], machine["load_average_end"] = load_start, load_average()
     return {"benchmark": "attention", "machine": machine, "kernel": kernel, "config": asdict(cfg),
-            "command": command_line(cfg), "rows": [rows[c] for c in cases]}
+            "command": command_line(cfg), "rows": [rows[c] for c in cases], "notes": notes}
 
 
+def _build_cases(cfg: AttentionBenchConfig, n: int, rows: dict, notes: list[str]) -> dict[tuple, Case]:
+    """The cases of one length that can run here; the others' rows get `skipped` with the reason."""
+    cases = {}
+    for method in cfg.methods:
+        for mode in cfg.modes:
+            row = rows[(n, method, mode)]
+            reason = skip_reason(method, cfg, n, mode)
+            if reason is None:
+                try:
+                    cases[(method, mode)] = build_case(method, mode, cfg, n)
+                    row["path"] = cases[(method, mode)].path
+                    continue
+                except CaseUnavailable as exc:  # a column that measured nothing is better than a wrong one
+                    reason = str(exc)
+                    log.warning("bench attention: %s not measured at %d tokens: %s", METHODS[method], n, exc)
+                    notes.append(f"{METHODS[method]} not measured ({mode}, from {n} tokens on): {exc}.")
+            row["skipped"] = reason
+    return cases
+
+
+def _time_interleaved(steps: dict[tuple, Case], cfg: AttentionBenchConfig) -> dict[tuple, list[float]]:
+    """Milliseconds per timed round of each case; the cases take turns within each round."""
+    times: dict[tuple, list[float]] = {key: [] for key in steps}
+    rounds, round_ = cfg.warmup + cfg.repeats, 0
+    while round_ < rounds:
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            elapsed = (time.perf_counter() - start) * 1e3
+            if round_ >= cfg.warmup:
+                times[key].append(elapsed)
+        round_ += 1
+        if round_ == cfg.warmup + 1 and steps:
+            # Short cases get more rounds (up to ~min_seconds per length): medians of a few
+            # millisecond-scale runs are easily skewed by other jobs on the machine.
+            round_seconds = sum(v[-1] for v in times.values()) / 1e3
+            extra = int(cfg.min_seconds / max(round_seconds, 1e-6))
+            rounds = max(rounds, min(cfg.warmup + extra, cfg.warmup + cfg.max_repeats))
+    return times
+
+
+def _record_times(row: dict, values: list[float], gflop: float) -> None:
+    row.update(median_ms=statistics.median(values), times_ms=values, forward_gflop=gflop)
+    if row["mode"] == "forward":  # the backward's FLOPs depend on what each kernel recomputes: not counted
+        row["gflop_per_s"] = gflop / (row["median_ms"] / 1e3)
 
 
 def _isolated_memory(method: str, mode: str, cfg: AttentionBenchConfig, seq_len: int) -> dict:
@@ -348,8 +479,9 @@ def summary_rows(result: dict, mode: str, key: str = "median_ms") -> tuple[list[
     """Table of one mode and one measure (`median_ms` or `peak_mb`) per method, with ratios:
     for time the speed-ups dense/ours and HF/ours+proj, for memory ours/dense."""
     cfg = result["config"]
-    methods = cfg["methods"]
     values = lookup(result, key)
+    # A method that measured nothing in this table (FlexAttention that did not compile) gets no column.
+    methods = [m for m in cfg["methods"] if any(values[(n, m, mode)] is not None for n in cfg["lengths"])]
     unit = "ms" if key == "median_ms" else "MiB"
     header = ["n"] + [f"{METHODS[m]} {unit}" for m in methods]
     has = lambda *ms: all(m in methods for m in ms)
@@ -372,6 +504,22 @@ def summary_rows(result: dict, mode: str, key: str = "median_ms") -> tuple[list[
         row += [ratio(values[(n, a, mode)], values[(n, b, mode)]) for _, a, b in pairs]
         rows.append(row)
     return header, rows
+
+
+def path_summary(result: dict) -> str:
+    """Which attention code each method ran, from the rows' `path`: "ours: native (dense_sdpa at 512)"."""
+    parts = []
+    for method in result["config"]["methods"]:
+        lengths: dict[str, set[int]] = {}
+        for row in result["rows"]:
+            if row["method"] == method and "path" in row:
+                lengths.setdefault(row["path"], set()).add(row["length"])
+        if not lengths:
+            continue
+        main = max(lengths, key=lambda path: max(lengths[path]))  # the path of the longest inputs
+        others = [f"{path} at {', '.join(map(str, sorted(ns)))}" for path, ns in lengths.items() if path != main]
+        parts.append(f"{METHODS[method]}: {main}" + (f" ({'; '.join(others)})" if others else ""))
+    return "Attention code run: " + "; ".join(parts) + "." if parts else "No case ran."
 
 
 def scaling_checks(result: dict) -> list[str]:

@@ -72,13 +72,14 @@ def run_attention(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
 
     result = bench.run_attention_bench(cfg, progress=args.progress)
-    result["notes"] = notes
+    result["notes"] = notes + result.get("notes", [])
     machine = result["machine"]
     print(f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}")
     print(f"batch {cfg.batch}, {cfg.heads} heads x {cfg.head_dim}, block {cfg.block_size}, "
           f"r = {cfg.random_blocks}, fp32, median of >= {cfg.repeats} rounds; dense fallback "
           f"<= {cfg.dense_fallback_length} tokens")
     print(_kernel_line(result))
+    print(bench.path_summary(result))
     for key in ("median_ms", "peak_mb") if cfg.memory else ("median_ms",):
         for mode in cfg.modes:
             header, rows = bench.summary_rows(result, mode, key)
@@ -130,7 +131,7 @@ def _kernel_line(result: dict) -> str:
 
 
 def _update_markdown(result: dict, path: Path, plotted: bool, name: str = "attention") -> None:
-    from sdbert.bench.attention import METHODS, scaling_checks, summary_rows
+    from sdbert.bench.attention import METHODS, path_summary, scaling_checks, summary_rows
     from sdbert.bench.report import markdown_table, update_markdown_section
 
     cfg, machine = result["config"], result["machine"]
@@ -156,7 +157,7 @@ def _update_markdown(result: dict, path: Path, plotted: bool, name: str = "atten
         "HF BigBird is measured only above that length (its model switches to full attention below) "
         f"and up to {cfg.get('hf_max_length', 8192)} tokens (`--hf-max-length`).",
         "",
-        _kernel_line(result),
+        _kernel_line(result) + " " + path_summary(result),
     ]
     for key in ("median_ms", "peak_mb") if cfg["memory"] else ("median_ms",):
         for mode in ("forward", "forward_backward") if cfg["backward"] else ("forward",):
