@@ -30,7 +30,7 @@ lint: install  ## ruff
 
 test: install  ## ruff + the whole test suite
 	$(BIN)/ruff check src tests
-	SDBERT_DATA=$${SDBERT_DATA:-../shared/data/aclImdb_v1.tar.gz} $(BIN)/pytest -q
+	SDBERT_REQUIRE_NATIVE=1 SDBERT_DATA=$${SDBERT_DATA:-../shared/data/aclImdb_v1.tar.gz} $(BIN)/pytest -q
 
 demo: install  ## the main job: the paper's Table 1, quick preset (about 15 min on a 2-core CPU)
 	$(BIN)/sdbert reproduce --preset quick --data $(SDBERT_DATA) --output runs/quick

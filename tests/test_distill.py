@@ -149,3 +149,88 @@ def test_torchrun_distill_two_processes_equal_one_process(tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     acc = [json.loads((tmp_path / d / "summary.json").read_text())["validation"]["accuracy"] for d in ("one", "two")]
     assert acc[0] == acc[1]
+
+
+def _perturbed(model: SDBertForSequenceClassification) -> SDBertForSequenceClassification:
+    """A stand-in for fine-tuning: every tensor moved, the config remembering where it started."""
+    tuned = SDBertForSequenceClassification(model.config)
+    tuned.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in model.state_dict().items()})
+    return tuned
+
+
+def test_init_pretrained_copies_the_starting_checkpoint_and_nothing_fine_tuned(tmp_path):
+    from sdbert.distill import init_student_from_pretrained, starting_checkpoint
+
+    cfg = SDBertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=6, num_attention_heads=6,
+                       intermediate_size=48, max_position_embeddings=128, block_size=8)
+    torch.manual_seed(0)
+    start = SDBertForSequenceClassification(cfg)
+    start.save_pretrained(tmp_path / "start")
+    teacher = _perturbed(start)
+    teacher.config.init_checkpoint = str(tmp_path / "start")
+    torch.manual_seed(1)
+    student = SDBertForSequenceClassification(student_config(cfg, layers=3, heads=2))
+    head_before = student.classifier.weight.clone()
+    copied = init_student_from_pretrained(student, starting_checkpoint(teacher))
+    assert not any(name.startswith("classifier.") for name in copied)
+    s, c, t = student.state_dict(), start.state_dict(), teacher.state_dict()
+    layer_map = {0: 0, 1: 2, 2: 4}
+    for name, value in s.items():
+        origin = name
+        if name.startswith("bert.encoder.layer."):
+            parts = name.split(".")
+            parts[3] = str(layer_map[int(parts[3])])
+            origin = ".".join(parts)
+        if name.startswith("classifier."):  # new head (its bias starts at zero in both)
+            assert name.endswith("bias") or not torch.equal(value, c[name]), "the classifier is not new"
+            continue
+        assert torch.equal(value, c[origin]), f"{name} is not the starting checkpoint's {origin}"
+        assert not torch.equal(value, t[origin]), f"{name} leaked from the fine-tuned teacher"
+    assert torch.equal(student.classifier.weight, head_before)
+    assert not torch.equal(student.classifier.weight, t["classifier.weight"])
+
+
+def test_starting_checkpoint_errors_are_one_line(tmp_path):
+    from sdbert.distill import starting_checkpoint
+
+    cfg = SDBertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=48, max_position_embeddings=64, block_size=8)
+    teacher = SDBertForSequenceClassification(cfg)
+    with pytest.raises(ConfigError, match="--init-from"):
+        starting_checkpoint(teacher)
+    with pytest.raises(ConfigError, match="not a folder"):
+        starting_checkpoint(teacher, str(tmp_path / "missing"))
+    SDBertForSequenceClassification(cfg.replace(vocab_size=60)).save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="is not what the teacher was fine-tuned from"):
+        starting_checkpoint(teacher, str(tmp_path / "other"))
+
+
+def test_distill_init_pretrained_from_the_recorded_checkpoint(tmp_path):
+    """`train --init X` records X; `distill --init pretrained` finds it there; misuse is one line, exit 2."""
+    import json
+
+    from test_train import CLI_TRAIN, sdbert, write_review_csv
+
+    data = write_review_csv(tmp_path / "reviews.csv", 120)
+    env = {"SDBERT_CACHE": str(tmp_path / "cache")}
+    start = sdbert("train", "--data", str(data), "--output", str(tmp_path / "start"), *CLI_TRAIN, "--epochs", "1",
+                   env_extra=env)
+    assert start.returncode == 0, start.stderr
+    tuned = sdbert("train", "--data", str(data), "--output", str(tmp_path / "teacher"), "--init",
+                   str(tmp_path / "start"), "--max-length", "64", "--block-size", "8", "--epochs", "1",
+                   "--batch-size", "8", "--no-progress", env_extra=env)
+    assert tuned.returncode == 0, tuned.stderr
+    recorded = json.loads((tmp_path / "teacher" / "config.json").read_text())["init_checkpoint"]
+    assert recorded == str((tmp_path / "start").resolve())
+    common = ["distill", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--layers", "1", "--heads", "1",
+              "--epochs", "1", "--batch-size", "8", "--no-progress"]
+    run = sdbert(*common, "--init", "pretrained", "--output", str(tmp_path / "student"), env_extra=env)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "student" / "model.safetensors").exists()
+    bad = sdbert(*common, "--init", "teacher", "--init-from", str(tmp_path / "start"), "--output",
+                 str(tmp_path / "bad"), env_extra=env)
+    assert bad.returncode == 2 and "--init-from only applies" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    scratch = sdbert(*common[:2], str(tmp_path / "start"), *common[3:], "--init", "pretrained", "--output",
+                     str(tmp_path / "bad2"), env_extra=env)
+    assert scratch.returncode == 2 and "--init-from PATH" in scratch.stderr, scratch.stderr

@@ -1,15 +1,22 @@
-"""The tiny preset end to end on the real IMDb archive: files, schema, resume-by-skipping."""
+"""The tiny preset end to end on the real IMDb archive: files, schema, seeds, clean KD ablation, resume."""
 
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from sdbert.cli import main
-from sdbert.reproduce import SYSTEMS, make_preset, render_report
+from sdbert.reproduce import Runner, make_preset, state_sha256
+from sdbert.table1 import SYSTEMS, aggregate, compare
+from sdbert.table1_report import render_report
 
 ARCHIVE = Path(os.environ.get("SDBERT_DATA", Path(__file__).parents[2] / "shared/data/aclImdb_v1.tar.gz"))
+
+
+def _run_files(out: Path) -> list[Path]:
+    return sorted(out.glob("*/result.json")) + sorted(out.glob("*/seed_*/result.json"))
 
 
 @pytest.mark.slow
@@ -19,24 +26,68 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["reproduce", "--preset", "tiny", "--data", str(ARCHIVE), "--output", str(out), "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["preset"] == "tiny"
+    assert results["preset"] == "tiny" and results["settings"]["student_init"] == "pretrained"
     assert {"cpu", "torch", "torch_threads"} <= set(results["hardware"])
-    systems = [row["system"] for row in results["rows"]]
-    assert systems[:4] == list(SYSTEMS)
-    for row in results["rows"][:4]:
+    rows = {row["system"]: row for row in results["rows"]}
+    assert [row["system"] for row in results["rows"]][:4] == list(SYSTEMS)
+    for system in SYSTEMS:
+        row = rows[system]
         assert 0.0 <= row["accuracy"] <= 1.0 and row["train_seconds"] > 0
         assert row["eval_examples"] == 120 and row["parameters"] > 0
-        assert (out / row["system"] / "model.safetensors").exists()
-    teacher, student = results["rows"][1], results["rows"][2]
-    assert student["parameters"] < teacher["parameters"]
-    assert student["transfer_examples"] == 240 + 60  # labelled subset + unlabelled reviews
-    assert (out / "report.md").read_text().startswith("# SDBERT Table 1 reproduction")
+        low, high = row["accuracy_interval"]
+        assert low <= row["accuracy"] <= high
+        assert len(row["runs"]) == (2 if "student" in system else 1)
+    kd, no_kd = rows["sparse_student_kd"], rows["sparse_student_no_kd"]
+    # The clean ablation: per seed, both students start from identical weights; seeds differ.
+    assert [r["initial_weights_sha256"] for r in kd["runs"]] == [r["initial_weights_sha256"] for r in no_kd["runs"]]
+    assert kd["runs"][0]["initial_weights_sha256"] != kd["runs"][1]["initial_weights_sha256"]
+    assert [r["seed"] for r in kd["runs"]] == [42, 43]
+    assert kd["parameters"] < rows["sparse_teacher"]["parameters"]
+    assert kd["transfer_examples"] == 240 + 60  # labelled subset + unlabelled reviews
+    assert kd["total_seconds"] == pytest.approx(kd["train_seconds"] + kd["teacher_logits_seconds"], abs=0.11)
+    claim = results["comparisons"]["kd_vs_no_kd"]
+    assert len(claim["mcnemar_p"]) == 2 and claim["interval_points"][0] <= claim["interval_points"][1]
+    assert (out / "sparse_student_kd" / "seed_43" / "model.safetensors").exists()
+    report = (out / "report.md").read_text()
+    assert report.startswith("# SDBERT Table 1 reproduction") and "Paired comparisons" in report
     assert (out / "accuracy_vs_time.png").stat().st_size > 1000
 
-    # A second run finds every system finished and only re-reports them.
-    before = {s: (out / s / "result.json").stat().st_mtime for s in SYSTEMS}
+    # A second run finds every run finished and only re-reports them, with the same logit cost.
+    before = {p: p.stat().st_mtime for p in _run_files(out)}
+    assert len(before) == 6
     assert main(["reproduce", "--preset", "tiny", "--data", str(ARCHIVE), "--output", str(out), "--no-progress"]) == 0
-    assert before == {s: (out / s / "result.json").stat().st_mtime for s in SYSTEMS}
+    assert before == {p: p.stat().st_mtime for p in _run_files(out)}
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"][2]["teacher_logits_seconds"] == kd["teacher_logits_seconds"]
+
+
+def test_students_start_from_the_teachers_starting_weights_not_the_fine_tuned_ones(tmp_path):
+    from sdbert import SDBertConfig, SDBertForSequenceClassification
+    from sdbert.distill import student_config
+
+    preset = make_preset("tiny", student_layers=2, student_heads=2)
+    runner = Runner(preset, None, tmp_path)
+    cfg = SDBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=32, max_position_embeddings=128, block_size=16)
+    runner.start = SDBertForSequenceClassification(cfg)
+    teacher = SDBertForSequenceClassification(cfg)  # stands for the fine-tuned teacher
+    student_cfg = student_config(cfg, layers=2, heads=2)
+    a, b = runner._student_initial(student_cfg, teacher, 42), runner._student_initial(student_cfg, teacher, 42)
+    assert state_sha256(a) == state_sha256(b)
+    assert state_sha256(a) != state_sha256(runner._student_initial(student_cfg, teacher, 43))
+    start, tuned = runner.start.state_dict(), teacher.state_dict()
+    assert torch.equal(a["bert.encoder.layer.1.attention.self.query.weight"],
+                       start["bert.encoder.layer.2.attention.self.query.weight"])
+    assert torch.equal(a["bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"])
+    assert not any(torch.equal(a[k], tuned[k]) for k in ("bert.embeddings.word_embeddings.weight",
+                                                         "classifier.weight", "bert.pooler.dense.weight"))
+
+
+def _run(system, seed, accuracy, predictions, seconds, **extra):
+    return {"system": system, "seed": seed, "accuracy": accuracy, "accuracy_interval": [accuracy - 0.1, accuracy],
+            "eval_examples": len(predictions), "train_seconds": seconds, "parameters": 10e6 if "student" in system
+            else 20e6, "examples_per_second": 1.0, "validation_accuracy": accuracy, "train_examples": 10,
+            "attention_type": "block_sparse", "layers": 3, "heads": 4, "test_predictions": predictions, **extra}
 
 
 def test_presets_and_report_rendering(tmp_path):
@@ -46,18 +97,35 @@ def test_presets_and_report_rendering(tmp_path):
         make_preset("paper")
     paper = make_preset("paper", teacher_init="/models/bigbird-roberta-base")
     assert (paper.max_length, paper.block_size, paper.num_random_blocks) == (4096, 64, 3)
-    assert (paper.student_layers, paper.student_heads, paper.train_limit) == (3, 4, None)
+    assert (paper.student_layers, paper.student_heads, paper.train_limit, paper.student_init) == (3, 4, None, "random")
     quick = make_preset("quick", teacher_init=str(tmp_path))
+    assert (quick.student_seeds, quick.student_init) == (2, "pretrained")
+    assert make_preset("standard", teacher_init=str(tmp_path), student_seeds=5).student_seeds == 5
+    with pytest.raises(ConfigError, match="student init"):
+        make_preset("tiny", student_init="nope")
     # The quick preset must exercise the sparse path: longer reviews exceed the dense fallback.
     assert quick.max_length > (5 + 2 * quick.num_random_blocks) * quick.block_size
-    rows = [{"system": s, "accuracy": a, "train_seconds": t, "parameters": n, "examples_per_second": 1.0,
-             "eval_examples": 10} for s, a, t, n in zip(SYSTEMS, (0.9, 0.88, 0.87, 0.8), (100, 90, 30, 25),
-                                                         (20e6, 20e6, 10e6, 10e6), strict=True)]
-    results = {"preset": "quick", "settings": {"teacher_init": "x"}, "wall_seconds": 600.0, "rows": rows,
+    labels = [1] * 10
+    kd_extra = {"teacher_logits_seconds": 20.0, "transfer_examples": 20}
+    runs = {"full_teacher": [_run("full_teacher", 42, 0.9, [1] * 9 + [0], 100)],
+            "sparse_teacher": [_run("sparse_teacher", 42, 0.9, [1] * 9 + [0], 90)],
+            "sparse_student_kd": [_run("sparse_student_kd", s, 0.9, [1] * 9 + [0], 30, **kd_extra) for s in (42, 43)],
+            "sparse_student_no_kd": [_run("sparse_student_no_kd", 42, 0.8, [1] * 8 + [0, 0], 25),
+                                     _run("sparse_student_no_kd", 43, 0.6, [1] * 6 + [0] * 4, 25)]}
+    rows = [aggregate(s, runs[s]) for s in SYSTEMS]
+    assert rows[3]["accuracy"] == 0.7 and rows[3]["accuracy_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert rows[2]["total_seconds"] == 50.0
+    results = {"preset": "quick", "settings": {"teacher_init": "x", "student_init": "pretrained", "student_seeds": 2},
+               "wall_seconds": 600.0, "rows": rows, "comparisons": compare(runs, labels),
                "hardware": {"cpu": "cpu", "cpu_count": 2, "torch_threads": 2, "torch": "2"},
                "data": {"train_examples": 1, "validation_examples": 1, "test_examples": 10, "unlabeled_examples": 0}}
+    assert results["comparisons"]["kd_vs_no_kd"]["difference_points"] == 20.0
+    assert results["comparisons"]["kd_vs_no_kd"]["only_a_correct"] == [1, 3]
     report = render_report(results)
-    assert "| sparse_student_kd | 0.8700 | 0.879 |" in report
-    assert "met: KD student beats the no-KD student by at least 2 points (+7.0 points)" in report
-    assert "met: KD student keeps at least 97% of the sparse teacher's accuracy (98.9%)" in report
-    assert "NOT met" not in report
+    assert "| sparse_student_kd | 0.9000 ± 0.0000 [" in report
+    assert "| sparse_student_no_kd | 0.7000 ± 0.1414 [" in report
+    assert "50 s (30 s training + 20 s teacher logits)" in report
+    assert "met: KD student keeps at least 97% of the sparse teacher's accuracy (100.0%)" in report
+    assert "NOT met: KD time, teacher logits included, at most 2x the no-KD time (2.00x)" not in report
+    assert "met: KD time, teacher logits included, at most 2x the no-KD time (2.00x)" in report
+    assert "| sparse_student_no_kd | 43 | 0.6000 |" in report

@@ -57,6 +57,9 @@ class SDBertConfig:
     truncation: str = "head+tail"
     # Where the weights came from (e.g. "bert", "roberta", "big_bird"); informational.
     source_model_type: str | None = None
+    # The checkpoint folder these weights were fine-tuned from (set by `train --init`); `distill --init
+    # pretrained` starts the student from it, so no fine-tuned weight reaches the student.
+    init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}

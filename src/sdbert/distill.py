@@ -79,34 +79,68 @@ def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [int(x) for x in np.floor(np.arange(student_layers) * teacher_layers / student_layers)]
 
 
-def init_student_from_teacher(student, teacher, layer_map: list[int] | None = None) -> list[str]:
-    """Copy embeddings, the chosen teacher layers, pooler and classifier into the student.
-
-    Needs the same hidden size. With fewer heads at the same width, the q/k/v matrices are copied
-    unchanged and simply re-split into fewer, wider heads: an initialisation, not an equivalent
-    model (each new head mixes what several teacher heads computed). Returns the copied names.
-    """
-    s_cfg, t_cfg = student.config, teacher.config
+def copy_mapped_weights(student, source, layer_map: list[int] | None = None, *,
+                        skip: tuple[str, ...] = ()) -> list[str]:
+    """Copy embeddings, the mapped `source` layers and every other tensor whose name and shape match
+    into `student`, except names starting with a prefix in `skip`. Needs the same hidden size.
+    With fewer heads at the same width, q/k/v are copied unchanged and re-split into fewer, wider
+    heads: an initialisation, not an equivalent model. Returns the copied names."""
+    s_cfg, t_cfg = student.config, source.config
     if s_cfg.hidden_size != t_cfg.hidden_size:
-        raise ConfigError(f"--init teacher needs the teacher's hidden size {t_cfg.hidden_size}, "
+        raise ConfigError(f"initialising the student needs the source's hidden size {t_cfg.hidden_size}, "
                           f"student has {s_cfg.hidden_size}")
     layer_map = layer_map or default_layer_map(t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
     if len(layer_map) != s_cfg.num_hidden_layers or not all(0 <= i < t_cfg.num_hidden_layers for i in layer_map):
         raise ConfigError(f"layer map {layer_map} does not fit {s_cfg.num_hidden_layers} student layers and "
-                          f"{t_cfg.num_hidden_layers} teacher layers")
-    teacher_state = teacher.state_dict()
+                          f"{t_cfg.num_hidden_layers} source layers")
+    source_state, student_state = source.state_dict(), student.state_dict()
     copied = {}
-    for name in student.state_dict():
-        source = name
+    for name in student_state:
+        origin = name
         if name.startswith("bert.encoder.layer."):
             parts = name.split(".")
             parts[3] = str(layer_map[int(parts[3])])
-            source = ".".join(parts)
-        if source in teacher_state and teacher_state[source].shape == student.state_dict()[name].shape:
-            copied[name] = teacher_state[source].clone()
+            origin = ".".join(parts)
+        if name.startswith(skip) or origin not in source_state:
+            continue
+        if source_state[origin].shape == student_state[name].shape:
+            copied[name] = source_state[origin].clone()
     student.load_state_dict(copied, strict=False)
-    logger.info("student initialised from teacher layers %s (%d tensors copied)", layer_map, len(copied))
+    logger.info("student initialised from layers %s (%d tensors copied)", layer_map, len(copied))
     return sorted(copied)
+
+
+def init_student_from_teacher(student, teacher, layer_map: list[int] | None = None) -> list[str]:
+    """`--init teacher`: everything mapped from the *fine-tuned* teacher, classifier included. A recipe
+    for a good small model, not an ablation of KD (the student starts with the teacher's task knowledge)."""
+    return copy_mapped_weights(student, teacher, layer_map)
+
+
+def init_student_from_pretrained(student, checkpoint, layer_map: list[int] | None = None) -> list[str]:
+    """`--init pretrained`: embeddings, mapped layers and pooler from the checkpoint the teacher was
+    fine-tuned *from*; the classifier stays the student's own new head. Nothing fine-tuned leaks in."""
+    return copy_mapped_weights(student, checkpoint, layer_map, skip=("classifier.",))
+
+
+def starting_checkpoint(teacher, init_from: str | None = None):
+    """The model the teacher was fine-tuned from (`init_from`, else the folder its config records),
+    loaded to fit the teacher: same positions and labels, and checked to share its vocabulary."""
+    from sdbert.model import SDBertForSequenceClassification
+
+    path = init_from or teacher.config.init_checkpoint
+    if not path:
+        raise ConfigError("--init pretrained needs the checkpoint the teacher was fine-tuned from: its config does "
+                          "not record one (trained from scratch?); pass --init-from PATH")
+    if not Path(path).is_dir():
+        raise ConfigError(f"starting checkpoint {path} is not a folder (pass --init-from PATH)")
+    t_cfg = teacher.config
+    checkpoint = SDBertForSequenceClassification.from_pretrained(
+        path, max_position_embeddings=t_cfg.max_position_embeddings, id2label=t_cfg.id2label)
+    c_cfg = checkpoint.config
+    if (c_cfg.vocab_size, c_cfg.hidden_size) != (t_cfg.vocab_size, t_cfg.hidden_size):
+        raise ConfigError(f"{path} (vocabulary {c_cfg.vocab_size}, width {c_cfg.hidden_size}) is not what the "
+                          f"teacher was fine-tuned from (vocabulary {t_cfg.vocab_size}, width {t_cfg.hidden_size})")
+    return checkpoint
 
 
 # --- teacher logits, computed once and cached -------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from sdbert.checkpoint import load_config
 from sdbert.config import SDBertConfig
@@ -119,6 +120,7 @@ def build_model(
         tokenizer = load_tokenizer(init)
         positions = max(load_config(init).max_position_embeddings, max_length)
         model = SDBertForSequenceClassification.from_pretrained(init, max_position_embeddings=positions, **overrides)
+        model.config.init_checkpoint = str(Path(init).resolve())
         model.tokenizer = tokenizer
         return model
     if size not in SIZE_PRESETS:
@@ -146,8 +148,6 @@ def encode(model: SDBertForSequenceClassification, dataset: TextDataset, *, max_
 
 def load_unlabeled(spec: str, settings: DataSettings, *, limit: int | None = None) -> TextDataset:
     """Unlabelled transfer text: a split name of the main source (IMDb's `unsup`) or another source."""
-    from pathlib import Path
-
     from sdbert.data import load_split
 
     if Path(spec).exists() or spec == "imdb":

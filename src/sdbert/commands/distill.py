@@ -52,10 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--layers", type=positive_int, default=3, help="student layers (default 3)")
     group.add_argument("--heads", type=positive_int, default=4, help="student attention heads (default 4)")
     group.add_argument("--hidden", type=positive_int, help="student width (default: the teacher's)")
-    group.add_argument("--init", choices=["random", "teacher"], default="random",
-                       help="student start: random (the paper's) or teacher layers, DistilBERT-style")
+    group.add_argument("--init", choices=["random", "pretrained", "teacher"], default="random",
+                       help="student start: random (the paper's); pretrained: embeddings, evenly spaced layers and "
+                            "pooler of the checkpoint the teacher was fine-tuned from, with a new classifier (a "
+                            "clean KD ablation: nothing fine-tuned reaches the student); teacher: the same layers "
+                            "of the fine-tuned teacher, head included (DistilBERT-style recipe, not an ablation)")
+    group.add_argument("--init-from", metavar="DIR",
+                       help="with --init pretrained: the teacher's starting checkpoint (default: the folder recorded "
+                            "in the teacher's config.json as init_checkpoint)")
     group.add_argument("--layer-map", metavar="I,J,K",
-                       help="teacher layers copied with --init teacher (default: evenly spaced, e.g. 0,4,8)")
+                       help="layers copied with --init pretrained|teacher (default: evenly spaced, e.g. 0,4,8)")
     group.add_argument("--unlabeled", metavar="SRC|SPLIT",
                        help="extra unlabelled transfer text: a split of --data (e.g. 'unsup' for IMDb) or "
                             "another source; only the distillation term is used on it")
@@ -78,10 +84,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser, lr=1e-4)
 
 
+def check_init_flags(args: argparse.Namespace, layer_map: list[int] | None) -> None:
+    if layer_map is not None and args.init == "random":
+        raise ConfigError("--layer-map only applies with --init pretrained or --init teacher")
+    if args.init_from is not None and args.init != "pretrained":
+        raise ConfigError("--init-from only applies with --init pretrained")
+
+
+def initialise_student(student, teacher, args: argparse.Namespace, layer_map: list[int] | None) -> None:
+    """The student's start per `--init`; `random` keeps the weights it was built with."""
+    from sdbert.distill import init_student_from_pretrained, init_student_from_teacher, starting_checkpoint
+
+    if args.init == "teacher":
+        init_student_from_teacher(student, teacher, layer_map)
+    elif args.init == "pretrained":
+        init_student_from_pretrained(student, starting_checkpoint(teacher, args.init_from), layer_map)
+
+
 def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output, resume=args.resume, overwrite=args.overwrite)
     layer_map = layer_list("--layer-map", args.layer_map)
     hidden_map = layer_list("--hidden-layer-map", args.hidden_layer_map)
+    check_init_flags(args, layer_map)
     hidden = args.hidden_weight > 0
     if hidden and args.teacher_mode == "cached":
         raise ConfigError("--hidden-weight needs the teacher's hidden states, which are not cached: "
@@ -98,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
         HiddenProjections,
         cached_teacher_logits,
         check_hidden_layer_map,
-        init_student_from_teacher,
         kd_loss_fn,
         online_kd_loss_fn,
         student_config,
@@ -143,10 +166,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
     student = SDBertForSequenceClassification(config)
     student.tokenizer = teacher.tokenizer
-    if args.init == "teacher":
-        init_student_from_teacher(student, teacher, layer_map)
-    elif layer_map is not None:
-        raise ConfigError("--layer-map only applies with --init teacher")
+    initialise_student(student, teacher, args, layer_map)
     projections = None
     if online:
         if hidden:
