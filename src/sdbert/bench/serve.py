@@ -1,10 +1,15 @@
-"""Load test of the HTTP service on loopback: latency percentiles and throughput.
+"""Load test of the HTTP service on loopback: per-round throughput and latency percentiles.
+
+The requests are real IMDb test reviews: a seeded sample of the test split, each round sending the
+same reviews in the same order, so the service batches texts of their natural, uneven lengths (one
+length for every text would flatter the micro-batcher, whose model calls group texts by block
+count). `--synthetic` sends random words of one length instead, for a run without the data set;
+its report says so. One untimed warm-up round comes first (first calls allocate); every timed
+round's numbers are kept and the report gives their median and range.
 
 `running_server` starts `sdbert serve` in a subprocess on a free 127.0.0.1 port and stops it with
-SIGTERM; `run_serve_bench` sends `requests` POST /v1/classify requests from `concurrency` concurrent
-clients (httpx, keep-alive) after a few untimed warm-up requests and returns latencies,
-throughput, status counts and the server's batching counters. Loopback only: the benchmark is
-for this machine's service, not a tool to load somebody else's.
+SIGTERM. Loopback only: the benchmark is for this machine's service, not a tool to load somebody
+else's.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -28,7 +34,8 @@ from urllib.parse import urlparse
 from sdbert.errors import ConfigError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-# Words of synthetic reviews: realistic enough for a WordPiece tokenizer, no data set needed.
+MIN_ROUNDS = 5  # DESIGN.md, Evidence: a median and a spread need at least 5 timed rounds
+# Words of `--synthetic` texts: tokenizable by a WordPiece vocabulary, no data set needed.
 _WORDS = ("the film movie story acting plot was is a an and but not very really quite good great bad "
           "terrible wonderful boring slow fast funny sad beautiful ending start hour director actor actress "
           "scene scenes character characters music script dialogue camera watch watched again never ever "
@@ -37,32 +44,91 @@ _WORDS = ("the film movie story acting plot was is a an and but not very really 
 
 @dataclass
 class ServeBenchConfig:
-    """What the load test sends."""
+    """What is served and what the load test sends."""
 
-    # Timed requests (after the warm-up).
-    requests: int = 1000
+    # Model folder to serve with a fresh `sdbert serve` on a free loopback port ...
+    model: str | None = None
+    # ... or a service already running on this machine (http://127.0.0.1:PORT).
+    url: str | None = None
+    # Source of the IMDb test reviews (see `sdbert.data`); None: $SDBERT_DATA.
+    data: str | None = None
+    # Reviews in the seeded sample; every round sends each of them once (at 1,000 a round's p99 is its
+    # 10th-slowest request, not its slowest).
+    reviews: int = 1000
+    # Random words of one length instead of reviews (no data needed; flatters batching).
+    synthetic: bool = False
+    words: int = 200
     # Clients sending at the same time; each sends its next request when the last one returns.
     concurrency: int = 16
     texts_per_request: int = 1
-    # Words per synthetic text (about 1.3 tokens each with a BERT vocabulary).
-    words: int = 200
-    # Untimed requests first (the model's first calls allocate).
-    warmup: int = 16
+    rounds: int = MIN_ROUNDS
+    # Untimed rounds first: the model's first calls allocate, connections open.
+    warmup: int = 1
+    # Seeds the review sample and its order.
     seed: int = 0
     # Seconds one request may take before it counts as an error.
     timeout_s: float = 120.0
+    # Extra `sdbert serve` options, with `model`.
+    server_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("requests", "concurrency", "texts_per_request", "words"):
+        if (self.model is None) == (self.url is None):
+            raise ConfigError("give either a model folder to serve or the url of a running service")
+        for name in ("reviews", "words", "concurrency", "texts_per_request"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
+        if self.rounds < MIN_ROUNDS:
+            raise ConfigError(f"rounds must be at least {MIN_ROUNDS}: a median and a spread need them")
         if self.warmup < 0:
             raise ConfigError("warmup must be >= 0")
+        if self.url is not None:
+            check_loopback(self.url)
+            if self.server_args:
+                raise ConfigError("server options apply only to a server the benchmark starts (--model)")
+        self.server_args = tuple(self.server_args)
 
 
 def synthetic_texts(count: int, words: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "." for _ in range(count)]
+
+
+def review_sample(source: str | None, count: int, seed: int = 0) -> list[str]:
+    """`count` IMDb test reviews, a seeded class-balanced sample, in a seeded random order (the split's
+    file order groups reviews by class and film)."""
+    from sdbert.pipeline import DataSettings, prepare_data
+
+    test = prepare_data(DataSettings(source=source, eval_limit=count, seed=seed, progress=False),
+                        train=False, test=True).test
+    texts = list(test.texts)
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def request_texts(cfg: ServeBenchConfig) -> tuple[list[str], dict]:
+    """The texts one round sends, in order, and a description of them for the JSON."""
+    if cfg.synthetic:
+        texts = synthetic_texts(cfg.reviews, cfg.words, cfg.seed)
+        described = {"kind": "synthetic", "words_per_text": cfg.words}
+    else:
+        source = cfg.data or os.environ.get("SDBERT_DATA") or None
+        texts = review_sample(source, cfg.reviews, cfg.seed)
+        described = {"kind": "imdb_test_reviews", "source": source, "split": "test"}
+    described.update(texts=len(texts), seed=cfg.seed,
+                     chars=length_spread([len(t) for t in texts]),
+                     words=length_spread([len(t.split()) for t in texts]))
+    return texts, described
+
+
+def length_spread(lengths: Sequence[int]) -> dict[str, int]:
+    values = sorted(lengths)
+    return {"p10": _nearest_rank(values, 10), "p50": _nearest_rank(values, 50),
+            "p90": _nearest_rank(values, 90), "max": values[-1]}
+
+
+def _nearest_rank(sorted_values: Sequence, q: float):
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[int(rank) - 1]
 
 
 def free_port() -> int:
@@ -85,8 +151,6 @@ def running_server(model_dir: str | os.PathLike[str], *, server_args: Sequence[s
     Raises ConfigError when the server exits or does not answer /healthz within `startup_timeout`
     (with the tail of its log).
     """
-    import httpx
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "sdbert", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
@@ -94,18 +158,7 @@ def running_server(model_dir: str | os.PathLike[str], *, server_args: Sequence[s
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise ConfigError(f"the server exited with status {proc.returncode}: {_tail(log)}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"the server did not start within {startup_timeout:.0f} s: {_tail(log)}")
-                time.sleep(0.1)
+            _wait_healthy(proc, url, log, startup_timeout)
             yield url
         finally:
             if proc.poll() is None:
@@ -117,126 +170,184 @@ def running_server(model_dir: str | os.PathLike[str], *, server_args: Sequence[s
                     proc.wait()
 
 
+def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ConfigError(f"the server exited with status {proc.returncode}: {_tail(log)}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ConfigError(f"the server did not start within {timeout:.0f} s: {_tail(log)}")
+        time.sleep(0.1)
+
+
 def _tail(log, lines: int = 5) -> str:
     log.flush()
     log.seek(0)
     return " | ".join(log.read().strip().splitlines()[-lines:])
 
 
-def run_serve_bench(cfg: ServeBenchConfig, url: str) -> dict:
-    """Send the load to `url` (a running service on loopback) and measure it."""
+@contextlib.contextmanager
+def _target(cfg: ServeBenchConfig) -> Iterator[str]:
+    if cfg.url is not None:
+        yield cfg.url.rstrip("/")
+    else:
+        with running_server(cfg.model, server_args=cfg.server_args) as url:
+            yield url
+
+
+def run_serve_bench(cfg: ServeBenchConfig) -> dict:
+    """Sample the requests, serve (or reach) the model, run the warm-up and timed rounds, measure."""
+    from sdbert.bench.timing import finish, provenance
+
+    texts, sample = request_texts(cfg)  # before the server starts: a bad data source fails at once
+    with _target(cfg) as url:
+        record = provenance(command_line(cfg))
+        record.update(benchmark="serve", config=asdict(cfg), sample=sample)
+        record.update(_measure(cfg, url, texts))
+        return finish(record)
+
+
+def _measure(cfg: ServeBenchConfig, url: str, texts: list[str]) -> dict:
     import httpx
 
-    from sdbert.bench.report import load_average, machine_info
-
-    check_loopback(url)
-    texts = synthetic_texts(max(64, cfg.texts_per_request * 8), cfg.words, cfg.seed)
     info = httpx.get(f"{url}/v1/model", timeout=30).json()
-    load_start = load_average()
-    latencies, statuses, errors, elapsed = asyncio.run(_load(cfg, url, texts))
-    load_end = load_average()
-    after = httpx.get(f"{url}/v1/model", timeout=30).json()
-
-    lat = sorted(latencies)
-    batching = after.get("batching", {})
+    batches = [texts[i:i + cfg.texts_per_request] for i in range(0, len(texts), cfg.texts_per_request)]
+    raw = asyncio.run(_rounds(cfg, url, batches))
+    rounds = [_round_numbers(r, len(texts)) for r in raw]
+    timed = rounds[cfg.warmup:]
+    statuses = sum((Counter(r["statuses"]) for r in rounds), Counter())
+    batching = info.get("batching", {})
     return {
-        "benchmark": "serve",
-        "machine": machine_info() | {"load_average_start": load_start, "load_average_end": load_end},
-        "config": asdict(cfg),
-        "server": {"name": info.get("name"), "backend": info.get("backend"), "parameters": info.get("parameters"),
-                   "quantization": info.get("quantization"),
-                   "max_length": info.get("max_length"),
-                   "max_wait_ms": batching.get("max_wait_ms"), "max_batch_texts": batching.get("max_batch_texts")},
-        "requests": len(latencies),
-        "errors": errors,
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "seconds": round(elapsed, 3),
-        "throughput_rps": round(len(latencies) / elapsed, 2) if elapsed else None,
-        "throughput_texts_per_s": round(len(latencies) * cfg.texts_per_request / elapsed, 2) if elapsed else None,
-        "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
-                       "mean": round(1000 * sum(lat) / len(lat), 2) if lat else None,
-                       "max": round(1000 * lat[-1], 2) if lat else None},
-        "server_batches": _delta(info, after, "batches"),
-        "server_requests": _delta(info, after, "requests"),
+        "server": {"model": cfg.model, "name": info.get("name"), "backend": info.get("backend"),
+                   "parameters": info.get("parameters"), "quantization": info.get("quantization"),
+                   "max_length": info.get("max_length"), "max_wait_ms": batching.get("max_wait_ms"),
+                   "max_batch_texts": batching.get("max_batch_texts")},
+        "warmup_rounds": rounds[:cfg.warmup],
+        "rounds": timed,
+        "summary": _summary(timed),
+        "errors": sum(r["errors"] for r in rounds),
+        "statuses": dict(sorted(statuses.items())),
     }
 
 
-async def _load(cfg: ServeBenchConfig, url: str, texts: list[str]):
+async def _rounds(cfg: ServeBenchConfig, url: str, batches: list[list[str]]) -> list[dict]:
+    """Warm-up and timed rounds over one keep-alive client; each round sends `batches` in order."""
     import httpx
 
     limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-    latencies: list[float] = []
-    statuses: Counter = Counter()
-    errors = 0
+    out = []
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=cfg.timeout_s) as client:
-        def payload(i: int) -> dict:
-            start = (i * cfg.texts_per_request) % len(texts)
-            return {"texts": [texts[(start + j) % len(texts)] for j in range(cfg.texts_per_request)]}
-
-        await asyncio.gather(*(client.post("/v1/classify", json=payload(i)) for i in range(cfg.warmup)))
-        counter = iter(range(cfg.requests))
-
-        async def worker() -> None:
-            nonlocal errors
-            for i in counter:
-                start = time.perf_counter()
-                try:
-                    response = await client.post("/v1/classify", json=payload(i))
-                    ok = response.status_code == 200 and len(response.json()["results"]) == cfg.texts_per_request
-                    statuses[response.status_code] += 1
-                except (httpx.HTTPError, ValueError, KeyError):
-                    ok = False
-                    statuses["exception"] += 1
-                latencies.append(time.perf_counter() - start)
-                errors += not ok
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
-        elapsed = time.perf_counter() - started
-    return latencies, statuses, errors, elapsed
+        for _ in range(cfg.warmup + cfg.rounds):
+            before = await _batching(client)
+            result = await _one_round(client, batches, cfg.concurrency)
+            after = await _batching(client)
+            result["server_batches"] = _delta(before, after, "batches")
+            result["server_requests"] = _delta(before, after, "requests")
+            out.append(result)
+    return out
 
 
-
-
-def _pct(sorted_values: list[float], q: float) -> float | None:
-    """The q-th percentile in milliseconds (nearest rank)."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-len(sorted_values) * q // 100))
-    return round(1000 * sorted_values[int(rank) - 1], 2)
+async def _batching(client) -> dict:
+    return (await client.get("/v1/model")).json().get("batching", {})
 
 
 def _delta(before: dict, after: dict, key: str):
-    a, b = before.get("batching", {}).get(key), after.get("batching", {}).get(key)
+    a, b = before.get(key), after.get(key)
     return None if a is None or b is None else b - a
 
 
-def summary_lines(result: dict) -> list[str]:
-    lat, cfg, server = result["latency_ms"], result["config"], result["server"]
-    per_batch = (result["server_requests"] / result["server_batches"]
-                 if result.get("server_batches") else None)
-    return [
-        f"{result['requests']} requests, {cfg['concurrency']} concurrent, {cfg['texts_per_request']} text(s) of "
-        f"{cfg['words']} words each, model {server['name']} ({server['backend']}, {server['parameters']:,} "
-        f"parameters, max_length {server['max_length']}), loopback",
-        f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (mean {lat['mean']}, max {lat['max']})",
-        f"throughput {result['throughput_rps']} requests/s ({result['throughput_texts_per_s']} texts/s); "
-        f"errors {result['errors']}" + (f"; {per_batch:.1f} requests per model call on average" if per_batch else ""),
-    ]
+async def _one_round(client, batches: list[list[str]], concurrency: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    errors = 0
+    pending = iter(batches)  # shared by the clients, so request i always carries batches[i]
+
+    async def worker() -> None:
+        nonlocal errors
+        for texts in pending:
+            start = time.perf_counter()
+            try:
+                response = await client.post("/v1/classify", json={"texts": texts})
+                ok = response.status_code == 200 and len(response.json()["results"]) == len(texts)
+                statuses[response.status_code] += 1
+            except (httpx.HTTPError, ValueError, KeyError):
+                ok = False
+                statuses["exception"] += 1
+            latencies.append(time.perf_counter() - start)
+            errors += not ok
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"seconds": time.perf_counter() - started, "latencies": latencies, "statuses": statuses,
+            "errors": errors}
+
+
+def _round_numbers(raw: dict, texts: int) -> dict:
+    lat = sorted(raw["latencies"])
+    seconds = raw["seconds"]
+    return {"seconds": round(seconds, 3), "requests": len(lat),
+            "throughput_rps": round(len(lat) / seconds, 2), "texts_per_s": round(texts / seconds, 2),
+            "latency_ms": {f"p{q}": round(1000 * _nearest_rank(lat, q), 2) for q in (50, 95, 99)}
+            | {"max": round(1000 * lat[-1], 2)},
+            "errors": raw["errors"], "statuses": {str(k): v for k, v in raw["statuses"].items()},
+            "server_batches": raw["server_batches"], "server_requests": raw["server_requests"]}
+
+
+def _summary(rounds: list[dict]) -> dict:
+    """Median and range over the timed rounds of each headline number."""
+    from sdbert.bench.timing import spread
+
+    series = {"throughput_rps": [r["throughput_rps"] for r in rounds],
+              "texts_per_s": [r["texts_per_s"] for r in rounds]}
+    for q in ("p50", "p95", "p99"):
+        series[f"latency_{q}_ms"] = [r["latency_ms"][q] for r in rounds]
+    return {name: {k: round(v, 2) for k, v in spread(values).items()} for name, values in series.items()}
+
+
+def command_line(cfg: ServeBenchConfig) -> str:
+    """The `sdbert bench serve` command that reproduces `cfg`."""
+    parts = ["sdbert bench serve", f"--model {shlex.quote(cfg.model)}" if cfg.model else f"--url {cfg.url}"]
+    if cfg.synthetic:
+        parts += ["--synthetic", f"--words {cfg.words}"]
+    else:
+        parts.append(f"--data {shlex.quote(cfg.data or os.environ.get('SDBERT_DATA', ''))}")
+    parts += [f"--reviews {cfg.reviews}", f"--seed {cfg.seed}", f"--concurrency {cfg.concurrency}",
+              f"--texts-per-request {cfg.texts_per_request}", f"--rounds {cfg.rounds}", f"--warmup {cfg.warmup}"]
+    if cfg.server_args:
+        parts.append(f"--server-args {shlex.quote(shlex.join(cfg.server_args))}")
+    return " ".join(parts)
 
 
 # --- `sdbert bench serve` (registered in commands/bench.py) ----------------------------------------
 
 
 def add_arguments(p) -> None:
+    d = ServeBenchConfig.__dataclass_fields__
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", metavar="DIR", help="start `sdbert serve --model DIR` on a free loopback port")
     target.add_argument("--url", help="a service already running on this machine (http://127.0.0.1:PORT)")
-    p.add_argument("--requests", type=int, default=1000, help="timed requests (default 1000)")
-    p.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
+    p.add_argument("--data", metavar="SRC", help="IMDb source of the test reviews (default $SDBERT_DATA)")
+    p.add_argument("--reviews", type=int, default=d["reviews"].default,
+                   help="test reviews in the seeded sample; each round sends every one (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d["seed"].default, help="seed of the sample (default %(default)s)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="send random words of one length instead of reviews (no data; flatters batching)")
+    p.add_argument("--words", type=int, default=d["words"].default, help="words per --synthetic text")
+    p.add_argument("--concurrency", type=int, default=d["concurrency"].default,
+                   help="concurrent clients (default %(default)s)")
     p.add_argument("--texts-per-request", type=int, default=1, help="texts per request (default 1)")
-    p.add_argument("--words", type=int, default=200, help="words per synthetic text (default 200)")
-    p.add_argument("--warmup", type=int, default=16, help="untimed requests first (default 16)")
+    p.add_argument("--rounds", type=int, default=MIN_ROUNDS,
+                   help=f"timed rounds, at least {MIN_ROUNDS} (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--server-args", default="", metavar="ARGS",
                    help="extra `sdbert serve` options with --model, e.g. \"--threads 2 --max-wait-ms 2\"")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
@@ -246,51 +357,97 @@ def add_arguments(p) -> None:
 def run_from_args(args) -> dict:
     """Run the load test; a run with failed requests is an error (nothing is written for it)."""
     import logging
-    import shlex
 
     try:
         import httpx  # noqa: F401
     except ImportError:
         raise ConfigError("the serve benchmark needs httpx: pip install 'sdbert[serve]'") from None
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    cfg = ServeBenchConfig(requests=args.requests, concurrency=args.concurrency,
-                           texts_per_request=args.texts_per_request, words=args.words, warmup=args.warmup)
-    if args.url:
-        result = run_serve_bench(cfg, args.url.rstrip("/"))
-    else:
-        with running_server(args.model, server_args=shlex.split(args.server_args)) as url:
-            result = run_serve_bench(cfg, url)
-    target = f"--model {shlex.quote(str(args.model))}" if args.model else f"--url {args.url}"
-    result["command"] = (f"sdbert bench serve {target} --requests {cfg.requests} --concurrency {cfg.concurrency} "
-                         f"--texts-per-request {cfg.texts_per_request} --words {cfg.words}"
-                         + (f" --server-args {shlex.quote(args.server_args)}" if args.server_args else ""))
+    cfg = ServeBenchConfig(model=args.model, url=args.url, data=args.data, reviews=args.reviews,
+                           synthetic=args.synthetic, words=args.words, concurrency=args.concurrency,
+                           texts_per_request=args.texts_per_request, rounds=args.rounds, warmup=args.warmup,
+                           seed=args.seed, server_args=tuple(shlex.split(args.server_args)))
+    result = run_serve_bench(cfg)
     if result["errors"]:
-        raise ConfigError(f"{result['errors']} of {result['requests']} requests failed "
-                          f"(statuses {result['statuses']}); nothing written")
+        raise ConfigError(f"{result['errors']} requests failed (statuses {result['statuses']}); nothing written")
     return result
 
 
-def _load_line(machine: dict) -> str:
-    if machine.get("load_average_start") is None:
-        return ""
-    return (f"load average (1 min) at start / end of the timed requests: {machine['load_average_start']} / "
-            f"{machine['load_average_end']}")
+# --- reports: pure functions of the JSON -------------------------------------------------------------
+
+
+def _spread_text(s: dict) -> str:
+    return f"{s['median']} [{s['min']}-{s['max']}]"
+
+
+def _lengths_text(spread_: dict) -> str:
+    return f"{spread_['p10']} / {spread_['p50']} / {spread_['p90']} / {spread_['max']}"
+
+
+def requests_line(result: dict) -> str:
+    req, cfg = result["sample"], result["config"]
+    if req["kind"] == "synthetic":
+        what = (f"{req['texts']} synthetic texts of {req['words_per_text']} random words each (`--synthetic`: "
+                "one length for every text, which flatters batching; not IMDb reviews)")
+    else:
+        what = (f"{req['texts']} IMDb test reviews, a class-balanced sample (seed {req['seed']}) of the test split "
+                f"of `{req['source']}`")
+    return (f"Requests: {what}, the same texts in the same order every round, {cfg['texts_per_request']} per request, "
+            f"from {cfg['concurrency']} concurrent clients. Text length p10 / p50 / p90 / max: "
+            f"{_lengths_text(req['chars'])} characters, {_lengths_text(req['words'])} words.")
+
+
+def model_line(result: dict) -> str:
+    s = result["server"]
+    params = f"{s['parameters']:,} parameters" if s.get("parameters") is not None else "parameters unknown"
+    where = f" (`{s['model']}`)" if s.get("model") else ""
+    quantized = f" ({s['quantization']})" if s.get("quantization") else ""
+    return (f"Model: {s['name']}{where}, {s['backend']} backend{quantized}, {params}, texts truncated to "
+            f"{s['max_length']} tokens; micro-batching waits up to {s['max_wait_ms']} ms for up to "
+            f"{s['max_batch_texts']} texts.")
+
+
+def round_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["round", "seconds", "requests/s", "texts/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
+              "requests per micro-batch", "errors"]
+    rows = []
+    for i, r in enumerate(result["rounds"], 1):
+        per_call = (round(r["server_requests"] / r["server_batches"], 2)
+                    if r.get("server_batches") else None)
+        lat = r["latency_ms"]
+        rows.append([str(v) if v is not None else "-" for v in
+                     (i, r["seconds"], r["throughput_rps"], r["texts_per_s"], lat["p50"], lat["p95"], lat["p99"],
+                      lat["max"], per_call, r["errors"])])
+    return header, rows
+
+
+def summary_line(result: dict) -> str:
+    s, n = result["summary"], len(result["rounds"])
+    warmup = result["config"]["warmup"]
+    return (f"Median [min-max] over {n} timed rounds (after {warmup} warm-up round{'s' * (warmup != 1)}): "
+            f"{_spread_text(s['throughput_rps'])} requests/s, {_spread_text(s['texts_per_s'])} texts/s; latency "
+            f"p50 {_spread_text(s['latency_p50_ms'])} ms, p95 {_spread_text(s['latency_p95_ms'])} ms, "
+            f"p99 {_spread_text(s['latency_p99_ms'])} ms. Errors: {result['errors']} "
+            f"(responses by status: {', '.join(f'{k}: {v}' for k, v in result['statuses'].items())}).")
+
+
+def machine_line(result: dict) -> str:
+    m = result["machine"]
+    return (f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, Python {m['python']}; load average "
+            f"(1 min) before / after the run: {m.get('load_average_start')} / {m.get('load_average_end')}. Client "
+            "and server share the machine (loopback), so the client's CPU time counts against the server's.")
 
 
 def text_report(result: dict) -> str:
-    machine = result["machine"]
-    return "\n".join([f"{machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}",
-                      *summary_lines(result)] + ([_load_line(machine)] if _load_line(machine) else []))
+    from sdbert.bench.report import text_table
+
+    return "\n".join([machine_line(result), f"Command: {result['command']}", requests_line(result),
+                      model_line(result), "", text_table(*round_rows(result)), "", summary_line(result)])
 
 
 def markdown_report(result: dict) -> str:
-    machine = result["machine"]
-    return "\n".join([
-        "## HTTP service (`sdbert bench serve`)", "",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}, Python "
-        f"{machine['python']}. Client and server share the machine (loopback), so the client's CPU time counts "
-        "against the server's." + (f" The machine is shared with other jobs: {_load_line(machine)}."
-                                   if _load_line(machine) else ""), "",
-        f"Command: `{result['command']}`", "",
-        *[f"- {line}" for line in summary_lines(result)],
-    ])
+    from sdbert.bench.report import markdown_table
+
+    return "\n".join(["## HTTP service (`sdbert bench serve`)", "", machine_line(result), "",
+                      f"Command: `{result['command']}`", "", requests_line(result), "", model_line(result), "",
+                      markdown_table(*round_rows(result)), "", summary_line(result)])
