@@ -29,7 +29,7 @@ def test_bench_encoder_end_to_end(tmp_path, capsys):
     model_dir = tmp_path / "model"
     SDBertForSequenceClassification(TINY).save_pretrained(model_dir)
     (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n\nnotes stay\n")
-    assert main(["bench", "encoder", "--model", str(model_dir), "--lengths", "64,256", "--repeats", "1",
+    assert main(["bench", "encoder", "--model", str(model_dir), "--lengths", "64,256", "--repeats", "5",
                  "--warmup", "0", "--no-progress", "--name", "encoder_tiny", "--output", str(tmp_path)]) == 0
     assert "speed-up full/sparse" in capsys.readouterr().out
     result = json.loads((tmp_path / "encoder_tiny.json").read_text())
@@ -37,10 +37,15 @@ def test_bench_encoder_end_to_end(tmp_path, capsys):
     short, long = result["rows"]
     for row in (short, long):
         assert row["median_s"]["block_sparse"] > 0 and row["median_s"]["full"] > 0
-        assert row["speedup"] == row["median_s"]["full"] / row["median_s"]["block_sparse"]
+        assert row["speedup"]["ratio"] == pytest.approx(row["median_s"]["full"] / row["median_s"]["block_sparse"],
+                                                        abs=1e-3)
+        assert len(row["times_s"]["full"]) == 5 and row["spread_s"]["full"]["min"] <= row["median_s"]["full"]
+        assert isinstance(row["speedup"]["within_noise"], bool) and row["gflop_per_s"]["full"] > 0
     assert short["flop_bound"] == 1.0  # 4 blocks: both run dense attention
     assert long["flop_bound"] > 1.0
-    assert result["command"].endswith("--name encoder_tiny")
+    assert result["command"].endswith("--name encoder_tiny") and result["benchmark"] == "encoder"
+    assert result["calibration"]["square_gflops"] > 0
+    assert {"load_average_start", "load_average_end"} <= set(result["machine"])
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
     assert "notes stay" in markdown and "| 256 |" in markdown and "FLOP bound" in markdown
 

@@ -55,6 +55,7 @@ from sdbert.attention import (
     native,
 )
 from sdbert.bench.report import PeakRSS, load_average, machine_info, run_isolated
+from sdbert.bench.timing import gemm_calibration, overlap, percent_of_peak
 from sdbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -392,7 +393,16 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
     machine = machine_info()
     machine["load_average_start"], machine["load_average_end"] = load_start, load_average()
     return {"benchmark": "attention", "machine": machine, "kernel": kernel, "config": asdict(cfg),
-            "command": command_line(cfg), "rows": [rows[c] for c in cases], "notes": notes}
+            "command": command_line(cfg), "calibration": gemm_calibration(kernel_tile(cfg)),
+            "rows": [rows[c] for c in cases], "notes": notes}
+
+
+def kernel_tile(cfg: AttentionBenchConfig) -> tuple[int, int, int, int]:
+    """The batched product our kernel runs at the longest length: every query block of every head
+    against its window, global and random key blocks `(count, block, head_dim) @ (count, head_dim, keys)`."""
+    blocks = max(cfg.lengths) // cfg.block_size
+    keys = (3 + 2 + cfg.random_blocks) * cfg.block_size
+    return cfg.batch * cfg.heads * blocks, cfg.block_size, cfg.head_dim, keys
 
 
 def _build_cases(cfg: AttentionBenchConfig, n: int, rows: dict, notes: list[str]) -> dict[tuple, Case]:
@@ -437,7 +447,8 @@ def _time_interleaved(steps: dict[tuple, Case], cfg: AttentionBenchConfig) -> di
 
 
 def _record_times(row: dict, values: list[float], gflop: float) -> None:
-    row.update(median_ms=statistics.median(values), times_ms=values, forward_gflop=gflop)
+    row.update(median_ms=statistics.median(values), min_ms=min(values), max_ms=max(values), times_ms=values,
+               forward_gflop=gflop)
     if row["mode"] == "forward":  # the backward's FLOPs depend on what each kernel recomputes: not counted
         row["gflop_per_s"] = gflop / (row["median_ms"] / 1e3)
 
@@ -475,34 +486,51 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
 
+def _pairs(methods: list[str], key: str) -> list[tuple[str, str, str]]:
+    """(label, numerator, denominator): for time the speed-ups dense/ours and HF/ours+proj, for memory ours/dense."""
+    wanted = ([("speed-up dense/ours", "dense", "sparse"), ("speed-up dense/pure", "dense", "sparse_pytorch"),
+               ("speed-up HF/ours+proj", "hf", "sparse_proj"), ("speed-up flex/ours", "flex", "sparse")]
+              if key == "median_ms" else [("ours/dense", "sparse", "dense")])
+    return [(label, a, b) for label, a, b in wanted if a in methods and b in methods]
+
+
+def _time_cell(row: dict | None) -> str | None:
+    if not row or row.get("median_ms") is None:
+        return None
+    return f"{row['median_ms']:.1f} ({row['min_ms']:.1f}-{row['max_ms']:.1f})"
+
+
+def _ratio_cell(a: dict | None, b: dict | None, key: str) -> str | None:
+    """A ratio, or the ratio marked "within noise" when the two cases' timed rounds overlap."""
+    value = ratio((a or {}).get(key), (b or {}).get(key))
+    if value is None:
+        return None
+    noisy = key == "median_ms" and overlap(a["times_ms"], b["times_ms"])
+    return f"{value:.2f}" + (" (within noise)" if noisy else "")
+
+
 def summary_rows(result: dict, mode: str, key: str = "median_ms") -> tuple[list[str], list[list]]:
-    """Table of one mode and one measure (`median_ms` or `peak_mb`) per method, with ratios:
-    for time the speed-ups dense/ours and HF/ours+proj, for memory ours/dense."""
+    """Table of one mode and one measure (`median_ms` with its min-max, or `peak_mb`) per method, with
+    the ratios of `_pairs`; forward time tables add ours' achieved GFLOP/s against this run's GEMM peak."""
     cfg = result["config"]
+    found = {(r["length"], r["method"], r["mode"]): r for r in result["rows"]}
     values = lookup(result, key)
     # A method that measured nothing in this table (FlexAttention that did not compile) gets no column.
     methods = [m for m in cfg["methods"] if any(values[(n, m, mode)] is not None for n in cfg["lengths"])]
-    unit = "ms" if key == "median_ms" else "MiB"
-    header = ["n"] + [f"{METHODS[m]} {unit}" for m in methods]
-    has = lambda *ms: all(m in methods for m in ms)
-    pairs = []  # (label, numerator method, denominator method)
-    if key == "median_ms":
-        if has("dense", "sparse"):
-            pairs.append(("speed-up dense/ours", "dense", "sparse"))
-        if has("dense", "sparse_pytorch"):
-            pairs.append(("speed-up dense/pure", "dense", "sparse_pytorch"))
-        if has("hf", "sparse_proj"):
-            pairs.append(("speed-up HF/ours+proj", "hf", "sparse_proj"))
-        if has("flex", "sparse"):
-            pairs.append(("speed-up flex/ours", "flex", "sparse"))
-    elif has("dense", "sparse"):
-        pairs.append(("ours/dense", "sparse", "dense"))
+    pairs = _pairs(methods, key)
+    timed = key == "median_ms"
+    header = ["n"] + [f"{METHODS[m]} {'ms (min-max)' if timed else 'MiB'}" for m in methods]
     header += [label for label, _, _ in pairs]
+    peak = timed and mode == "forward" and "sparse" in methods and "calibration" in result
+    header += ["ours GFLOP/s", "% of tile GEMM peak"] if peak else []
     rows = []
     for n in cfg["lengths"]:
-        row = [n] + [values[(n, m, mode)] for m in methods]
-        row += [ratio(values[(n, a, mode)], values[(n, b, mode)]) for _, a, b in pairs]
-        rows.append(row)
+        cells = [_time_cell(found.get((n, m, mode))) if timed else values[(n, m, mode)] for m in methods]
+        cells += [_ratio_cell(found.get((n, a, mode)), found.get((n, b, mode)), key) for _, a, b in pairs]
+        if peak:
+            rate = found[(n, "sparse", mode)].get("gflop_per_s")
+            cells += [rate, percent_of_peak(rate, result["calibration"], "tile_gflops")]
+        rows.append([n] + cells)
     return header, rows
 
 
@@ -541,3 +569,65 @@ def scaling_checks(result: dict) -> list[str]:
             if parts:
                 lines.append(f"ours {mode.replace('_', '+')} {a} -> {b} ({b / a:g}x tokens): " + ", ".join(parts))
     return lines
+
+
+def kernel_line(result: dict) -> str:
+    kernel = result.get("kernel", {})
+    if kernel.get("native_available"):
+        return ("\"ours\" ran the native C++ kernel (`sdbert.attention.native`, compiled on first use); "
+                "\"ours, pure PyTorch\" the same call with it switched off.")
+    return f"\"ours\" ran the pure PyTorch kernels: the native kernel is unavailable ({kernel.get('native_error')})."
+
+
+def calibration_line(calibration: dict) -> str:
+    """The GEMM peak measured in the same run, which the "% of peak" columns divide by."""
+    count, m, k, n = calibration["tile_shape"]
+    return (f"GEMM calibration of this run (fp32, 2 FLOPs per multiply-add): "
+            f"{calibration['square_gflops']:.0f} GFLOP/s for a {calibration['square_size']}^2 matmul, "
+            f"{calibration['tile_gflops']:.0f} GFLOP/s for the kernel's tile ({count} x ({m} x {k}) @ ({k} x {n})).")
+
+
+def markdown_report(result: dict) -> str:
+    """The BENCHMARKS.md section of a run: a pure function of its JSON (checked by re-rendering)."""
+    from sdbert.bench.report import markdown_table
+
+    cfg, machine, name = result["config"], result["machine"], result.get("name", "attention")
+    lines = [
+        "## Attention kernels (`sdbert bench attention`)" + ("" if name == "attention" else f": {name}"),
+        "",
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch "
+        f"threads, torch {machine['torch']}, Python {machine['python']}"
+        + (f", transformers {machine['transformers']}" if "transformers" in machine else "") + "."
+        + (f" Load average (1 min) at start / end of the run: {machine['load_average_start']} / "
+           f"{machine['load_average_end']} (a shared machine: other jobs slow every method of a round alike, "
+           "but lengths timed minutes apart can see different load)." if "load_average_start" in machine else ""),
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        calibration_line(result["calibration"]) if "calibration" in result else "",
+        "",
+        f"Problem: batch {cfg['batch']}, {cfg['heads']} heads x {cfg['head_dim']}, block {cfg['block_size']}, "
+        f"{cfg['random_blocks']} random blocks, fp32. Methods: "
+        + "; ".join(f"{METHODS[m]}" for m in cfg["methods"]) + ". Times are medians (min-max) of at least "
+        f"{cfg['repeats']} interleaved rounds in one process (more for short lengths, about "
+        f"{cfg.get('min_seconds', 0):g} s per length); memory is the peak resident memory "
+        "above the inputs, one fresh process per case. Up to "
+        f"{(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
+        "HF BigBird is measured only above that length (its model switches to full attention below) "
+        f"and up to {cfg.get('hf_max_length', 8192)} tokens (`--hf-max-length`).",
+        "",
+        kernel_line(result) + " " + path_summary(result),
+    ]
+    for key in ("median_ms", "peak_mb") if cfg["memory"] else ("median_ms",):
+        for mode in ("forward", "forward_backward") if cfg["backward"] else ("forward",):
+            header, rows = summary_rows(result, mode, key)
+            title = ("Time (median ms), " if key == "median_ms" else "Peak memory (MiB), ") + mode.replace("_", " + ")
+            lines += ["", f"### {title}", "", markdown_table(header, rows)]
+    checks = scaling_checks(result)
+    if checks:
+        lines += ["", "Scaling of our kernel:", ""] + [f"- {c}" for c in checks]
+    for note in result.get("notes", []):
+        lines += ["", note]
+    if result.get("plot"):
+        lines += ["", f"![attention time and memory against length]({result['plot']})"]
+    return "\n".join(lines)

@@ -49,7 +49,7 @@ def run_attention(args: argparse.Namespace) -> int:
     import torch
 
     from sdbert.bench import attention as bench
-    from sdbert.bench.report import text_table, write_json
+    from sdbert.bench.report import text_table, update_markdown_section, write_json
 
     name = args.name
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
@@ -78,7 +78,7 @@ def run_attention(args: argparse.Namespace) -> int:
     print(f"batch {cfg.batch}, {cfg.heads} heads x {cfg.head_dim}, block {cfg.block_size}, "
           f"r = {cfg.random_blocks}, fp32, median of >= {cfg.repeats} rounds; dense fallback "
           f"<= {cfg.dense_fallback_length} tokens")
-    print(_kernel_line(result))
+    print(bench.kernel_line(result))
     print(bench.path_summary(result))
     for key in ("median_ms", "peak_mb") if cfg.memory else ("median_ms",):
         for mode in cfg.modes:
@@ -94,9 +94,10 @@ def run_attention(args: argparse.Namespace) -> int:
     out = args.output
     if name != "attention":
         result["command"] += f" --name {name}"
-    write_json(out / f"{name}.json", result)
     plotted = _plot(result, out / f"{name}.png")
-    _update_markdown(result, out / "BENCHMARKS.md", plotted, name)
+    result.update(name=name, plot=f"{name}.png" if plotted else None)
+    write_json(out / f"{name}.json", result)
+    update_markdown_section(out / "BENCHMARKS.md", name, bench.markdown_report(result))
     print(f"\nwrote {out / f'{name}.json'}" + (f", {out / f'{name}.png'}" if plotted else "")
           + f" and {out / 'BENCHMARKS.md'}")
     if not plotted:
@@ -120,58 +121,6 @@ def _plot(result: dict, path: Path) -> bool:
              f"{cfg['block_size']}, r={cfg['random_blocks']}, fp32, {result['machine']['cpu']}, "
              f"{result['machine']['torch_threads']} threads")
     return plot_scaling(path, series, title)
-
-
-def _kernel_line(result: dict) -> str:
-    kernel = result.get("kernel", {})
-    if kernel.get("native_available"):
-        return ("\"ours\" ran the native C++ kernel (`sdbert.attention.native`, compiled on first use); "
-                "\"ours, pure PyTorch\" the same call with it switched off.")
-    return f"\"ours\" ran the pure PyTorch kernels: the native kernel is unavailable ({kernel.get('native_error')})."
-
-
-def _update_markdown(result: dict, path: Path, plotted: bool, name: str = "attention") -> None:
-    from sdbert.bench.attention import METHODS, path_summary, scaling_checks, summary_rows
-    from sdbert.bench.report import markdown_table, update_markdown_section
-
-    cfg, machine = result["config"], result["machine"]
-    lines = [
-        "## Attention kernels (`sdbert bench attention`)" + ("" if name == "attention" else f": {name}"),
-        "",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch "
-        f"threads, torch {machine['torch']}, Python {machine['python']}"
-        + (f", transformers {machine['transformers']}" if "transformers" in machine else "") + "."
-        + (f" Load average (1 min) at start / end of the run: {machine['load_average_start']} / "
-           f"{machine['load_average_end']} (a shared machine: other jobs slow every method of a round alike, "
-           "but lengths timed minutes apart can see different load)." if "load_average_start" in machine else ""),
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        f"Problem: batch {cfg['batch']}, {cfg['heads']} heads x {cfg['head_dim']}, block {cfg['block_size']}, "
-        f"{cfg['random_blocks']} random blocks, fp32. Methods: "
-        + "; ".join(f"{METHODS[m]}" for m in cfg["methods"]) + ". Times are medians of at least "
-        f"{cfg['repeats']} interleaved rounds in one process (more for short lengths, about "
-        f"{cfg.get('min_seconds', 0):g} s per length); memory is the peak resident memory "
-        "above the inputs, one fresh process per case. Up to "
-        f"{(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
-        "HF BigBird is measured only above that length (its model switches to full attention below) "
-        f"and up to {cfg.get('hf_max_length', 8192)} tokens (`--hf-max-length`).",
-        "",
-        _kernel_line(result) + " " + path_summary(result),
-    ]
-    for key in ("median_ms", "peak_mb") if cfg["memory"] else ("median_ms",):
-        for mode in ("forward", "forward_backward") if cfg["backward"] else ("forward",):
-            header, rows = summary_rows(result, mode, key)
-            title = ("Time (median ms), " if key == "median_ms" else "Peak memory (MiB), ") + mode.replace("_", " + ")
-            lines += ["", f"### {title}", "", markdown_table(header, rows)]
-    checks = scaling_checks(result)
-    if checks:
-        lines += ["", "Scaling of our kernel:", ""] + [f"- {c}" for c in checks]
-    for note in result.get("notes", []):
-        lines += ["", note]
-    if plotted:
-        lines += ["", f"![attention time and memory against length]({name}.png)"]
-    update_markdown_section(path, name, "\n".join(lines))
 
 
 # --- train, model: arguments and reports live in sdbert.bench.<name>; here they are printed --------
