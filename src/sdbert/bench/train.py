@@ -1,37 +1,44 @@
-"""Training-throughput benchmark: our loop against a plain Hugging Face loop, side by side.
+"""Training-throughput benchmark: our loop's model and batches against a plain Hugging Face loop.
 
-Both loops fine-tune the same checkpoint (all-MiniLM-L6-v2 by default) on the same reviews with
-the same batch size, optimiser (AdamW), learning rate, gradient clipping and precision (fp32):
+Every case fine-tunes the same checkpoint (all-MiniLM-L6-v2 by default) on the same reviews with
+the same batch size, optimiser (AdamW over all parameters, constant learning rate), gradient
+clipping and precision (fp32); only the model code and the batching differ:
 
-* `hf`     `transformers.BertForSequenceClassification` + its tokenizer (head truncation), a
-           shuffled `DataLoader` whose `DataCollatorWithPadding` pads each batch to its longest
-           review: the loop of the Hugging Face course.
-* `sdbert` `sdbert.train.train` on `sdbert.pipeline.build_model` / `encode`: length-bucketed
-           batches padded to the smallest block multiple, `full` or `block_sparse` attention.
+* `hf`                  `transformers.BertForSequenceClassification` + its tokenizer (head
+                        truncation), seeded random batches padded to their longest review by
+                        `DataCollatorWithPadding`: the loop of the Hugging Face course.
+* `sdbert_full`         `sdbert.pipeline.build_model` with full attention, fed exactly what
+* `sdbert_block_sparse` `sdbert.train.train` feeds: length-bucketed `global_batches`, each padded
+                        to the smallest block multiple by `collate_padded`.
 
-Tokenisation happens before the clock starts (ours is cached on disk, HF's is a one-off call);
-both tokenizers give the same ids (same `tokenizer.json`, same head truncation). Throughput is
-measured from the end of the first `warmup_steps` optimizer steps to the end of the last one
-(a global optimizer step hook stamps the time), so first-call costs are left out. Loops run one
-after another in one process, so background load on a shared machine falls on them unevenly:
-compare numbers from one run only.
+Each case is built once per length (tokenisation and collation happen before the clock starts),
+then the cases take turns round by round (`sdbert.bench.timing.interleaved_rounds`), so background
+load falls on all of them alike; a round is `steps_per_round` optimizer steps of one case, each on
+the next batch of its own list. A speed-up whose rounds overlap is reported as within noise.
+
+IMDb reviews are mostly shorter than 512 tokens, so at a long length real reviews would pad to a
+few hundred tokens and our block-sparse case would take its dense fallback. At the lengths in
+`fill_lengths` each review is therefore followed by further reviews of its label until it fills the
+length: the cost of long documents, not the padding of short ones, is what such a length measures.
+
+Model FLOPs are counted as 6 x non-embedding parameters x padded tokens per step (forward 2,
+backward 4 per multiply-add of the weight products); attention's own products are left out, so
+the count is the same for full and block-sparse attention and "% of measured peak" is a lower
+bound on the share of the GEMM peak the model's work could use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
-import math
-import statistics
-import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sdbert.bench.report import machine_info
 from sdbert.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -51,202 +58,175 @@ def default_checkpoint() -> str | None:
 
 @dataclass
 class TrainBenchConfig:
-    """What to measure. Defaults: issue 3's benchmark (1,000 IMDb reviews, length 512, batch 16)."""
+    """What to measure. Defaults are sized for a few minutes on a small CPU with MiniLM."""
 
     init: str
-    """checkpoint both loops start from: a local Hugging Face BERT folder with a tokenizer"""
+    """checkpoint every case starts from: a local Hugging Face BERT folder with a tokenizer"""
     data: str | None = None
     """data source (IMDb archive, folder, CSV/JSONL/Parquet); None reads $SDBERT_DATA"""
-    examples: int = 1000
-    """training reviews (a seeded stratified subset of the train split)"""
-    max_length: int = 512
-    batch_size: int = 16
-    attention: tuple[str, ...] = ("full",)
-    """attention types of our loop; each is one more run of it"""
-    max_steps: int | None = None
-    """optimizer steps per loop; None is one pass over the examples"""
-    warmup_steps: int = 1
-    """steps excluded from the throughput (first-call costs)"""
+    lengths: tuple[int, ...] = (512, 2048)
+    """maximum tokens per review; the default long length is past our kernel's dense fallback"""
+    tokens_per_step: int = 4096
+    """a step's batch is this many tokens' worth of examples at its length (at least one): 8 at 512,
+    2 at 2,048, so every length costs minutes and memory of the same order"""
+    fill_lengths: tuple[int, ...] = (2048,)
+    """lengths at which reviews are concatenated (same label) until each one fills the length; one not
+    among `lengths` does nothing"""
+    attention: tuple[str, ...] = ATTENTION_TYPES
+    """attention types of our cases; each is one more case"""
+    steps_per_round: int = 2
+    rounds: int = 5
+    """timed rounds; at least 5, so the median and the spread mean something"""
+    warmup: int = 1
+    """untimed rounds first (first-call allocation, thread-pool start)"""
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     block_size: int = 64
+    random_blocks: int = 3
     truncation: str = "head"
-    """ours; HF truncates at the head, so "head" gives both loops the same tokens"""
+    """ours; HF truncates at the head, so "head" gives every case the same tokens"""
     seed: int = 42
     threads: int = field(default_factory=torch.get_num_threads)
 
     def __post_init__(self) -> None:
-        self.attention = tuple(self.attention)
+        self.lengths = tuple(self.lengths)
+        self.fill_lengths, self.attention = tuple(self.fill_lengths), tuple(self.attention)
+        for name, least in (("tokens_per_step", 1), ("steps_per_round", 1), ("rounds", 5), ("warmup", 0),
+                            ("block_size", 1), ("random_blocks", 0), ("threads", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be >= {least}, got {getattr(self, name)}")
         unknown = set(self.attention) - set(ATTENTION_TYPES)
         if unknown or not self.attention:
             raise ConfigError(f"attention must be among {', '.join(ATTENTION_TYPES)}, got {list(self.attention)}")
-        for name in ("examples", "max_length", "batch_size", "block_size", "threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.examples < self.batch_size:
-            raise ConfigError(f"{self.examples} examples do not fill one batch of {self.batch_size}")
+        if not self.lengths or min(self.lengths) < 1 or any(n % self.block_size for n in self.lengths):
+            raise ConfigError(f"lengths must be positive multiples of the block size {self.block_size}, "
+                              f"got {list(self.lengths)}")
+        if min(self.fill_lengths, default=1) < 1:
+            raise ConfigError(f"fill lengths must be positive, got {list(self.fill_lengths)}")
         if self.truncation not in ("head", "tail", "head+tail"):
             raise ConfigError(f"truncation must be head, tail or head+tail, got {self.truncation!r}")
 
-    def steps(self, examples: int) -> int:
-        per_epoch = math.ceil(examples / self.batch_size)
-        return per_epoch if self.max_steps is None else min(per_epoch, self.max_steps)
+    def batch_size(self, length: int) -> int:
+        return max(1, self.tokens_per_step // length)
+
+    def examples(self, length: int) -> int:
+        """Reviews per case at `length`: every step of the run, warm-up included, gets new ones."""
+        return self.batch_size(length) * self.steps_per_round * (self.warmup + self.rounds)
+
+    @property
+    def dense_fallback_length(self) -> int:
+        """Up to this many tokens our block-sparse kernel runs dense attention."""
+        return (5 + 2 * self.random_blocks) * self.block_size
 
 
-# --- timing ----------------------------------------------------------------------------------
+# --- cases -----------------------------------------------------------------------------------
 
 
-class StepLog:
-    """Per-step records of one loop: batch shape, real tokens, loss, and the time each step ended.
+@dataclass
+class Case:
+    """One compared training setup: a model, its optimizer and its own list of collated batches."""
 
-    `watch()` stamps the end of every optimizer step through torch's global step hook, so it
-    also times loops we do not own (`sdbert.train.train`).
-    """
+    name: str
+    label: str
+    model: torch.nn.Module
+    batches: list[dict]
+    loss: Callable[[torch.nn.Module, dict], torch.Tensor]
+    max_grad_norm: float
+    attention_path: str
+    note: str | None = None
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    position: int = 0
+    """index of the next batch; the list is cycled"""
 
-    def __init__(self) -> None:
-        self.start: float | None = None
-        self.ends: list[float] = []
-        self.batches: list[tuple[int, int, int]] = []  # (examples, padded tokens, real tokens)
-        self.losses: list[float] = []
+    def __post_init__(self) -> None:
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-    def batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        if self.start is None:
-            self.start = time.perf_counter()
-        self.batches.append((input_ids.shape[0], input_ids.numel(), int(attention_mask.sum())))
+    def step(self) -> None:
+        """One optimizer step on the next batch of this case's list (cycling)."""
+        batch = self.batches[self.position % len(self.batches)]
+        self.position += 1
+        loss = self.loss(self.model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
-    def watch(self):
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        return register_optimizer_step_post_hook(lambda *_: self.ends.append(time.perf_counter()))
-
-    def summary(self, warmup_steps: int) -> dict:
-        steps = len(self.ends)
-        if steps == 0 or len(self.batches) != steps:
-            raise RuntimeError(f"step log out of step: {len(self.batches)} batches, {steps} optimizer steps")
-        skip = min(warmup_steps, steps - 1)  # keep at least one timed step
-        begin = self.ends[skip - 1] if skip else self.start
-        seconds = self.ends[-1] - begin
-        timed = self.batches[skip:]
-        examples = sum(b[0] for b in timed)
-        padded, real = sum(b[1] for b in self.batches), sum(b[2] for b in self.batches)
-        step_times = np.diff([self.start, *self.ends])
-        return {
-            "steps": steps, "timed_steps": steps - skip, "timed_examples": examples,
-            "seconds": round(seconds, 3), "examples_per_second": round(examples / max(seconds, 1e-9), 3),
-            "first_step_seconds": round(float(step_times[0]), 3),
-            "median_step_seconds": round(float(np.median(step_times[skip:])), 3),
-            "padded_tokens_per_example": round(padded / sum(b[0] for b in self.batches), 1),
-            "padding_share": round(1 - real / padded, 4),
-            "mean_loss": round(statistics.fmean(self.losses), 4) if self.losses else None,
-        }
+    def round(self, steps: int) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(steps):
+                self.step()
+        return run
 
 
-# --- the two loops ---------------------------------------------------------------------------
+def _hf_loss(model, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
 
 
-def run_sdbert_loop(cfg: TrainBenchConfig, texts, attention: str, *, progress: bool = False) -> dict:
-    """`sdbert.train.train` over our encoding of `texts` (a `TextDataset`), timed per step."""
-    from sdbert.pipeline import build_model, encode
-    from sdbert.train import TrainingArguments, global_batches, padded_length, train
+def build_hf_case(cfg: TrainBenchConfig, texts, length: int) -> Case:
+    """The plain Hugging Face setup: its tokenizer, seeded random batches, `DataCollatorWithPadding`."""
+    from transformers import AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
-                        max_length=cfg.max_length, id2label=texts.id2label)
-    examples = encode(model, texts, max_length=cfg.max_length, truncation=cfg.truncation, progress=False)
-    log = StepLog()
-
-    def loss_fn(model, batch):
-        log.batch(batch["input_ids"], batch["attention_mask"])
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-        log.losses.append(loss.item())
-        return loss
-
-    with tempfile.TemporaryDirectory(prefix="sdbert-bench-train-") as out:
-        args = TrainingArguments(
-            output_dir=out, epochs=1, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_steps=cfg.steps(len(examples)),
-            seed=cfg.seed, bf16=False, progress=progress, log_every=10**9, block_size=model.config.block_size,
-            max_length=cfg.max_length, pad_token_id=model.config.pad_token_id)
-        handle = log.watch()
-        try:
-            train(model, examples, None, args, loss_fn=loss_fn, device=torch.device("cpu"))
-        finally:
-            handle.remove()
-    lengths = examples.lengths
-    whole_pass = [padded_length(lengths[b], model.config.block_size) * len(b)
-                  for b in global_batches(lengths, cfg.batch_size, cfg.seed, 0)]
-    row = {"loop": "sdbert", "attention": attention,
-           "pass_padded_tokens_per_example": round(sum(whole_pass) / len(lengths), 1),
-           "label": f"sdbert.train, length-bucketed batches padded to multiples of {model.config.block_size}, "
-                    f"{attention} attention",
-           "parameters": model.num_parameters()}
-    return row | log.summary(cfg.warmup_steps)
-
-
-def run_hf_loop(cfg: TrainBenchConfig, texts, *, progress: bool = False) -> dict:
-    """The plain Hugging Face loop: tokenizer, DataLoader(shuffle) + DataCollatorWithPadding, AdamW."""
-    from tqdm.auto import tqdm
-    from transformers import (
-        AutoTokenizer,
-        BertForSequenceClassification,
-        DataCollatorWithPadding,
-        get_linear_schedule_with_warmup,
-    )
-
-    torch.manual_seed(cfg.seed)
     extra, note = {}, None
     positions = _hf_positions(cfg.init)
-    if positions is not None and cfg.max_length > positions:
+    if positions is not None and length > positions:
         # Longer than the checkpoint's table: HF can only start the positions afresh.
-        extra = dict(max_position_embeddings=cfg.max_length, ignore_mismatched_sizes=True)
-        note = f"position table resized {positions} -> {cfg.max_length} (re-initialised, ignore_mismatched_sizes)"
+        extra = dict(max_position_embeddings=length, ignore_mismatched_sizes=True)
+        note = f"HF position table resized {positions} -> {length} (re-initialised, ignore_mismatched_sizes)"
+    torch.manual_seed(cfg.seed)
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(cfg.init)
         model = BertForSequenceClassification.from_pretrained(cfg.init, num_labels=len(texts.id2label), **extra)
-    model.train()
-    encoded = tokenizer(list(texts.texts), truncation=True, max_length=cfg.max_length)
+    encoded = tokenizer(list(texts.texts), truncation=True, max_length=length)
     features = [{**{k: encoded[k][i] for k in encoded}, "labels": int(texts.labels[i])} for i in range(len(texts))]
-
-    def shuffled():  # shuffle=True, seeded; a second one replays the order below
-        return torch.utils.data.RandomSampler(features, generator=torch.Generator().manual_seed(cfg.seed))
-
-    loader = torch.utils.data.DataLoader(features, batch_size=cfg.batch_size, sampler=shuffled(),
+    sampler = torch.utils.data.RandomSampler(features, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = torch.utils.data.DataLoader(features, batch_size=cfg.batch_size(length), sampler=sampler,
                                          collate_fn=DataCollatorWithPadding(tokenizer))
-    steps = cfg.steps(len(features))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    log = StepLog()
-    handle = log.watch()
-    try:
-        for step, batch in enumerate(tqdm(loader, total=steps, desc="hf", disable=not progress)):
-            if step == steps:
-                break
-            log.batch(batch["input_ids"], batch["attention_mask"])
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            log.losses.append(loss.item())
-    finally:
-        handle.remove()
-    # The loader's first-epoch batches again, for the padding of a whole pass.
-    order = torch.utils.data.BatchSampler(shuffled(), cfg.batch_size, drop_last=False)
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    whole_pass = [max(lengths[i] for i in b) * len(b) for b in order]
-    row = {"loop": "hf", "attention": model.config._attn_implementation or "eager", "label": HF_LABEL,
-           "pass_padded_tokens_per_example": round(sum(whole_pass) / len(lengths), 1),
-           "parameters": model.num_parameters()}
-    if note:
-        row["note"] = note
-    return row | log.summary(cfg.warmup_steps)
+    return Case("hf", HF_LABEL, model, list(loader), _hf_loss, cfg.max_grad_norm,
+                f"HF {model.config._attn_implementation or 'eager'} attention", note,
+                lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str) -> Case:
+    """Our model with the batches `sdbert.train.train` would feed it in its first epoch."""
+    from sdbert.pipeline import build_model, encode
+    from sdbert.train import collate_padded, cross_entropy_loss, global_batches, padded_length
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
+                        num_random_blocks=cfg.random_blocks, max_length=length, id2label=texts.id2label)
+    examples = encode(model, texts, max_length=length, truncation=cfg.truncation, progress=False)
+    batches = []
+    for indices in global_batches(examples.lengths, cfg.batch_size(length), cfg.seed, 0):
+        pad_to = padded_length(examples.lengths[indices], cfg.block_size)
+        batch = collate_padded(examples, indices, pad_to, model.config.pad_token_id)
+        batch.pop("indices")
+        batches.append(batch)
+    positions = _hf_positions(cfg.init)
+    note = None if positions is None or length <= positions else \
+        f"sdbert position table extended {positions} -> {length} by tiling the learned one (build_model)"
+    label = f"sdbert, length-bucketed batches padded to multiples of {cfg.block_size}, {attention} attention"
+    return Case(f"sdbert_{attention}", label, model, batches, cross_entropy_loss, cfg.max_grad_norm,
+                attention_path(model, batches, cfg), note, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def attention_path(model, batches: list[dict], cfg: TrainBenchConfig) -> str:
+    """Which attention code our model runs on these batches (the kernel picks per call)."""
+    if model.config.attention_type == "full":
+        return "dense SDPA"
+    sparse = sum(b["input_ids"].shape[1] > cfg.dense_fallback_length for b in batches)
+    if not sparse:
+        return f"dense SDPA (fallback: every batch <= {cfg.dense_fallback_length} tokens)"
+    if model.config.attention_probs_dropout_prob > 0:
+        kernel = "block-sparse, pure PyTorch (the native kernel takes no attention dropout)"
+    else:
+        from sdbert.attention import native
+
+        kernel = "block-sparse, " + ("native kernel" if native.available() else "pure PyTorch")
+    rest = "" if sparse == len(batches) else " (dense SDPA on the rest)"
+    return f"{kernel}, {sparse}/{len(batches)} batches{rest}"
 
 
 @contextlib.contextmanager
@@ -266,28 +246,125 @@ def quiet_transformers():
 
 
 def _hf_positions(path: str) -> int | None:
-    import json
-
     try:
         return json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings")
     except (OSError, ValueError):
         return None
 
 
-# --- the benchmark ---------------------------------------------------------------------------
+# --- data ------------------------------------------------------------------------------------
 
 
 def load_texts(cfg: TrainBenchConfig):
     """The benchmark's reviews: a seeded stratified subset of the train split (validation carved off first)."""
     from sdbert.pipeline import DataSettings, prepare_data
 
-    data = prepare_data(DataSettings(source=cfg.data, train_limit=cfg.examples, eval_limit=1, seed=cfg.seed,
-                                     progress=False))
-    return data.train
+    most = max(cfg.examples(n) for n in cfg.lengths)
+    return prepare_data(DataSettings(source=cfg.data, train_limit=most, eval_limit=1, seed=cfg.seed,
+                                     progress=False)).train
+
+
+def texts_for_length(cfg: TrainBenchConfig, texts, length: int):
+    """This length's reviews: the seeded subset, filled to the length where `fill_lengths` says so."""
+    from sdbert.data.splits import stratified_subset
+
+    subset = stratified_subset(texts, cfg.examples(length), seed=cfg.seed)
+    return fill_texts(subset, texts, length) if length in cfg.fill_lengths else subset
+
+
+def fill_texts(subset, pool, length: int):
+    """Each review of `subset` followed by the next reviews of its label in `pool` (cycling) until it
+    has `length` words; a word is at least one token, so truncation then fills the length exactly."""
+    from sdbert.data.dataset import TextDataset
+
+    by_label: dict[int, list[str]] = {}
+    for text, label in zip(pool.texts, pool.labels, strict=True):
+        by_label.setdefault(label, []).append(text)
+    filled = []
+    for i, (text, label) in enumerate(zip(subset.texts, subset.labels, strict=True)):
+        others = [t for t in by_label[label] if t != text]  # a review never follows itself
+        parts, words = [text], len(text.split())
+        for j in range(len(others)):
+            if words >= length:
+                break
+            parts.append(others[(i + j) % len(others)])
+            words += len(parts[-1].split())
+        filled.append(" ".join(parts))
+    fingerprint = hashlib.sha256(f"{subset.fingerprint}:fill{length}".encode()).hexdigest()
+    return TextDataset(filled, list(subset.labels), subset.id2label, fingerprint)
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+def build_cases(cfg: TrainBenchConfig, texts, length: int) -> list[Case]:
+    return [build_hf_case(cfg, texts, length)] + [build_sdbert_case(cfg, texts, length, a) for a in cfg.attention]
+
+
+def run_length(cfg: TrainBenchConfig, texts, length: int, calibration: dict, progress: bool = False) -> dict:
+    """Build every case at `length`, time them in interleaved rounds and summarise each."""
+    from tqdm.auto import tqdm
+
+    from sdbert.bench.timing import interleaved_rounds, speedup
+
+    cases = build_cases(cfg, texts, length)
+    bar = tqdm(total=len(cases) * (cfg.warmup + cfg.rounds), desc=f"bench train {length}", disable=not progress)
+
+    def timed(case: Case) -> Callable[[], None]:
+        run = case.round(cfg.steps_per_round)
+        return lambda: (run(), bar.update())
+
+    times = interleaved_rounds({c.name: timed(c) for c in cases}, rounds=cfg.rounds, warmup=cfg.warmup)
+    bar.close()
+    rows = [case_row(c, times[c.name], cfg, calibration) for c in cases]
+    for row in rows[1:]:
+        row["speedup_vs_hf"] = speedup(times["hf"], times[row["case"]])
+    real = [r["real_tokens_per_example"] for r in rows]
+    return {"length": length, "batch_size": cfg.batch_size(length), "examples": len(texts),
+            "filled": length in cfg.fill_lengths, "mean_real_tokens_per_example": round(sum(real) / len(real), 1),
+            "cases": rows}
+
+
+def round_batches(cfg: TrainBenchConfig, count: int) -> list[list[int]]:
+    """Indices into a case's batch list of the steps of each timed round (lists cycle)."""
+    first = cfg.warmup * cfg.steps_per_round
+    return [[(first + r * cfg.steps_per_round + s) % count for s in range(cfg.steps_per_round)]
+            for r in range(cfg.rounds)]
+
+
+def case_row(case: Case, times: list[float], cfg: TrainBenchConfig, calibration: dict) -> dict:
+    """A case's JSON row: every round's time, median and spread, examples/s, tokens, FLOP rate."""
+    from sdbert.bench.timing import percent_of_peak, spread
+
+    rounds = round_batches(cfg, len(case.batches))
+    timed = [case.batches[i] for r in rounds for i in r]
+    examples = sum(b["input_ids"].shape[0] for b in timed)
+    padded = sum(b["input_ids"].numel() for b in timed)
+    real = sum(int(b["attention_mask"].sum()) for b in timed)
+    s = spread(times)
+    weights = non_embedding_parameters(case.model)
+    gflops = 6 * weights * padded / len(rounds) / s["median"] / 1e9
+    return {"case": case.name, "label": case.label, "attention_path": case.attention_path,
+            "parameters": sum(p.numel() for p in case.model.parameters()), "non_embedding_parameters": weights,
+            "batches": len(case.batches), "round_examples": examples // len(rounds),
+            "times_s": [round(t, 4) for t in times], "median_s": round(s["median"], 4),
+            "min_s": round(s["min"], 4), "max_s": round(s["max"], 4),
+            "examples_per_second": round(examples / len(rounds) / s["median"], 3),
+            "padded_tokens_per_example": round(padded / examples, 1),
+            "real_tokens_per_example": round(real / examples, 1),
+            "model_gflops": round(gflops, 2), "percent_of_peak": percent_of_peak(gflops, calibration),
+            "speedup_vs_hf": None, "note": case.note}
+
+
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """Parameters that take part in matrix products (token, position and type tables are lookups)."""
+    return sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in f".{name}")
 
 
 def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = False) -> dict:
-    """Run the HF loop, then ours once per attention type; returns rows and speed-ups (HF = 1)."""
+    """Calibrate the GEMM peak, then time every case at every length; returns the benchmark's JSON."""
+    from sdbert.bench.timing import finish, gemm_calibration, provenance
+
     if not Path(cfg.init).is_dir():
         raise ConfigError(f"checkpoint folder {cfg.init} does not exist")
     try:
@@ -297,101 +374,129 @@ def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = False) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
+        result = {"benchmark": "train", **provenance(command_line(cfg)), "config": asdict(cfg)}
         texts = load_texts(cfg)
-        if len(texts) < cfg.batch_size:
-            raise ConfigError(f"only {len(texts)} training examples for a batch of {cfg.batch_size}")
-        rows = [run_hf_loop(cfg, texts, progress=progress)]
-        for attention in cfg.attention:
-            rows.append(run_sdbert_loop(cfg, texts, attention, progress=progress))
+        result["data"] = _data_summary(texts, cfg)
+        result["calibration"] = gemm_calibration()
+        result["lengths"] = [run_length(cfg, texts_for_length(cfg, texts, n), n, result["calibration"], progress)
+                             for n in cfg.lengths]
     finally:
         torch.set_num_threads(threads)
-    hf = rows[0]["examples_per_second"]
-    for row in rows:
-        row["speedup_vs_hf"] = round(row["examples_per_second"] / hf, 3) if hf else None
-    return {"benchmark": "train", "machine": machine_info() | {"torch_threads": cfg.threads},
-            "config": asdict(cfg), "command": command_line(cfg), "data": _data_summary(texts, cfg),
-            "rows": rows}
+    return finish(result)
 
 
 def _data_summary(texts, cfg: TrainBenchConfig) -> dict:
     source = cfg.data if cfg.data is not None else "$SDBERT_DATA"
-    return {"source": str(source), "examples": len(texts), "split": "train (seeded stratified subset)",
+    return {"source": str(source), "reviews": len(texts), "split": "train (seeded stratified subset)",
             "labels": {str(k): v for k, v in texts.id2label.items()}}
 
 
 def command_line(cfg: TrainBenchConfig) -> str:
     """The `sdbert bench train` command that reproduces `cfg` (the checkpoint shown only if not the default)."""
+    def joined(values) -> str:
+        return ",".join(map(str, values)) or "none"
+
     parts = ["sdbert bench train"]
     if cfg.init != default_checkpoint():
         parts.append(f"--init {cfg.init}")
     if cfg.data is not None:
         parts.append(f"--data {cfg.data}")
-    parts += [f"--examples {cfg.examples}", f"--max-length {cfg.max_length}", f"--batch-size {cfg.batch_size}",
-              "--attention " + ",".join(cfg.attention)]
-    if cfg.max_steps is not None:
-        parts.append(f"--max-steps {cfg.max_steps}")
-    parts += [f"--warmup-steps {cfg.warmup_steps}", f"--threads {cfg.threads}"]
-    if cfg.block_size != 64:
-        parts.append(f"--block-size {cfg.block_size}")
-    if cfg.seed != 42:
-        parts.append(f"--seed {cfg.seed}")
+    parts += [f"--lengths {joined(cfg.lengths)}", f"--tokens-per-step {cfg.tokens_per_step}",
+              f"--fill-lengths {joined(cfg.fill_lengths)}", f"--attention {joined(cfg.attention)}",
+              f"--steps-per-round {cfg.steps_per_round}", f"--rounds {cfg.rounds}", f"--warmup {cfg.warmup}",
+              f"--threads {cfg.threads}"]
+    for flag, value, default in (("--block-size", cfg.block_size, 64), ("--random-blocks", cfg.random_blocks, 3),
+                                 ("--truncation", cfg.truncation, "head"), ("--lr", cfg.learning_rate, 5e-5),
+                                 ("--seed", cfg.seed, 42)):
+        if value != default:
+            parts.append(f"{flag} {value}")
     return " ".join(parts)
 
 
-SUMMARY_HEADER = ["loop", "attention", "steps (timed)", "examples/s", "speed-up vs HF", "s/step (median)",
-                  "padded tokens/example", "padding", "whole pass: padded tokens/example", "mean loss"]
+# --- reports: pure functions of the JSON ----------------------------------------------------------
+
+HEADER = ["case", "attention", "examples/s", "median s/round", "min-max s", "rounds (s)", "padded tokens/example",
+          "real tokens/example", "model GFLOP/s (% of peak)", "speed-up vs HF"]
 
 
-def summary_rows(result: dict) -> list[list]:
+def length_rows(section: dict) -> list[list]:
+    from sdbert.bench.timing import speedup_text
+
     rows = []
-    for r in result["rows"]:
-        rows.append([r["loop"], r["attention"], f"{r['steps']} ({r['timed_steps']})", r["examples_per_second"],
-                     r["speedup_vs_hf"], r["median_step_seconds"], r["padded_tokens_per_example"],
-                     f"{100 * r['padding_share']:.0f}%", r["pass_padded_tokens_per_example"], r["mean_loss"]])
+    for r in section["cases"]:
+        peak = "-" if r["percent_of_peak"] is None else f"{r['model_gflops']:.1f} ({r['percent_of_peak']:.0f}%)"
+        rows.append([r["case"], r["attention_path"], f"{r['examples_per_second']:.2f}", f"{r['median_s']:.2f}",
+                     f"{r['min_s']:.2f}-{r['max_s']:.2f}", ", ".join(f"{t:.2f}" for t in r["times_s"]),
+                     r["padded_tokens_per_example"], r["real_tokens_per_example"], peak,
+                     "baseline" if r["speedup_vs_hf"] is None else speedup_text(r["speedup_vs_hf"])])
     return rows
 
 
-GOAL_SPEEDUP = 1.5  # issue 3: our loop at least 1.5x the plain HF loop
-
-
-def goal_lines(result: dict) -> list[str]:
-    lines = []
-    for r in result["rows"][1:]:
-        verdict = "met" if r["speedup_vs_hf"] is not None and r["speedup_vs_hf"] >= GOAL_SPEEDUP else "not met"
-        lines.append(f"ours ({r['attention']} attention) = {r['speedup_vs_hf']:.2f}x the HF loop's examples/s "
-                     f"(goal >= {GOAL_SPEEDUP}x: {verdict})")
-    return lines
+def length_title(section: dict) -> str:
+    filled = ", reviews concatenated (same label) to fill the length" if section["filled"] else ""
+    return (f"{section['length']} tokens: batch {section['batch_size']}, {section['examples']} reviews{filled}; "
+            f"mean real tokens per example {section['mean_real_tokens_per_example']}")
 
 
 def setup_line(result: dict) -> str:
-    cfg, data = result["config"], result["data"]
-    steps = "one pass" if cfg["max_steps"] is None else f"at most {cfg['max_steps']} steps per loop"
-    return (f"{data['examples']} reviews from {data['source']}, max length {cfg['max_length']} "
-            f"({cfg['truncation']} truncation), batch {cfg['batch_size']}, AdamW lr {cfg['learning_rate']:g}, "
-            f"fp32, {steps}; the first {cfg['warmup_steps']} step(s) of each loop untimed")
+    cfg = result["config"]
+    return (f"{result['data']['reviews']} reviews from {result['data']['source']}, fp32, AdamW lr "
+            f"{cfg['learning_rate']:g} (constant), clipping {cfg['max_grad_norm']:g}; {cfg['warmup']} untimed + "
+            f"{cfg['rounds']} timed rounds of {cfg['steps_per_round']} optimizer steps per case, cases interleaved "
+            f"round by round; block {cfg['block_size']}, {cfg['random_blocks']} random blocks (dense fallback up "
+            f"to {(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens)")
+
+
+def calibration_line(result: dict) -> str:
+    c = result["calibration"]
+    return (f"GEMM calibration (same run): fp32 {c['square_size']}x{c['square_size']} matmul at "
+            f"{c['square_gflops']:.1f} GFLOP/s (2 FLOPs per multiply-add). Model GFLOP/s count 6 x non-embedding "
+            "parameters x padded tokens per step (attention's own products left out), per median round.")
+
+
+def machine_line(result: dict) -> str:
+    m = result["machine"]
+    return (f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
+            f"transformers {m.get('transformers', '?')}, Python {m['python']}; load average (1 min) at start / end: "
+            f"{m.get('load_average_start')} / {m.get('load_average_end')}")
 
 
 # --- command-line glue: arguments and reports (sdbert.commands.bench prints and writes them) ----
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(a for a in text.split(",") if a)
+
+
+def _optional_int_list(text: str) -> tuple[int, ...]:
+    from sdbert.bench.report import int_list
+
+    return () if text.strip().lower() in ("", "none") else int_list(text)
+
+
 def add_arguments(p) -> None:
-    from pathlib import Path
+    from sdbert.bench.report import int_list
 
     default = default_checkpoint()
     p.add_argument("--init", metavar="CKPT", default=default, required=default is None,
-                   help="Hugging Face BERT folder both loops fine-tune (default: all-MiniLM-L6-v2 when installed)")
+                   help="Hugging Face BERT folder every case fine-tunes (default: all-MiniLM-L6-v2 when installed)")
     p.add_argument("--data", metavar="SRC", default=None,
                    help="IMDb archive, aclImdb/ folder or CSV/JSONL/Parquet file (default: $SDBERT_DATA)")
-    p.add_argument("--examples", type=int, default=1000, help="training reviews (default 1000)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per review (default 512)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per step, both loops (default 16)")
-    p.add_argument("--attention", type=lambda s: tuple(a for a in s.split(",") if a), default=("full",),
-                   help="our loop's attention: full, block_sparse or full,block_sparse for both (default full; "
-                        "at 512 tokens block_sparse runs dense attention too)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="optimizer steps per loop (default: one pass over the examples)")
-    p.add_argument("--warmup-steps", type=int, default=1, help="untimed first steps per loop (default 1)")
+    p.add_argument("--lengths", type=int_list, default=(512, 2048), help="comma-separated token lengths "
+                   "(default 512,2048; past (5 + 2 x random blocks) x block size our sparse kernel runs)")
+    p.add_argument("--tokens-per-step", type=int, default=4096,
+                   help="batch = this many tokens' worth of examples at each length, at least 1 (default 4096: "
+                        "8 at 512, 2 at 2048)")
+    p.add_argument("--fill-lengths", type=_optional_int_list, default=(2048,),
+                   help="lengths at which reviews are concatenated (same label) to fill the length, or none "
+                        "(default 2048: IMDb reviews are mostly under 512 tokens)")
+    p.add_argument("--attention", type=_name_list, default=ATTENTION_TYPES,
+                   help="our cases' attention: full, block_sparse or both (default full,block_sparse)")
+    p.add_argument("--steps-per-round", type=int, default=2, help="optimizer steps per case per round (default 2)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds, at least 5 (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--block-size", type=int, default=64, help="our block size = padding multiple (default 64)")
+    p.add_argument("--random-blocks", type=int, default=3, help="our random blocks per query block (default 3)")
     p.add_argument("--truncation", choices=["head", "tail", "head+tail"], default="head",
                    help="our truncation (default head, as HF's tokenizer does)")
     p.add_argument("--lr", type=float, default=5e-5)
@@ -405,50 +510,47 @@ def add_arguments(p) -> None:
 def run_from_args(args) -> dict:
     try:
         cfg = TrainBenchConfig(
-            init=args.init, data=args.data, examples=args.examples, max_length=args.max_length,
-            batch_size=args.batch_size, attention=args.attention, max_steps=args.max_steps,
-            warmup_steps=args.warmup_steps, block_size=args.block_size, truncation=args.truncation,
-            learning_rate=args.lr, seed=args.seed, threads=args.threads or torch.get_num_threads())
+            init=args.init, data=args.data, lengths=args.lengths, tokens_per_step=args.tokens_per_step,
+            fill_lengths=args.fill_lengths, attention=args.attention, steps_per_round=args.steps_per_round,
+            rounds=args.rounds, warmup=args.warmup, block_size=args.block_size, random_blocks=args.random_blocks,
+            truncation=args.truncation, learning_rate=args.lr, seed=args.seed,
+            threads=args.threads or torch.get_num_threads())
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return run_train_bench(cfg, progress=args.progress)
 
 
+def _notes(result: dict) -> list[str]:
+    return sorted({r["note"] for s in result["lengths"] for r in s["cases"] if r.get("note")})
+
+
 def text_report(result: dict) -> str:
     from sdbert.bench.report import text_table
 
-    machine = result["machine"]
-    lines = [f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}, "
-             f"transformers {machine.get('transformers', '?')}", setup_line(result), "",
-             text_table(SUMMARY_HEADER, summary_rows(result)), ""]
-    lines += goal_lines(result)
-    lines += [f"note: {r['note']}" for r in result["rows"] if r.get("note")]
+    lines = [machine_line(result), setup_line(result), calibration_line(result)]
+    for section in result["lengths"]:
+        lines += ["", length_title(section), text_table(HEADER, length_rows(section))]
+    lines += [f"note: {note}" for note in _notes(result)]
     return "\n".join(lines)
 
 
 def markdown_report(result: dict) -> str:
     from sdbert.bench.report import markdown_table
 
-    machine, rows = result["machine"], result["rows"]
+    init = "/".join(Path(result["config"]["init"]).parts[-2:])
     lines = [
-        "## Training loop (`sdbert bench train`)",
-        "",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
-        f"torch {machine['torch']}, transformers {machine.get('transformers', '?')}, Python {machine['python']}.",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-        f"Setup: {setup_line(result)}. Both loops start from `{'/'.join(Path(result['config']['init']).parts[-2:])}` "
-        f"({rows[0]['parameters']:,} parameters with the classifier). HF: {HF_LABEL} (`DataLoader(shuffle=True)` + "
-        "`DataCollatorWithPadding`, its tokenizer truncating at the head, AdamW, linear schedule, clipping 1.0). "
-        "Ours: `sdbert.train.train` with length-bucketed batches padded to the smallest block multiple. "
-        "Examples/s count the timed steps only; the loops run one after another in one process. "
-        "\"Padded tokens/example\" is what the measured steps computed on; \"whole pass\" is what one pass "
-        "over all the examples would pad to (with a step cap, ours depends on which length buckets came first).",
-        "",
-        markdown_table(SUMMARY_HEADER, summary_rows(result)),
-        "",
+        "## Training loop (`sdbert bench train`)", "",
+        f"Machine: {machine_line(result)}.", "",
+        f"Command: `{result['command']}`", "",
+        f"Setup: {setup_line(result)}. Every case starts from `{init}`. HF: {HF_LABEL} "
+        "(`DataCollatorWithPadding`, its tokenizer truncating at the head). Ours: `sdbert.pipeline.build_model` "
+        "fed the batches `sdbert.train.train` feeds (length-bucketed, padded to the smallest block multiple). "
+        "Examples/s = examples in a round / the median round's seconds; a speed-up is the ratio of median "
+        "rounds, \"within noise\" when the two cases' rounds overlap.", "",
+        calibration_line(result),
     ]
-    lines += [f"- {line}" for line in goal_lines(result)]
-    lines += [f"- note: {r['note']}" for r in rows if r.get("note")]
+    for section in result["lengths"]:
+        lines += ["", f"### {length_title(section)}", "", markdown_table(HEADER, length_rows(section))]
+    if _notes(result):
+        lines += [""] + [f"- note: {note}" for note in _notes(result)]
     return "\n".join(lines)
