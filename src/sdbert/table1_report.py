@@ -16,9 +16,9 @@ def _machine(hw: dict) -> str:
     return hw.get("gpu") or f"{hw['cpu']} ({hw['cpu_count']} cores, {hw['torch_threads']} torch threads)"
 
 
-def _header(results: dict) -> list[str]:
+def _header(results: dict, level: int) -> list[str]:
     data, hw = results["data"], results["hardware"]
-    return [f"# SDBERT Table 1 reproduction: preset `{results['preset']}`", "",
+    return [f"{'#' * level} SDBERT Table 1 reproduction: preset `{results['preset']}`", "",
             f"Hardware: {_machine(hw)}; torch {hw['torch']}. Wall time {results['wall_seconds'] / 60:.1f} min.", "",
             f"Data: {data['train_examples']:,} training reviews for the teachers "
             f"({data.get('student_train_examples', data['train_examples']):,} of them for the students), "
@@ -79,8 +79,9 @@ def _comparisons_table(results: dict) -> list[str]:
     return lines
 
 
-def render_report(results: dict) -> str:
-    lines = _header(results) + _rows_table(results) + _runs_table(results) + _comparisons_table(results)
+def render_report(results: dict, level: int = 1) -> str:
+    """The report of a run; `level` is its title's heading level (2 inside BENCHMARKS.md)."""
+    lines = _header(results, level) + _rows_table(results) + _runs_table(results) + _comparisons_table(results)
     lines += ["", "Ratios that carry the paper's claims (ours / paper's):", "", "| claim | ours | paper |",
               "|---|---|---|"]
     lines += [f"| {name.replace('_', ' ')} | {ours} | {paper} |"
@@ -130,3 +131,19 @@ def write_outputs(results: dict, output: Path) -> None:
     write_json(output / "results.json", results)
     write_text(output / "report.md", render_report(results))
     plot(results, output / "accuracy_vs_time.png")
+
+
+def publish(output: Path, folder: Path) -> str:
+    """Copy a finished run's results and plot into `folder` as `table1_<preset>.*` and render its
+    BENCHMARKS.md section from them (what `sdbert.bench.verify` re-checks). Returns the section name."""
+    import shutil
+
+    from sdbert.bench.report import update_markdown_section
+
+    results = json.loads((output / "results.json").read_text())
+    name = f"table1_{results['preset']}"
+    write_json(folder / f"{name}.json", results)
+    if (output / "accuracy_vs_time.png").is_file():
+        shutil.copyfile(output / "accuracy_vs_time.png", folder / f"{name}.png")
+    update_markdown_section(folder / "BENCHMARKS.md", name, render_report(results, level=2))
+    return name

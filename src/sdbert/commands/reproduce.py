@@ -33,13 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kd-kind", choices=["mse", "kl"],
                        help="distillation term: the paper's squared L2 of logits (default) or Hinton's KL")
     group.add_argument("--temperature", type=positive_float, help="KL temperature (default 2)")
+    parser.add_argument("--publish", metavar="DIR", type=Path,
+                        help="also copy results.json and the plot into DIR as table1_<preset>.* and render its "
+                             "section of DIR/BENCHMARKS.md (e.g. benchmarks)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from sdbert.reproduce import Runner, make_preset
     from sdbert.table1 import goals
-    from sdbert.table1_report import write_outputs
+    from sdbert.table1_report import publish, write_outputs
 
     preset = make_preset(args.preset, args.teacher_init, student_seeds=args.student_seeds,
                          student_init=args.student_init, alpha=args.alpha, kd_kind=args.kd_kind,
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     results = Runner(preset, args.data, output, progress=progress).run()
     write_outputs(results, output)
     print((output / "report.md").read_text())
+    if args.publish is not None:
+        print(f"published as {args.publish / publish(output, args.publish)}.json")
     missed = [text for text, ok, _ in goals(results) if not ok]
     if missed:
         print(f"{len(missed)} goal(s) not met: " + "; ".join(missed))

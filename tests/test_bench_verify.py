@@ -1,0 +1,43 @@
+"""`sdbert.bench.verify`: generated BENCHMARKS.md sections must equal what their JSON renders to."""
+
+import json
+
+import pytest
+
+from sdbert import SDBertConfig, SDBertForSequenceClassification
+from sdbert.bench.verify import check, main
+from sdbert.cli import main as sdbert_main
+
+
+@pytest.fixture
+def encoder_run(tmp_path):
+    config = SDBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=256, block_size=16, num_random_blocks=1)
+    SDBertForSequenceClassification(config).save_pretrained(tmp_path / "model")
+    out = tmp_path / "bench"
+    assert sdbert_main(["bench", "encoder", "--model", str(tmp_path / "model"), "--lengths", "64", "--repeats", "5",
+                        "--warmup", "0", "--no-progress", "--output", str(out)]) == 0
+    return out
+
+
+def test_a_fresh_section_matches_and_an_edited_number_does_not(encoder_run):
+    assert check(encoder_run) == []
+    markdown = encoder_run / "BENCHMARKS.md"
+    text = markdown.read_text()
+    edited = text.replace("| 64 |", "| 65 |", 1)
+    assert edited != text
+    markdown.write_text(edited)
+    problems = check(encoder_run)
+    assert len(problems) == 1 and "section encoder is not what encoder.json renders to" in problems[0]
+    assert main([str(encoder_run)]) == 1
+
+
+def test_a_changed_json_or_a_missing_one_is_reported(encoder_run):
+    source = encoder_run / "encoder.json"
+    result = json.loads(source.read_text())
+    result["rows"][0]["flop_bound"] += 1.0
+    source.write_text(json.dumps(result))
+    assert "is not what encoder.json renders to" in check(encoder_run)[0]
+    source.unlink()
+    assert check(encoder_run) == ["section encoder: encoder.json does not exist"]
+
