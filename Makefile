@@ -8,10 +8,10 @@ TORCH := torch==2.13.0
 SDBERT_DATA ?= $(if $(wildcard ../shared/data/aclImdb_v1.tar.gz),../shared/data/aclImdb_v1.tar.gz,imdb)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo bench clean
+.PHONY: help install test lint demo bench bench-kernels bench-models clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,21 @@ test: install  ## ruff + the whole test suite
 demo: install  ## the main job: the paper's Table 1, quick preset (about 15 min on a 2-core CPU)
 	$(BIN)/sdbert reproduce --preset quick --data $(SDBERT_DATA) --output runs/quick
 
-bench: install  ## attention kernel and whole-encoder benchmarks -> benchmarks/BENCHMARKS.md
-	$(BIN)/sdbert bench attention --lengths 512,1024,2048,4096,8192 --output benchmarks
-	$(BIN)/sdbert bench encoder --size base --lengths 4096,8192 --output benchmarks
+bench: bench-kernels bench-models  ## every benchmark the README quotes, one after the other (about 30 min)
+	$(BIN)/python -m sdbert.bench.verify benchmarks
+
+bench-kernels: install  ## attention kernels and whole encoders, sparse vs dense -> benchmarks/
+	$(BIN)/sdbert bench attention --lengths 512,2048,4096,8192 --hf-max-length 4096 --no-progress --output benchmarks
+	$(BIN)/sdbert bench encoder --size base --lengths 4096 --no-progress --output benchmarks
+	$(BIN)/sdbert bench encoder --size minilm --lengths 4096,8192 --name encoder_minilm --no-progress \
+		--output benchmarks
+
+bench-models: install  ## the presets' models: inference, training loop, HTTP service -> benchmarks/
+	$(BIN)/sdbert bench model --preset quick --preset standard --lengths 512,2048,4096 --batch-sizes 1 \
+		--no-progress --output benchmarks
+	$(BIN)/sdbert bench train --data $(SDBERT_DATA) --lengths 512,2048 --attention full,block_sparse \
+		--no-progress --output benchmarks
+	$(BIN)/sdbert bench serve --preset quick --data $(SDBERT_DATA) --reviews 400 --output benchmarks
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

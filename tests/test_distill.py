@@ -234,3 +234,21 @@ def test_distill_init_pretrained_from_the_recorded_checkpoint(tmp_path):
     scratch = sdbert(*common[:2], str(tmp_path / "start"), *common[3:], "--init", "pretrained", "--output",
                      str(tmp_path / "bad2"), env_extra=env)
     assert scratch.returncode == 2 and "--init-from PATH" in scratch.stderr, scratch.stderr
+
+
+def test_cached_teacher_logits_remember_what_the_pass_cost(tmp_path):
+    """A run that reads the logits from the cache can still report what computing them cost."""
+    from sdbert.data import EncodedDataset
+    from sdbert.distill import cached_teacher_logits, teacher_logits_cost
+
+    cfg = SDBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=64, block_size=8)
+    teacher = SDBertForSequenceClassification(cfg)
+    ids = torch.randint(5, 50, (30,)).numpy().astype("int32")
+    examples = EncodedDataset(ids, torch.tensor([0, 10, 20, 30]).numpy(), torch.tensor([0, 1, 0]).numpy())
+    assert teacher_logits_cost("k1", tmp_path) is None
+    first, seconds, cached = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
+    assert not cached and seconds > 0
+    again, zero, hit = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
+    assert hit and zero == 0.0 and torch.equal(first, again)
+    assert teacher_logits_cost("k1", tmp_path) == pytest.approx(seconds, abs=0.01)

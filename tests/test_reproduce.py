@@ -59,6 +59,14 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys):
     assert before == {p: p.stat().st_mtime for p in _run_files(out)}
     again = json.loads((out / "results.json").read_text())
     assert again["rows"][2]["teacher_logits_seconds"] == kd["teacher_logits_seconds"]
+    assert len(again["wall_calls"]) == 2 and again["wall_seconds"] == pytest.approx(sum(again["wall_calls"]), abs=0.2)
+
+    # Other settings into the same folder: one line and exit 2, never a table that mixes two settings.
+    capsys.readouterr()
+    assert main(["reproduce", "--preset", "tiny", "--data", str(ARCHIVE), "--output", str(out), "--no-progress",
+                 "--alpha", "0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a finished run with other settings (loss)" in err
 
 
 def test_students_start_from_the_teachers_starting_weights_not_the_fine_tuned_ones(tmp_path):
@@ -125,7 +133,8 @@ def test_presets_and_report_rendering(tmp_path):
     assert "| sparse_student_kd | 0.9000 ± 0.0000 [" in report
     assert "| sparse_student_no_kd | 0.7000 ± 0.1414 [" in report
     assert "50 s (30 s training + 20 s teacher logits)" in report
-    assert "met: KD student keeps at least 97% of the sparse teacher's accuracy (100.0%)" in report
-    assert "NOT met: KD time, teacher logits included, at most 2x the no-KD time (2.00x)" not in report
-    assert "met: KD time, teacher logits included, at most 2x the no-KD time (2.00x)" in report
+    assert "| kd student over sparse teacher accuracy | 1.0 | 0.97 |" in report
+    assert "| kd over no kd total time | 2.0 | 2.787 |" in report  # (30 + 20) s / 25 s
+    assert "| kd vs no kd (sparse_student_kd - sparse_student_no_kd) | +20.00 points |" in report
+    assert "Goals" not in report  # goals are judged in the notes that cite the JSON, not by library code
     assert "| sparse_student_no_kd | 43 | 0.6000 |" in report

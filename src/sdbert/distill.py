@@ -69,7 +69,7 @@ def student_config(teacher: SDBertConfig, *, layers: int = 3, heads: int = 4, hi
     if intermediate is None:
         intermediate = teacher.intermediate_size * hidden // teacher.hidden_size
     return teacher.replace(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden,
-                           intermediate_size=intermediate, attention_type="block_sparse")
+                           intermediate_size=intermediate, attention_type="block_sparse", init_checkpoint=None)
 
 
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -179,9 +179,22 @@ def cached_teacher_logits(
     try:
         with atomic_write(path) as f:
             np.save(f, logits.numpy())
+        with atomic_write(path.with_suffix(".json"), "w") as f:  # what the pass cost, for runs that reuse it
+            f.write(json.dumps({"seconds": round(seconds, 2), "examples": len(examples)}))
     except OSError as exc:
         logger.warning("could not cache teacher logits in %s: %s", path, exc)
     return logits, seconds, False
+
+
+def teacher_logits_cost(key: str, cache_dir: str | Path | None = None) -> float | None:
+    """Seconds the teacher-logit pass stored under `key` took when it was computed; None if unknown."""
+    from sdbert.data.cache import cache_dir as default_cache_dir
+
+    record = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.json"
+    try:
+        return float(json.loads(record.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def kd_loss_fn(teacher_logits: torch.Tensor, *, alpha: float, kind: str = "mse", temperature: float = 2.0):

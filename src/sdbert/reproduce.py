@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from sdbert.bench.report import load_average, machine_info
 from sdbert.checkpoint import weights_fingerprint
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
 from sdbert.distill import (
@@ -37,6 +36,7 @@ from sdbert.distill import (
     init_student_from_teacher,
     kd_loss_fn,
     student_config,
+    teacher_logits_cost,
     teacher_logits_key,
 )
 from sdbert.errors import ConfigError
@@ -149,23 +149,6 @@ def named_preset(name: str, teacher_init: str | None) -> Preset:
     raise ConfigError(f"unknown preset {name!r}; choose tiny, quick, standard or paper")
 
 
-def hardware() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-    return info
-
-
 def folder_size_mb(path: Path) -> float:
     return round(sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 2**20, 2)
 
@@ -186,8 +169,10 @@ def tfidf_baseline(train_set: TextDataset, test_set: TextDataset) -> dict | None
     eval_start = time.perf_counter()
     predictions = classifier.predict(vectorizer.transform(test_set.texts))
     eval_seconds = time.perf_counter() - eval_start
-    accuracy = float((predictions == torch.tensor(test_set.labels).numpy()).mean())
-    return {"system": "tfidf_logreg", "accuracy": round(accuracy, 4), "train_seconds": round(seconds, 1),
+    correct = int((predictions == torch.tensor(test_set.labels).numpy()).sum())
+    low, high = wilson_interval(correct, len(test_set))
+    return {"system": "tfidf_logreg", "accuracy": round(correct / len(test_set), 4),
+            "accuracy_interval": [round(low, 4), round(high, 4)], "train_seconds": round(seconds, 1),
             "parameters": int(features.shape[1] * (len(classifier.classes_) - 1 or 1)),
             "eval_examples": len(test_set), "train_examples": len(train_set),
             "examples_per_second": round(len(test_set) / max(eval_seconds, 1e-9), 1)}
@@ -206,8 +191,9 @@ class Runner:
     def run(self) -> dict:
         p = self.preset
         self.output.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        started, load_start = time.perf_counter(), load_average()
         data = prepare_data(self.settings, train=True, test=True)
+        torch.manual_seed(p.seed)  # the teachers' new head (and a from-scratch model): torch seeds per process
         full_teacher = build_model(init=p.teacher_init, size=p.teacher_size, attention_type="full",
                                    tokenizer_texts=data.train.texts, vocab_size=p.vocab_size,
                                    block_size=p.block_size, num_random_blocks=p.num_random_blocks,
@@ -224,13 +210,23 @@ class Runner:
             baseline = tfidf_baseline(data.train_pool, data.test)
             if baseline:
                 rows.append(baseline)
-        return {"preset": p.name, "settings": asdict(p), "hardware": hardware(),
+        wall = self._wall_seconds(time.perf_counter() - started)
+        machine = machine_info() | {"load_average_start": load_start, "load_average_end": load_average()}
+        return {"preset": p.name, "settings": asdict(p), "hardware": machine,
                 "data": {"source": str(self.settings.source), "train_examples": len(data.train),
                          "student_train_examples": self.student_train_examples,
                          "validation_examples": len(data.validation), "test_examples": len(data.test),
                          "unlabeled_examples": p.unlabeled_limit},
-                "wall_seconds": round(time.perf_counter() - started, 1), "rows": rows,
+                "wall_seconds": wall["total"], "wall_calls": wall["calls"], "rows": rows,
                 "comparisons": compare(runs, encoded["test"].labels)}
+
+    def _wall_seconds(self, seconds: float) -> dict:
+        """Wall time summed over every `reproduce` call into this folder (a resumed run paid all of them)."""
+        record = self.output / "wall_time.json"
+        calls = json.loads(record.read_text())["calls"] if record.is_file() else []
+        calls.append(round(seconds, 1))
+        write_json(record, {"calls": calls})
+        return {"total": round(sum(calls), 1), "calls": calls}
 
     def _encode(self, dataset: TextDataset):
         return encode_dataset(self.tokenizer, dataset, self.preset.max_length, self.preset.truncation,
@@ -268,7 +264,7 @@ class Runner:
                               self._fresh(config, initial), dict(student_data, train=transfer),
                               epochs=p.student_epochs, lr=p.student_lr, seed=seed, max_steps=steps, loss_fn=loss_fn)
             kd.update(teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
-                      total_seconds=round(kd["train_seconds"] + (logit_seconds or 0.0), 1))
+                      total_seconds=None if logit_seconds is None else round(kd["train_seconds"] + logit_seconds, 1))
             runs["sparse_student_kd"].append(kd)
             runs["sparse_student_no_kd"].append(
                 self._system("sparse_student_no_kd", self.output / "sparse_student_no_kd" / f"seed_{seed}",
@@ -288,8 +284,8 @@ class Runner:
 
     def _transfer_logits(self, teacher, labelled: TextDataset, encoded_labelled):
         """The KD transfer set (students' labelled reviews + unlabelled ones) and the teacher's logits on it,
-        with the seconds the logit pass took (kept beside the outputs, so a rerun reading the cache still
-        reports what a user pays)."""
+        with the seconds the logit pass took (stored beside the cached logits, so a rerun that reads them
+        still reports what a user pays)."""
         p = self.preset
         transfer, fingerprint = encoded_labelled, labelled.fingerprint
         if p.unlabeled_limit:
@@ -300,13 +296,10 @@ class Runner:
                                  tokenizer_hash(self.tokenizer), p.max_length, p.truncation)
         logits, seconds, cached = cached_teacher_logits(teacher, transfer, key=key, batch_size=p.eval_batch_size,
                                                         progress=self.progress)
-        record = self.output / "teacher_logits.json"
-        if not cached:
-            write_json(record, {"key": key, "seconds": round(seconds, 1), "examples": len(transfer)})
-        elif record.is_file() and json.loads(record.read_text()).get("key") == key:
-            seconds = json.loads(record.read_text())["seconds"]
-        else:
-            seconds = None  # cached by another run: its cost was paid there
+        if cached:  # a user without that cache pays the pass: report what it cost when it ran
+            seconds = teacher_logits_cost(key)
+            if seconds is None:
+                logger.warning("teacher logits came from a cache without their cost: KD time is training only")
         return transfer, logits, None if seconds is None else round(seconds, 1)
 
     def _fresh(self, config, state) -> SDBertForSequenceClassification:
@@ -319,12 +312,13 @@ class Runner:
     def _system(self, system: str, out: Path, model, encoded: dict, *, epochs: int, lr: float, seed: int,
                 max_steps: int | None = None, loss_fn=None) -> dict:
         """Train one run into `out` and score it on the test reviews; a finished run is read back."""
+        p = self.preset
+        spec = {"system": system, "seed": seed, "epochs": epochs, "learning_rate": lr, "max_steps": max_steps,
+                "loss": "cross_entropy" if loss_fn is None else f"kd {p.kd_kind} alpha={p.alpha} T={p.temperature}",
+                "train_examples": len(encoded["train"]), "initial_weights_sha256": state_sha256(model.state_dict())}
         result_file = out / "result.json"
         if result_file.exists():
-            logger.info("%s: finished earlier, skipping (delete %s to redo it)", out, result_file)
-            return json.loads(result_file.read_text())
-        p = self.preset
-        initial_sha = state_sha256(model.state_dict())
+            return self._finished(out, spec)
         logger.info("%s (seed %d): training %s parameters", system, seed, f"{model.num_parameters():,}")
         args = TrainingArguments(output_dir=str(out), epochs=epochs, batch_size=p.batch_size, learning_rate=lr,
                                  seed=seed, eval_batch_size=p.eval_batch_size, resume=True, max_steps=max_steps,
@@ -335,13 +329,26 @@ class Runner:
         best = SDBertForSequenceClassification.from_pretrained(out)
         run = score_run(best, encoded["test"], batch_size=p.eval_batch_size, progress=self.progress,
                         desc=f"test {system}")
-        run.update(system=system, seed=seed, initial_weights_sha256=initial_sha,
+        run.update(system=system, seed=seed, initial_weights_sha256=spec["initial_weights_sha256"], run_spec=spec,
                    train_seconds=round(trained.train_seconds, 1), train_examples=len(encoded["train"]),
                    validation_accuracy=round(trained.best_metrics.get("accuracy", float("nan")), 4),
                    size_mb=folder_size_mb(out))
         write_json(result_file, run)
         logger.info("%s (seed %d): test accuracy %.4f, trained in %.0fs", system, seed, run["accuracy"],
                     run["train_seconds"])
+        return run
+
+
+    @staticmethod
+    def _finished(out: Path, spec: dict) -> dict:
+        """A run finished earlier, if it was made with these settings (else a one-line error, not a mix)."""
+        run = json.loads((out / "result.json").read_text())
+        stored = run.get("run_spec", {})
+        different = sorted(k for k in spec if stored.get(k) != spec[k])
+        if different:
+            raise ConfigError(f"{out} holds a finished run with other settings ({', '.join(different)}) or from an "
+                              "older sdbert: delete it or choose another --output")
+        logger.info("%s: finished earlier with the same settings, reusing it", out)
         return run
 
 

@@ -52,8 +52,10 @@ def paired_bootstrap(correct_a, correct_b, *, rounds: int = 10_000, seed: int = 
         raise ValueError(f"paired scores need the same non-empty reviews, got {a.shape} and {b.shape}")
     per_review = a - b
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, per_review.size, size=(rounds, per_review.size))
-    means = per_review[draws].mean(1)
+    means = np.empty(rounds)
+    for start in range(0, rounds, 500):  # in chunks: rounds x reviews indices at once can take gigabytes
+        count = min(500, rounds - start)
+        means[start:start + count] = per_review[rng.integers(0, per_review.size, size=(count, per_review.size))].mean(1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(per_review.mean()), float(low), float(high)

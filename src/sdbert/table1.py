@@ -53,7 +53,7 @@ def aggregate(system: str, runs: list[dict]) -> dict:
     if "teacher_logits_seconds" in first:
         logits = first["teacher_logits_seconds"]
         row.update(teacher_logits_seconds=logits, transfer_examples=first["transfer_examples"],
-                   total_seconds=round(row["train_seconds"] + (logits or 0.0), 1))
+                   total_seconds=None if logits is None else round(row["train_seconds"] + logits, 1))
     row["runs"] = [{key: run.get(key) for key in RUN_FIELDS} for run in runs]
     return row
 
@@ -103,33 +103,3 @@ def claims(rows: list[dict]) -> dict:
         "kd_student_over_teacher_train_time": (_ratio(kd.get("total_seconds"), st.get("train_seconds")),
                                                _ratio(46.74, 115.5)),
     }
-
-
-def describe(comparison: dict) -> str:
-    low, high = comparison["interval_points"]
-    p = ", ".join(f"{x:.3g}" for x in comparison["mcnemar_p"])
-    return (f"{comparison['difference_points']:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}], McNemar p {p}; "
-            f"{comparison['verdict']}")
-
-
-def goals(results: dict) -> list[tuple[str, bool, str]]:
-    """Issue #11's goals, each with the measured number (quick preset adds its time bound)."""
-    by = {row["system"]: row for row in results["rows"]}
-    st, kd, nokd = by.get("sparse_teacher"), by.get("sparse_student_kd"), by.get("sparse_student_no_kd")
-    out = []
-    if results["preset"] in ("quick", "tiny"):
-        minutes = results["wall_seconds"] / 60
-        out.append(("whole preset in at most 15 minutes", minutes <= 15, f"{minutes:.1f} min"))
-    if st and kd:
-        keep = kd["accuracy"] / st["accuracy"]
-        out.append(("KD student keeps at least 97% of the sparse teacher's accuracy", keep >= 0.97,
-                    f"{100 * keep:.1f}%"))
-    kd_claim = results.get("comparisons", {}).get("kd_vs_no_kd")
-    if kd_claim:
-        ok = kd_claim["difference_points"] >= 2 and kd_claim["interval_points"][0] > 0
-        out.append(("KD student beats the no-KD student by at least 2 points, interval above 0", ok,
-                    describe(kd_claim)))
-    if kd and nokd:
-        ratio = kd["total_seconds"] / max(nokd["total_seconds"], 1e-9)
-        out.append(("KD time, teacher logits included, at most 2x the no-KD time", ratio <= 2.0, f"{ratio:.2f}x"))
-    return out

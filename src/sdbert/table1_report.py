@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from sdbert.io import write_json, write_text
-from sdbert.table1 import PAPER, claims, goals
+from sdbert.table1 import PAPER, claims
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,10 @@ def _machine(hw: dict) -> str:
 def _header(results: dict, level: int) -> list[str]:
     data, hw = results["data"], results["hardware"]
     return [f"{'#' * level} SDBERT Table 1 reproduction: preset `{results['preset']}`", "",
-            f"Hardware: {_machine(hw)}; torch {hw['torch']}. Wall time {results['wall_seconds'] / 60:.1f} min.", "",
+            f"Hardware: {_machine(hw)}; torch {hw['torch']}. Wall time {results['wall_seconds'] / 60:.1f} min"
+            + (f" over {len(results['wall_calls'])} calls" if len(results.get("wall_calls", [])) > 1 else "")
+            + (f"; 1-minute load average {hw['load_average_start']} at the start, {hw['load_average_end']} at the end"
+               if "load_average_start" in hw else "") + ".", "",
             f"Data: {data['train_examples']:,} training reviews for the teachers "
             f"({data.get('student_train_examples', data['train_examples']):,} of them for the students), "
             f"{data['validation_examples']:,} validation, {data['test_examples']:,} test reviews (the same seeded "
@@ -36,6 +39,8 @@ def _accuracy_cell(row: dict) -> str:
 
 
 def _time_cell(row: dict) -> str:
+    if "teacher_logits_seconds" in row and row["teacher_logits_seconds"] is None:
+        return f"{row['train_seconds']:.0f} s training + teacher logits (cost unknown: read from another run's cache)"
     if row.get("teacher_logits_seconds") is None:
         return f"{row['train_seconds']:.0f} s"
     return (f"{row['total_seconds']:.0f} s ({row['train_seconds']:.0f} s training + "
@@ -69,7 +74,8 @@ def _runs_table(results: dict) -> list[str]:
 
 def _comparisons_table(results: dict) -> list[str]:
     lines = ["", "Paired comparisons on the same test reviews (A minus B; bootstrap over reviews, 10,000 draws, "
-             "seeds averaged per review; exact McNemar per seed pair):", "",
+             "seeds averaged per review, so the interval is test-sampling noise for these seeds and the ± column "
+             "above is the seed-to-seed spread; exact McNemar per seed pair):", "",
              "| comparison | A - B | 95% interval | McNemar p | verdict |", "|---|---|---|---|---|"]
     for name, c in results.get("comparisons", {}).items():
         low, high = c["interval_points"]
@@ -86,8 +92,6 @@ def render_report(results: dict, level: int = 1) -> str:
               "|---|---|---|"]
     lines += [f"| {name.replace('_', ' ')} | {ours} | {paper} |"
               for name, (ours, paper) in claims(results["rows"]).items()]
-    lines += ["", "Goals:", ""]
-    lines += [f"- {'met' if ok else 'NOT met'}: {text} ({value})" for text, ok, value in goals(results)]
     settings = results["settings"]
     teacher = settings["teacher_init"] or f"a randomly initialised {settings['teacher_size']} model"
     lines += ["", "Settings:", "", "```json", json.dumps(results["settings"], indent=2), "```", "",
@@ -109,7 +113,7 @@ def plot(results: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.4))
     for index, row in enumerate(results["rows"]):
-        minutes, color = row.get("total_seconds", row["train_seconds"]) / 60, f"C{index}"
+        minutes, color = (row.get("total_seconds") or row["train_seconds"]) / 60, f"C{index}"
         low, high = row.get("accuracy_interval", (row["accuracy"], row["accuracy"]))
         ax.errorbar(minutes, row["accuracy"], yerr=[[row["accuracy"] - low], [high - row["accuracy"]]], fmt="o",
                     color=color, capsize=4, label=row["system"])

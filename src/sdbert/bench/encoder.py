@@ -221,6 +221,7 @@ def text_report(result: dict) -> str:
 
 def markdown_report(result: dict) -> str:
     from sdbert.bench.report import markdown_table
+    from sdbert.bench.timing import kernel_text
 
     machine = result["machine"]
     return "\n".join([
@@ -237,7 +238,7 @@ def markdown_report(result: dict) -> str:
         f"`torch.inference_mode()`, median (min-max) of {result['config']['repeats']} interleaved rounds after "
         f"{result['config']['warmup']} warm-up. Measured GEMM peak of this run: "
         f"{result['calibration']['square_gflops']:.0f} GFLOP/s (fp32 {result['calibration']['square_size']}^2 "
-        "matmul, 2 FLOPs per multiply-add). "
+        "matmul, 2 FLOPs per multiply-add). " + kernel_text(result) + " "
         "\"FLOP bound\" is the ratio of the two passes' matrix-product GFLOP: the speed-up if every product ran "
         "at the same rate. The projections and feed-forward layers cost the same under both attentions, so "
         "no attention kernel can exceed it.",

@@ -169,6 +169,19 @@ def preset_models(name: str, cfg: ModelBenchConfig) -> list[tuple[torch.nn.Modul
             for role, model in (("sparse teacher", teacher), ("student", student))]
 
 
+def save_preset_student(name: str, path: Path) -> None:
+    """A preset's student architecture as a model folder (checkpoint layers, untrained head, the preset's
+    tokenizer and truncation): what a latency benchmark can serve on a fresh clone without training."""
+    from sdbert.data import load_tokenizer
+    from sdbert.reproduce import make_preset
+
+    preset = make_preset(name)
+    _, (student, _) = preset_models(name, ModelBenchConfig(presets=(name,), lengths=(preset.max_length,)))
+    student.config.max_length, student.config.truncation = preset.max_length, preset.truncation
+    student.tokenizer = load_tokenizer(preset.teacher_init)
+    student.save_pretrained(path)
+
+
 def _describe(model, label: str, path: str, *, size_mb: float | None, positions: int | None = None) -> dict:
     config = model.config
     positions = positions or config.max_position_embeddings
@@ -363,6 +376,7 @@ def text_report(result: dict) -> str:
 
 def markdown_report(result: dict) -> str:
     from sdbert.bench.report import markdown_table
+    from sdbert.bench.timing import kernel_text
 
     machine, cfg = result["machine"], result["config"]
     onnx = any(m.get("backend", "torch") != "torch" for m in result["models"])
@@ -390,7 +404,7 @@ def markdown_report(result: dict) -> str:
         "architecture built in memory); parameters as stored. Speed-ups are throughput ratios against the first "
         "model, \"within noise\" where the two models' rounds overlap. Measured GEMM peak of this run: "
         f"{result['calibration']['square_gflops']:.0f} GFLOP/s (fp32 {result['calibration']['square_size']}^2 "
-        "matmul, 2 FLOPs per multiply-add).",
+        "matmul, 2 FLOPs per multiply-add). " + kernel_text(result),
         "",
         markdown_table(*models_table(result)),
         "",

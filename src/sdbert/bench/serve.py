@@ -50,6 +50,9 @@ class ServeBenchConfig:
     model: str | None = None
     # ... or a service already running on this machine (http://127.0.0.1:PORT).
     url: str | None = None
+    # A `sdbert reproduce` preset whose student architecture is served (built from the teacher
+    # checkpoint, untrained head): latency on a fresh clone, no training needed.
+    preset: str | None = None
     # Source of the IMDb test reviews (see `sdbert.data`); None: $SDBERT_DATA.
     data: str | None = None
     # Reviews in the seeded sample; every round sends each of them once (at 1,000 a round's p99 is its
@@ -72,8 +75,8 @@ class ServeBenchConfig:
     server_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if (self.model is None) == (self.url is None):
-            raise ConfigError("give either a model folder to serve or the url of a running service")
+        if sum(x is not None for x in (self.model, self.url, self.preset)) != 1:
+            raise ConfigError("give one of: a model folder to serve, a preset's student, the url of a running service")
         for name in ("reviews", "words", "concurrency", "texts_per_request"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
@@ -197,6 +200,13 @@ def _tail(log, lines: int = 5) -> str:
 def _target(cfg: ServeBenchConfig) -> Iterator[str]:
     if cfg.url is not None:
         yield cfg.url.rstrip("/")
+    elif cfg.preset is not None:
+        from sdbert.bench.model import save_preset_student
+
+        with tempfile.TemporaryDirectory(prefix="sdbert-bench-serve-") as folder:
+            save_preset_student(cfg.preset, Path(folder))
+            with running_server(folder, server_args=cfg.server_args) as url:
+                yield url
     else:
         with running_server(cfg.model, server_args=cfg.server_args) as url:
             yield url
@@ -315,7 +325,9 @@ def _summary(rounds: list[dict]) -> dict:
 
 def command_line(cfg: ServeBenchConfig) -> str:
     """The `sdbert bench serve` command that reproduces `cfg`."""
-    parts = ["sdbert bench serve", f"--model {shlex.quote(cfg.model)}" if cfg.model else f"--url {cfg.url}"]
+    target = (f"--model {shlex.quote(cfg.model)}" if cfg.model else f"--preset {cfg.preset}" if cfg.preset
+              else f"--url {cfg.url}")
+    parts = ["sdbert bench serve", target]
     if cfg.synthetic:
         parts += ["--synthetic", f"--words {cfg.words}"]
     else:
@@ -335,6 +347,9 @@ def add_arguments(p) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", metavar="DIR", help="start `sdbert serve --model DIR` on a free loopback port")
     target.add_argument("--url", help="a service already running on this machine (http://127.0.0.1:PORT)")
+    target.add_argument("--preset", choices=["quick", "standard"],
+                        help="serve this reproduce preset's student architecture, built from its teacher checkpoint "
+                             "(untrained head: for latency on a fresh clone without training)")
     p.add_argument("--data", metavar="SRC", help="IMDb source of the test reviews (default $SDBERT_DATA)")
     p.add_argument("--reviews", type=int, default=d["reviews"].default,
                    help="test reviews in the seeded sample; each round sends every one (default %(default)s)")
@@ -363,7 +378,7 @@ def run_from_args(args) -> dict:
     except ImportError:
         raise ConfigError("the serve benchmark needs httpx: pip install 'sdbert[serve]'") from None
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    cfg = ServeBenchConfig(model=args.model, url=args.url, data=args.data, reviews=args.reviews,
+    cfg = ServeBenchConfig(model=args.model, url=args.url, preset=args.preset, data=args.data, reviews=args.reviews,
                            synthetic=args.synthetic, words=args.words, concurrency=args.concurrency,
                            texts_per_request=args.texts_per_request, rounds=args.rounds, warmup=args.warmup,
                            seed=args.seed, server_args=tuple(shlex.split(args.server_args)))

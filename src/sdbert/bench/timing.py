@@ -85,10 +85,25 @@ def percent_of_peak(gflops: float | None, calibration: dict, key: str = "square_
 
 
 def provenance(command: str) -> dict:
-    """What a benchmark JSON records before it starts: the machine, the command, the load."""
+    """What a benchmark JSON records before it starts: the machine, the command, the load, and which
+    CPU kernel block-sparse attention will run (the native C++ one, or the PyTorch fallback and why)."""
+    from sdbert.attention import native
+
     machine = machine_info()
     machine["load_average_start"] = load_average()
-    return {"machine": machine, "command": command}
+    kernel = {"native_available": native.available(), "native_error": native.unavailable_reason()}
+    return {"machine": machine, "command": command, "kernel": kernel}
+
+
+def kernel_text(record: dict) -> str:
+    """One line for a report: which block-sparse kernel ran on the CPU."""
+    kernel = record.get("kernel")
+    if kernel is None:
+        return ""
+    if kernel["native_available"]:
+        return "Block-sparse attention ran the native C++ kernel on the CPU."
+    return ("Block-sparse attention ran the pure PyTorch kernels: the native one is unavailable "
+            f"({kernel['native_error']}).")
 
 
 def finish(record: dict) -> dict:

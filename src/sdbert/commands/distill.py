@@ -91,14 +91,18 @@ def check_init_flags(args: argparse.Namespace, layer_map: list[int] | None) -> N
         raise ConfigError("--init-from only applies with --init pretrained")
 
 
-def initialise_student(student, teacher, args: argparse.Namespace, layer_map: list[int] | None) -> None:
-    """The student's start per `--init`; `random` keeps the weights it was built with."""
-    from sdbert.distill import init_student_from_pretrained, init_student_from_teacher, starting_checkpoint
+def initialise_student(student, teacher, start, args: argparse.Namespace, layer_map: list[int] | None) -> None:
+    """The student's start per `--init` (`start`: the teacher's starting checkpoint, for `pretrained`);
+    `random` keeps the weights it was built with. The config records where the weights came from."""
+    from sdbert.distill import init_student_from_pretrained, init_student_from_teacher
 
     if args.init == "teacher":
         init_student_from_teacher(student, teacher, layer_map)
+        student.config.init_checkpoint = str(Path(args.teacher).resolve())
     elif args.init == "pretrained":
-        init_student_from_pretrained(student, starting_checkpoint(teacher, args.init_from), layer_map)
+        init_student_from_pretrained(student, start, layer_map)
+        student.config.init_checkpoint = str(Path(args.init_from).resolve()) if args.init_from else \
+            teacher.config.init_checkpoint
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         check_hidden_layer_map,
         kd_loss_fn,
         online_kd_loss_fn,
+        starting_checkpoint,
         student_config,
         teacher_logits_key,
     )
@@ -137,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"teacher {args.teacher} has no tokenizer.json")
     if hidden:
         hidden_map = check_hidden_layer_map(hidden_map, teacher.config.num_hidden_layers, args.layers)
+    # Resolved before the data and the teacher-logit pass, so a missing checkpoint fails at once.
+    start = starting_checkpoint(teacher, args.init_from) if args.init == "pretrained" else None
     max_length = args.max_length or teacher.config.max_length or 512
     truncation = args.truncation
 
@@ -166,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
     student = SDBertForSequenceClassification(config)
     student.tokenizer = teacher.tokenizer
-    initialise_student(student, teacher, args, layer_map)
+    initialise_student(student, teacher, start, args, layer_map)
     projections = None
     if online:
         if hidden:
