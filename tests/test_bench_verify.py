@@ -1,12 +1,15 @@
 """`sdbert.bench.verify`: generated BENCHMARKS.md sections must equal what their JSON renders to."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.bench.verify import check, main
 from sdbert.cli import main as sdbert_main
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 @pytest.fixture
@@ -41,3 +44,8 @@ def test_a_changed_json_or_a_missing_one_is_reported(encoder_run):
     source.unlink()
     assert check(encoder_run) == ["section encoder: encoder.json does not exist"]
 
+
+
+def test_the_committed_benchmarks_match_their_json():
+    """Every number in a generated section of benchmarks/BENCHMARKS.md comes from the JSON beside it."""
+    assert check(BENCHMARKS) == []

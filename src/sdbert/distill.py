@@ -180,7 +180,7 @@ def cached_teacher_logits(
         with atomic_write(path) as f:
             np.save(f, logits.numpy())
         with atomic_write(path.with_suffix(".json"), "w") as f:  # what the pass cost, for runs that reuse it
-            f.write(json.dumps({"seconds": round(seconds, 2), "examples": len(examples)}))
+            f.write(json.dumps({"seconds": seconds, "examples": len(examples)}))
     except OSError as exc:
         logger.warning("could not cache teacher logits in %s: %s", path, exc)
     return logits, seconds, False
