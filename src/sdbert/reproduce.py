@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from sdbert.bench.report import load_average, machine_info
+from sdbert.bench.report import load_average, machine_info, write_json
 from sdbert.checkpoint import weights_fingerprint
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
 from sdbert.distill import (
@@ -40,7 +40,6 @@ from sdbert.distill import (
     teacher_logits_key,
 )
 from sdbert.errors import ConfigError
-from sdbert.io import write_json
 from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.pipeline import DataSettings, build_model, load_unlabeled, prepare_data, with_unlabeled

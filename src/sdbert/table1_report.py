@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from sdbert.io import write_json, write_text
+from sdbert.bench.report import write_atomic, write_json
 from sdbert.table1 import PAPER, claims
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def plot(results: dict, path: Path) -> bool:
 
 def write_outputs(results: dict, output: Path) -> None:
     write_json(output / "results.json", results)
-    write_text(output / "report.md", render_report(results))
+    write_atomic(output / "report.md", render_report(results))
     plot(results, output / "accuracy_vs_time.png")
 
 
