@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-ARCHIVE_PATH_IN_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb_v1.tar.gz"
-
 # (directory under aclImdb/, file name, text); names chosen so sorting by name is not insertion order.
 IMDB_REVIEWS: list[tuple[str, str, str]] = [
     ("train/pos", "10_9.txt", "A wonderful film.<br /><br />Loved every minute."),

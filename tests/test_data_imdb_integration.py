@@ -5,31 +5,18 @@ The archive is read once for the whole module (one streaming pass for all three 
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from data_fixtures import ARCHIVE_PATH_IN_SHARED
 from sdbert.data import TextDataset, load_splits, resolve_source, train_validation_split
 
 pytestmark = pytest.mark.slow
 
 
-def _archive() -> Path | None:
-    env = os.environ.get("SDBERT_DATA")
-    for candidate in (Path(env) if env else None, ARCHIVE_PATH_IN_SHARED):
-        if candidate is not None and candidate.is_file() and candidate.name.endswith(".tar.gz"):
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
-def imdb() -> dict[str, TextDataset]:
-    archive = _archive()
-    if archive is None:
-        pytest.skip(f"IMDb archive not found: set SDBERT_DATA or place it at {ARCHIVE_PATH_IN_SHARED}")
+def imdb(imdb_archive) -> dict[str, TextDataset]:
+    archive = imdb_archive
     assert resolve_source(archive).kind == "imdb_archive"
     return load_splits(archive, ["train", "test", "unsup"], progress=False)
 

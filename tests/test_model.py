@@ -4,17 +4,10 @@ import pytest
 import torch
 
 import sdbert.model as model_module
+from conftest import make_tiny_config as tiny_config
 from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.attention import bigbird_block_layout, dense_attention, layout_to_token_mask
 from sdbert.errors import CheckpointError, ConfigError
-
-
-def tiny_config(**overrides):
-    base = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64, max_position_embeddings=256, block_size=8, num_random_blocks=1,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    base.update(overrides)
-    return SDBertConfig(**base)
 
 
 def batch(seq=100, lengths=(100, 61), vocab=100, seed=0):

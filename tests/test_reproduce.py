@@ -1,7 +1,6 @@
 """The tiny preset end to end on the real IMDb archive: files, schema, seeds, clean KD ablation, resume."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ from sdbert.cli import main
 from sdbert.reproduce import Runner, make_preset, state_sha256
 from sdbert.table1 import SYSTEMS, aggregate, compare
 from sdbert.table1_report import render_report
-
-ARCHIVE = Path(os.environ.get("SDBERT_DATA", Path(__file__).parents[2] / "shared/data/aclImdb_v1.tar.gz"))
+from test_pinned import PINNED_TINY_ACCURACIES, PINNED_TINY_PRESET, assert_pinned, probe_logits
 
 
 def _run_files(out: Path) -> list[Path]:
@@ -20,11 +18,11 @@ def _run_files(out: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"IMDb archive not found at {ARCHIVE} (set SDBERT_DATA)")
-def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys):
+def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
     monkeypatch.setenv("SDBERT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    assert main(["reproduce", "--preset", "tiny", "--data", str(ARCHIVE), "--output", str(out), "--no-progress"]) == 0
+    tiny = ["reproduce", "--preset", "tiny", "--data", str(imdb_archive), "--output", str(out), "--no-progress"]
+    assert main(tiny) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["preset"] == "tiny" and results["settings"]["student_init"] == "pretrained"
     assert {"cpu", "torch", "torch_threads"} <= set(results["hardware"])
@@ -51,11 +49,16 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys):
     report = (out / "report.md").read_text()
     assert report.startswith("# SDBERT Table 1 reproduction") and "Paired comparisons" in report
     assert (out / "accuracy_vs_time.png").stat().st_size > 1000
+    # Behaviour pins (see test_pinned.py): the same accuracies and model logits as before the redesign.
+    assert {row["system"]: [r["accuracy"] for r in row["runs"]] for row in results["rows"][:4]} == \
+        PINNED_TINY_ACCURACIES
+    for folder, logits in PINNED_TINY_PRESET.items():
+        assert_pinned(probe_logits(out / folder), logits, folder)
 
     # A second run finds every run finished and only re-reports them, with the same logit cost.
     before = {p: p.stat().st_mtime for p in _run_files(out)}
     assert len(before) == 6
-    assert main(["reproduce", "--preset", "tiny", "--data", str(ARCHIVE), "--output", str(out), "--no-progress"]) == 0
+    assert main(tiny) == 0
     assert before == {p: p.stat().st_mtime for p in _run_files(out)}
     again = json.loads((out / "results.json").read_text())
     assert again["rows"][2]["teacher_logits_seconds"] == kd["teacher_logits_seconds"]
@@ -63,7 +66,7 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys):
 
     # Other settings into the same folder: one line and exit 2, never a table that mixes two settings.
     capsys.readouterr()
-    assert main(["reproduce", "--preset", "tiny", "--data", str(ARCHIVE), "--output", str(out), "--no-progress",
+    assert main(["reproduce", "--preset", "tiny", "--data", str(imdb_archive), "--output", str(out), "--no-progress",
                  "--alpha", "0.3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a finished run with other settings (loss)" in err

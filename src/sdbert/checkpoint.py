@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from sdbert.config import SDBertConfig
 from sdbert.convert import config_from_hf, extend_positions, state_dict_from_hf
 from sdbert.errors import CheckpointError, ConfigError
+from sdbert.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +32,17 @@ POSITIONS_KEY = "bert.embeddings.position_embeddings.weight"
 HEAD_PREFIXES = ("classifier.", "bert.pooler.")
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` then rename the temporary file onto `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    with atomic_path(path / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     if model.tokenizer is not None:
-        atomic_write(path / TOKENIZER_NAME, lambda tmp: model.tokenizer.save(str(tmp)))
-    atomic_write(path / CONFIG_NAME, lambda tmp: model.config.to_json_file(tmp))
+        with atomic_path(path / TOKENIZER_NAME) as tmp:
+            model.tokenizer.save(str(tmp))
+    with atomic_path(path / CONFIG_NAME) as tmp:
+        model.config.to_json_file(tmp)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `commands`, only those subcommands get their flags (and their module imported)."""
     parser = _Parser(
         prog="sdbert",
         description="SparseDistilBERT: small, fast block-sparse transformers for long documents.",
@@ -41,12 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
-        importlib.import_module(module_name).add_arguments(command_parser)
+        if commands is None or name in commands:
+            importlib.import_module(module_name).add_arguments(command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser({arg for arg in argv if arg in COMMANDS})  # `sdbert --help` imports no command
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

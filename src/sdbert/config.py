@@ -10,6 +10,12 @@ from typing import Any, Literal
 
 from sdbert.errors import ConfigError
 
+
+def dense_fallback_blocks(num_random_blocks: int) -> int:
+    """Sequences of at most this many blocks run dense attention: every query block would attend the
+    2 global blocks, a window of 3 and `r` random blocks on each side of its window, i.e. all of them."""
+    return 5 + 2 * num_random_blocks
+
 AttentionType = Literal["block_sparse", "full"]
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu")
 
@@ -104,7 +110,7 @@ class SDBertConfig:
     @property
     def dense_fallback_length(self) -> int:
         """Sequences of at most this many tokens use dense attention (too short to be sparse)."""
-        return (5 + 2 * self.num_random_blocks) * self.block_size
+        return dense_fallback_blocks(self.num_random_blocks) * self.block_size
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

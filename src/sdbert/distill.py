@@ -163,8 +163,8 @@ def cached_teacher_logits(
 ) -> tuple[torch.Tensor, float, bool]:
     """Teacher logits `(N, C)` for `examples`: read from `<cache>/teacher_logits/<key>.npy` or computed
     once in eval mode and stored atomically. Returns (logits, seconds spent, whether it was cached)."""
-    from sdbert.data.cache import atomic_write
     from sdbert.data.cache import cache_dir as default_cache_dir
+    from sdbert.io import atomic_open
     from sdbert.train import predict_logits
 
     path = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.npy"
@@ -177,9 +177,9 @@ def cached_teacher_logits(
     logits = predict_logits(teacher, examples, batch_size=batch_size, progress=progress, desc="teacher logits")
     seconds = time.perf_counter() - start
     try:
-        with atomic_write(path) as f:
+        with atomic_open(path) as f:
             np.save(f, logits.numpy())
-        with atomic_write(path.with_suffix(".json"), "w") as f:  # what the pass cost, for runs that reuse it
+        with atomic_open(path.with_suffix(".json"), "w") as f:  # what the pass cost, for runs that reuse it
             f.write(json.dumps({"seconds": seconds, "examples": len(examples)}))
     except OSError as exc:
         logger.warning("could not cache teacher logits in %s: %s", path, exc)

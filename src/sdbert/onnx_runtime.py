@@ -18,17 +18,14 @@ import numpy as np
 import torch
 
 from sdbert.config import SDBertConfig
-from sdbert.errors import CheckpointError, ConfigError
+from sdbert.errors import CheckpointError, ConfigError, require
 
 ONNX_NAME = "model.onnx"
 
 
 def create_session(path: str | os.PathLike[str], *, threads: int | None = None):
     """An onnxruntime CPU session for `path`; a one-line ConfigError when onnxruntime is missing."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConfigError("onnxruntime is not installed: pip install 'sdbert[onnx]'") from None
+    ort = require("onnxruntime", "ONNX inference")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's concern
     if threads:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sdbert.checkpoint import load_config
+from sdbert.cli_args import arg, fraction, positive_int
 from sdbert.config import SDBertConfig
 from sdbert.data import (
     EncodedDataset,
@@ -40,18 +42,30 @@ SIZE_PRESETS: dict[str, dict[str, int]] = {
 
 @dataclass
 class DataSettings:
-    """Where the examples come from and how many of them."""
+    """Where the examples come from and how many of them. Fields with help are the commands' data flags."""
 
-    source: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    train_limit: int | None = None
-    eval_limit: int | None = None
-    val_fraction: float = 0.1
-    val_max: int | None = 2000
+    source: str | None = arg(None, "IMDb aclImdb_v1.tar.gz, an aclImdb/ folder, a CSV/JSONL/Parquet file (or a "
+                                   "folder of train.csv/test.csv), or 'imdb' to download once (default: "
+                                   "$SDBERT_DATA)", flag="--data", metavar="SRC")
+    text_column: str = arg("text", "column holding the text")
+    label_column: str = arg("label", "column holding the label")
+    encoding_errors: Literal["strict", "replace"] = arg(
+        "strict", "non-UTF-8 text: fail naming the rows (strict) or decode with U+FFFD (replace)")
+    truncation: Literal["head", "tail", "head+tail"] = arg(
+        "head+tail", "which tokens of a long text to keep (head+tail: first 128 and the rest from the end, "
+                     "best on IMDb per Sun et al. 2019)")
+    train_limit: int | None = arg(None, "train on a seeded stratified subset of N examples", type=positive_int,
+                                  metavar="N")
+    eval_limit: int | None = arg(None, "validate on a seeded stratified subset of N examples", type=positive_int,
+                                 metavar="N")
+    val_fraction: float = arg(0.1, "share of train held out for validation (at most --val-max)", type=fraction)
+    val_max: int | None = arg(2000, "largest validation split", type=positive_int)
     seed: int = 42
-    encoding_errors: str = "strict"
     progress: bool | None = None
+
+
+TRAINING_DATA_FIELDS = ("train_limit", "eval_limit", "val_fraction", "val_max")
+"""Data flags that only commands which train have."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from sdbert.bench.report import load_average, machine_info, write_json
+from sdbert.bench.report import load_average, machine_info
 from sdbert.checkpoint import weights_fingerprint
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
 from sdbert.distill import (
@@ -39,7 +39,8 @@ from sdbert.distill import (
     teacher_logits_cost,
     teacher_logits_key,
 )
-from sdbert.errors import ConfigError
+from sdbert.errors import ConfigError, missing_hint
+from sdbert.io import write_json
 from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.pipeline import DataSettings, build_model, load_unlabeled, prepare_data, with_unlabeled
@@ -158,7 +159,7 @@ def tfidf_baseline(train_set: TextDataset, test_set: TextDataset) -> dict | None
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        logger.warning("scikit-learn is not installed: no TF-IDF baseline row (pip install scikit-learn)")
+        logger.warning("no TF-IDF baseline row: %s", missing_hint("sklearn", "the baseline"))
         return None
     start = time.perf_counter()
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True)
@@ -321,8 +322,7 @@ class Runner:
         logger.info("%s (seed %d): training %s parameters", system, seed, f"{model.num_parameters():,}")
         args = TrainingArguments(output_dir=str(out), epochs=epochs, batch_size=p.batch_size, learning_rate=lr,
                                  seed=seed, eval_batch_size=p.eval_batch_size, resume=True, max_steps=max_steps,
-                                 progress=self.progress, block_size=model.config.block_size,
-                                 max_length=p.max_length, pad_token_id=model.config.pad_token_id)
+                                 progress=self.progress).for_model(model)
         trained = train(model, encoded["train"], encoded["validation"], args,
                         **({} if loss_fn is None else {"loss_fn": loss_fn}))
         best = SDBertForSequenceClassification.from_pretrained(out)

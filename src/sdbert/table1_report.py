@@ -6,7 +6,8 @@ import json
 import logging
 from pathlib import Path
 
-from sdbert.bench.report import write_atomic, write_json
+from sdbert.errors import missing_hint
+from sdbert.io import write_json, write_text
 from sdbert.table1 import PAPER, claims
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def plot(results: dict, path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib is not installed: no plot (pip install matplotlib)")
+        logger.warning("no plot: %s", missing_hint("matplotlib", "the plot"))
         return False
     fig, ax = plt.subplots(figsize=(7, 4.4))
     for index, row in enumerate(results["rows"]):
@@ -133,7 +134,7 @@ def plot(results: dict, path: Path) -> bool:
 
 def write_outputs(results: dict, output: Path) -> None:
     write_json(output / "results.json", results)
-    write_atomic(output / "report.md", render_report(results))
+    write_text(output / "report.md", render_report(results))
     plot(results, output / "accuracy_vs_time.png")
 
 

@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
 from sdbert.data.batching import LengthBucketedBatchSampler, collate
 from sdbert.data.encoded import EncodedDataset
 from sdbert.errors import ConfigError
@@ -43,33 +44,34 @@ STATE_NAME = "trainer_state.pt"
 
 @dataclass
 class TrainingArguments:
-    """Settings of one training run; validated on creation."""
+    """Settings of one training run; validated on creation. Fields with help are `train`/`distill` flags."""
 
-    output_dir: str
-    epochs: int = 3
-    batch_size: int = 16
-    """Global batch: examples per optimizer step over all processes and accumulation steps."""
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    """Fraction of the steps spent warming the learning rate up linearly from 0."""
+    output_dir: str = arg(help="model folder to write (best model by validation accuracy, metrics.jsonl, "
+                               "checkpoints/)", flag="--output", metavar="DIR")
+    epochs: int = arg(3, "passes over the data", type=positive_int)
+    max_steps: int | None = arg(None, "stop after N optimizer steps (overrides epochs when smaller)",
+                                type=positive_int, metavar="N")
+    batch_size: int = arg(16, "global batch: examples per optimizer step over all processes and accumulation "
+                              "steps", type=positive_int)
+    gradient_accumulation_steps: int = arg(1, "gradient accumulation steps", flag="--grad-accum", type=positive_int)
+    eval_batch_size: int = arg(64, "examples per evaluation batch", type=positive_int)
+    learning_rate: float = arg(5e-5, "peak learning rate", flag="--lr", type=positive_float)
+    weight_decay: float = arg(0.01, "AdamW weight decay (not on biases and LayerNorm)", type=non_negative_float)
+    warmup_ratio: float = arg(0.1, "share of the steps spent warming the learning rate up from 0",
+                              flag="--warmup", type=fraction)
     max_grad_norm: float = 1.0
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (overrides `epochs` when smaller)."""
-    seed: int = 42
-    eval_every: int | None = None
-    """Evaluate every N steps; None evaluates at the end of each epoch."""
-    save_every: int | None = None
-    """Checkpoint every N steps; None checkpoints at each evaluation."""
-    keep_checkpoints: int = 2
-    early_stopping_patience: int | None = None
-    """Stop after this many evaluations without a better validation accuracy."""
-    eval_batch_size: int = 64
-    bf16: bool | None = None
-    """bf16 autocast; None = on for CUDA, off on CPU (bf16 is slow on most CPUs)."""
-    resume: bool = False
-    progress: bool = True
+    seed: int = arg(42, "seed of the data split, batch order, dropout and new weights")
+    eval_every: int | None = arg(None, "validate every N steps (default: every epoch)", type=positive_int,
+                                 metavar="N")
+    save_every: int | None = arg(None, "checkpoint every N steps (default: at each validation)",
+                                 type=positive_int, metavar="N")
+    keep_checkpoints: int = arg(2, "checkpoints kept in output/checkpoints", type=positive_int)
+    early_stopping_patience: int | None = arg(None, "stop after N validations without a better accuracy",
+                                              flag="--patience", type=positive_int, metavar="N")
+    bf16: bool | None = arg(None, "bf16 autocast (default: on for CUDA, off on CPU, where bf16 is slow)")
+    resume: bool = arg(False, "continue from the last checkpoint in --output")
+    overwrite: bool = arg(False, "replace an existing model in --output")
+    progress: bool = arg(True, "no progress bars", negate=True)
     log_every: int = 10
     block_size: int = 1
     """Pad every batch to a multiple of this (the model's block size)."""
@@ -77,6 +79,12 @@ class TrainingArguments:
     pad_token_id: int = 0
     extra: dict = field(default_factory=dict)
     """Free-form settings recorded in the summary (e.g. data source, distillation alpha)."""
+
+    def for_model(self, model, **changes) -> TrainingArguments:
+        """These settings with the padding the model needs (its block size, length and pad token)."""
+        config = model.config
+        return replace(self, block_size=config.block_size, pad_token_id=config.pad_token_id,
+                       max_length=config.max_length or config.max_position_embeddings, **changes)
 
     def __post_init__(self) -> None:
         checks = [
@@ -148,6 +156,21 @@ def default_device(distributed: Distributed) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", distributed.local_rank)
     return torch.device("cpu")
+
+
+def prepare_output_dir(path: str, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to clobber an earlier run unless asked (`--resume` continues it, `--overwrite` replaces it)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} exists and is not a folder")
+    used = out.is_dir() and any((out / name).exists() for name in ("config.json", "checkpoints", "metrics.jsonl"))
+    if used and not (resume or overwrite):
+        raise ConfigError(f"--output {out} already holds a run; pass --resume to continue it or --overwrite")
+    if overwrite and not resume and out.is_dir():
+        for name in ("metrics.jsonl", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return out
 
 
 # --- evaluation ------------------------------------------------------------------------------
@@ -275,6 +298,30 @@ class TrainResult:
         return self.examples_seen / max(self.train_seconds, 1e-9)
 
 
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint (as a dict) so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_accuracy: float = -1.0
+    best_metrics: dict = field(default_factory=dict)
+    evals_without_gain: int = 0
+    train_seconds: float = 0.0
+    examples_seen: int = 0
+    last_checkpoint_step: int | None = None
+
+
+@dataclass
+class LossWindow:
+    """Loss and throughput since the last log line."""
+
+    loss: float = 0.0
+    examples: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
 def train(
     model,
     train_examples: EncodedDataset,
@@ -292,187 +339,250 @@ def train(
     projections): they are optimised, clipped and averaged over processes with the model's, and kept
     in checkpoints for resume, but never written to the model folder.
     """
-    distributed = distributed or Distributed()
-    device = device or default_device(distributed)
-    output_dir = Path(args.output_dir)
-    world = distributed.world_size
-    micro_parts = world * args.gradient_accumulation_steps
-    if args.batch_size % micro_parts:
-        raise ConfigError(f"batch size {args.batch_size} is not divisible by processes x accumulation "
-                          f"({world} x {args.gradient_accumulation_steps})")
-    if len(train_examples) < args.batch_size:
-        raise ConfigError(f"only {len(train_examples)} training examples for a batch of {args.batch_size}")
+    trainer = Trainer(model, train_examples, val_examples, args, loss_fn=loss_fn, distributed=distributed,
+                      device=device, aux_module=aux_module)
+    return trainer.run()
 
-    lengths = train_examples.lengths
-    steps_per_epoch = len(global_batches(lengths, args.batch_size, args.seed, 0))
-    total_steps = steps_per_epoch * args.epochs
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-    warmup_steps = int(args.warmup_ratio * total_steps)
 
-    model.to(device)
-    aux_params = []
-    if aux_module is not None:
-        aux_module.to(device)
-        aux_params = list(aux_module.parameters())
-    optimizer = _optimizer([model] if aux_module is None else [model, aux_module], args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(total_steps, warmup_steps))
-    checkpoints = Checkpoints(output_dir, args.keep_checkpoints)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_accuracy": -1.0, "best_metrics": {},
-             "evals_without_gain": 0, "train_seconds": 0.0, "examples_seen": 0}
-    _set_seed(args.seed)
+class Trainer:
+    """The loop behind `train`: plan, resume, step, evaluate-and-save, checkpoint."""
 
-    if args.resume:
-        found = checkpoints.list()
-        if found:
-            latest = found[-1]
-            saved = torch.load(latest / STATE_NAME, map_location="cpu", weights_only=False)
-            from sdbert.checkpoint import read_weights
+    def __init__(self, model, train_examples: EncodedDataset, val_examples: EncodedDataset | None,
+                 args: TrainingArguments, *, loss_fn: LossFn = cross_entropy_loss,
+                 distributed: Distributed | None = None, device: torch.device | None = None,
+                 aux_module: torch.nn.Module | None = None):
+        self.model, self.train_examples, self.val_examples, self.args = model, train_examples, val_examples, args
+        self.loss_fn, self.aux_module = loss_fn, aux_module
+        self.distributed = distributed or Distributed()
+        self.device = device or default_device(self.distributed)
+        self.output_dir = Path(args.output_dir)
+        self.world = self.distributed.world_size
+        self.is_main = self.distributed.is_main
+        self.micro_parts = self.world * args.gradient_accumulation_steps
+        self._check_batch_size()
+        self.total_steps = self._plan_steps()
+        self._build_optimizer()
+        self.checkpoints = Checkpoints(self.output_dir, args.keep_checkpoints)
+        self.state = TrainState()
+        _set_seed(args.seed)
 
-            model.load_state_dict(read_weights(latest))
-            if (aux_module is None) != ("aux" not in saved):
-                raise ConfigError(f"checkpoint {latest} was written {'with' if 'aux' in saved else 'without'} "
-                                  "extra trained parameters (e.g. distill --hidden-weight projections); resume "
-                                  "with the flags it was started with")
-            if aux_module is not None:
-                aux_module.load_state_dict(saved["aux"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            _set_rng_state(saved["rng"])
-            state = saved["progress"]
-            if distributed.is_main:
-                logger.info("resuming from %s (step %d)", latest, state["step"])
-        elif distributed.is_main:
-            logger.info("--resume: no checkpoint in %s, starting fresh", checkpoints.root)
+    def _check_batch_size(self) -> None:
+        args = self.args
+        if args.batch_size % self.micro_parts:
+            raise ConfigError(f"batch size {args.batch_size} is not divisible by processes x accumulation "
+                              f"({self.world} x {args.gradient_accumulation_steps})")
+        if len(self.train_examples) < args.batch_size:
+            raise ConfigError(f"only {len(self.train_examples)} training examples for a batch of {args.batch_size}")
 
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = _autocast(device, args.bf16)
-    metrics_file = output_dir / "metrics.jsonl"
-    is_main = distributed.is_main
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    def _plan_steps(self) -> int:
+        args = self.args
+        steps_per_epoch = len(global_batches(self.train_examples.lengths, args.batch_size, args.seed, 0))
+        total = steps_per_epoch * args.epochs
+        return total if args.max_steps is None else min(total, args.max_steps)
 
-    def log(record: dict) -> None:
-        if is_main:
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+    def _build_optimizer(self) -> None:
+        self.model.to(self.device)
+        self.aux_params = []
+        if self.aux_module is not None:
+            self.aux_module.to(self.device)
+            self.aux_params = list(self.aux_module.parameters())
+        modules = [self.model] if self.aux_module is None else [self.model, self.aux_module]
+        self.optimizer = _optimizer(modules, self.args)
+        warmup_steps = int(self.args.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           _linear_schedule(self.total_steps, warmup_steps))
 
-    def run_eval() -> bool:
-        """Evaluate, keep the best model; returns True when training should stop early."""
-        if val_examples is None or len(val_examples) == 0:
-            return False
-        metrics = evaluate(model, val_examples, batch_size=args.eval_batch_size,
-                           progress=args.progress and is_main, desc="validate")
-        improved = metrics["accuracy"] > state["best_accuracy"]
-        if improved:
-            state.update(best_accuracy=metrics["accuracy"], best_metrics=metrics, evals_without_gain=0)
-            if is_main:
-                model.save_pretrained(output_dir)
-        else:
-            state["evals_without_gain"] += 1
-        log({"step": state["step"], "epoch": state["epoch"], **{f"val_{k}": v for k, v in metrics.items()}})
-        if is_main:
-            logger.info("step %d: validation accuracy %.4f (best %.4f)", state["step"], metrics["accuracy"],
-                        state["best_accuracy"])
-        patience = args.early_stopping_patience
-        return patience is not None and state["evals_without_gain"] >= patience
+    # --- resume and checkpoints ---
 
-    def save_checkpoint() -> None:
-        state["last_checkpoint_step"] = state["step"]
-        if is_main:
-            trainer_state = {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(), "progress": dict(state), "args": asdict(args),
-            }
-            if aux_module is not None:
-                trainer_state["aux"] = aux_module.state_dict()
-            checkpoints.save(state["step"], model, trainer_state)
-        if world > 1:
+    def resume(self) -> None:
+        """Load the latest checkpoint of `output_dir`, if any: weights, optimizer, schedule, RNG, progress."""
+        found = self.checkpoints.list()
+        if not found:
+            if self.is_main:
+                logger.info("--resume: no checkpoint in %s, starting fresh", self.checkpoints.root)
+            return
+        latest = found[-1]
+        saved = torch.load(latest / STATE_NAME, map_location="cpu", weights_only=False)
+        from sdbert.checkpoint import read_weights
+
+        self.model.load_state_dict(read_weights(latest))
+        if (self.aux_module is None) != ("aux" not in saved):
+            raise ConfigError(f"checkpoint {latest} was written {'with' if 'aux' in saved else 'without'} "
+                              "extra trained parameters (e.g. distill --hidden-weight projections); resume "
+                              "with the flags it was started with")
+        if self.aux_module is not None:
+            self.aux_module.load_state_dict(saved["aux"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        self.state = TrainState(**saved["progress"])
+        if self.is_main:
+            logger.info("resuming from %s (step %d)", latest, self.state.step)
+
+    def save_checkpoint(self) -> None:
+        self.state.last_checkpoint_step = self.state.step
+        if self.is_main:
+            trainer_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                             "rng": _rng_state(), "progress": asdict(self.state), "args": asdict(self.args)}
+            if self.aux_module is not None:
+                trainer_state["aux"] = self.aux_module.state_dict()
+            self.checkpoints.save(self.state.step, self.model, trainer_state)
+        if self.world > 1:
             dist.barrier()
 
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step",
-               disable=not (args.progress and is_main), dynamic_ncols=True)
-    stopped_early = False
-    window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
-    model.train()
-    while state["step"] < total_steps and not stopped_early:
-        batches = global_batches(lengths, args.batch_size, args.seed, state["epoch"])
-        while state["batch_in_epoch"] < len(batches) and state["step"] < total_steps:
-            step_start = time.perf_counter()
-            indices = batches[state["batch_in_epoch"]]
-            pad_to = padded_length(lengths[indices], args.block_size)
-            micro = np.array_split(indices, micro_parts)
-            mine = micro[distributed.rank::world]  # this rank's accumulation micro-batches
-            step_loss = torch.zeros((), device=device)
-            for i, part in enumerate(mine):
-                if len(part) == 0:
-                    continue
-                batch = collate_padded(train_examples, part, pad_to, args.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                sync = i == len(mine) - 1 or world == 1
-                with (nullcontext() if sync else train_model.no_sync()), autocast:
-                    loss = loss_fn(train_model, batch)
-                    # Weight by share of the global batch; DDP divides by world size, so undo that.
-                    scaled = loss * (len(part) * world / len(indices))
-                scaled.backward()
-                step_loss += loss.detach() * len(part) / len(indices)
-            if world > 1:
-                dist.all_reduce(step_loss)
-                for param in aux_params:  # outside DDP: average by hand, as DDP does for the model
-                    if param.grad is None:
-                        param.grad = torch.zeros_like(param)
-                    dist.all_reduce(param.grad)
-                    param.grad /= world
-            if args.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([*model.parameters(), *aux_params], args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+    # --- evaluation and logs ---
 
-            state["step"] += 1
-            state["batch_in_epoch"] += 1
-            state["examples_seen"] += len(indices)
-            state["train_seconds"] += time.perf_counter() - step_start
-            window_loss += step_loss.item()
-            window_examples += len(indices)
+    def log(self, record: dict) -> None:
+        if self.is_main:
+            with (self.output_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate_and_save(self) -> bool:
+        """Evaluate, keep the best model; returns True when training should stop early."""
+        if self.val_examples is None or len(self.val_examples) == 0:
+            return False
+        state = self.state
+        metrics = evaluate(self.model, self.val_examples, batch_size=self.args.eval_batch_size,
+                           progress=self.args.progress and self.is_main, desc="validate")
+        if metrics["accuracy"] > state.best_accuracy:
+            state.best_accuracy, state.best_metrics, state.evals_without_gain = metrics["accuracy"], metrics, 0
+            if self.is_main:
+                self.model.save_pretrained(self.output_dir)
+        else:
+            state.evals_without_gain += 1
+        self.log({"step": state.step, "epoch": state.epoch, **{f"val_{k}": v for k, v in metrics.items()}})
+        if self.is_main:
+            logger.info("step %d: validation accuracy %.4f (best %.4f)", state.step, metrics["accuracy"],
+                        state.best_accuracy)
+        patience = self.args.early_stopping_patience
+        return patience is not None and state.evals_without_gain >= patience
+
+    def _log_window(self, window: LossWindow, bar) -> LossWindow:
+        """Write the loss and throughput of the steps since the last log line; returns a new window."""
+        step = self.state.step
+        if step % self.args.log_every and step != self.total_steps:
+            return window
+        steps_in_window = (step - 1) % self.args.log_every + 1
+        record = {"step": step, "epoch": self.state.epoch, "loss": round(window.loss / steps_in_window, 5),
+                  "lr": self.scheduler.get_last_lr()[0],
+                  "examples_per_second": round(window.examples / max(time.perf_counter() - window.start, 1e-9), 2)}
+        self.log(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_second']:.1f}")
+        return LossWindow()
+
+    # --- one optimizer step ---
+
+    def _accumulate(self, indices: np.ndarray) -> torch.Tensor:
+        """Forward and backward over this rank's micro-batches of one global batch; returns its loss."""
+        args, world = self.args, self.world
+        pad_to = padded_length(self.train_examples.lengths[indices], args.block_size)
+        mine = np.array_split(indices, self.micro_parts)[self.distributed.rank::world]
+        step_loss = torch.zeros((), device=self.device)
+        for i, part in enumerate(mine):
+            if len(part) == 0:
+                continue
+            batch = collate_padded(self.train_examples, part, pad_to, args.pad_token_id)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            sync = i == len(mine) - 1 or world == 1
+            with (nullcontext() if sync else self.train_model.no_sync()), self.autocast:
+                loss = self.loss_fn(self.train_model, batch)
+                # Weight by share of the global batch; DDP divides by world size, so undo that.
+                scaled = loss * (len(part) * world / len(indices))
+            scaled.backward()
+            step_loss += loss.detach() * len(part) / len(indices)
+        return step_loss
+
+    def _reduce_gradients(self, step_loss: torch.Tensor) -> None:
+        """Sum the loss over processes and average the aux gradients, which DDP does not see."""
+        if self.world == 1:
+            return
+        dist.all_reduce(step_loss)
+        for param in self.aux_params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad)
+            param.grad /= self.world
+
+    def optimizer_step(self, indices: np.ndarray) -> float:
+        """One global batch: accumulate, reduce, clip, step; returns the batch's loss."""
+        step_start = time.perf_counter()
+        step_loss = self._accumulate(indices)
+        self._reduce_gradients(step_loss)
+        if self.args.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.aux_params], self.args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state = self.state
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.examples_seen += len(indices)
+        state.train_seconds += time.perf_counter() - step_start
+        return step_loss.item()
+
+    # --- the run ---
+
+    def _prepare_run(self) -> None:
+        if self.args.resume:
+            self.resume()
+        self.train_model = self.model
+        if self.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.autocast = _autocast(self.device, self.args.bf16)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def _after_step(self, end_of_epoch: bool) -> bool:
+        """Evaluate and checkpoint when due; returns True when training should stop early."""
+        args, step = self.args, self.state.step
+        stop = False
+        due_eval = (step % args.eval_every == 0) if args.eval_every else end_of_epoch
+        if due_eval or step == self.total_steps:
+            stop = self.evaluate_and_save()
+            if args.save_every is None:
+                self.save_checkpoint()
+        if args.save_every and step % args.save_every == 0:
+            self.save_checkpoint()
+        return stop
+
+    def _run_epoch(self, bar, window: LossWindow) -> tuple[bool, LossWindow]:
+        """The rest of the current epoch; returns (stopped early, loss window)."""
+        state, stopped_early = self.state, False
+        batches = global_batches(self.train_examples.lengths, self.args.batch_size, self.args.seed, state.epoch)
+        while state.batch_in_epoch < len(batches) and state.step < self.total_steps and not stopped_early:
+            indices = batches[state.batch_in_epoch]
+            window.loss += self.optimizer_step(indices)
+            window.examples += len(indices)
             bar.update(1)
-            if state["step"] % args.log_every == 0 or state["step"] == total_steps:
-                elapsed = time.perf_counter() - window_start
-                steps_in_window = (state["step"] - 1) % args.log_every + 1
-                record = {"step": state["step"], "epoch": state["epoch"],
-                          "loss": round(window_loss / steps_in_window, 5),
-                          "lr": scheduler.get_last_lr()[0],
-                          "examples_per_second": round(window_examples / max(elapsed, 1e-9), 2)}
-                log(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_second']:.1f}")
-                window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+            window = self._log_window(window, bar)
+            stopped_early = self._after_step(end_of_epoch=state.batch_in_epoch == len(batches))
+        if state.batch_in_epoch >= len(batches):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        return stopped_early, window
 
-            end_of_epoch = state["batch_in_epoch"] == len(batches)
-            due_eval = (state["step"] % args.eval_every == 0) if args.eval_every else end_of_epoch
-            if due_eval or state["step"] == total_steps:
-                stopped_early = run_eval()
-                if args.save_every is None:
-                    save_checkpoint()
-            if args.save_every and state["step"] % args.save_every == 0:
-                save_checkpoint()
-            if stopped_early:
-                break
-        if state["batch_in_epoch"] >= len(batches):
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    bar.close()
-    if state.get("last_checkpoint_step") != state["step"]:
-        save_checkpoint()  # the final state, for resume and for inspection
-    if val_examples is None or len(val_examples) == 0:
-        if is_main:
-            model.save_pretrained(output_dir)  # nothing to select on: the last weights are the model
-    result = TrainResult(best_metrics=state["best_metrics"], final_step=state["step"],
-                         train_seconds=state["train_seconds"], examples_seen=state["examples_seen"],
-                         stopped_early=stopped_early)
-    log({"summary": True, "final_step": result.final_step, "train_seconds": round(result.train_seconds, 2),
-         "examples_per_second": round(result.examples_per_second, 2), "best": result.best_metrics,
-         "stopped_early": stopped_early})
-    return result
+    def run(self) -> TrainResult:
+        self._prepare_run()
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not (self.args.progress and self.is_main), dynamic_ncols=True)
+        stopped_early, window = False, LossWindow()
+        self.model.train()
+        while self.state.step < self.total_steps and not stopped_early:
+            stopped_early, window = self._run_epoch(bar, window)
+        bar.close()
+        return self._finish(stopped_early)
+
+    def _finish(self, stopped_early: bool) -> TrainResult:
+        state = self.state
+        if state.last_checkpoint_step != state.step:
+            self.save_checkpoint()  # the final state, for resume and for inspection
+        if (self.val_examples is None or len(self.val_examples) == 0) and self.is_main:
+            self.model.save_pretrained(self.output_dir)  # nothing to select on: the last weights are the model
+        result = TrainResult(best_metrics=state.best_metrics, final_step=state.step,
+                             train_seconds=state.train_seconds, examples_seen=state.examples_seen,
+                             stopped_early=stopped_early)
+        self.log({"summary": True, "final_step": result.final_step, "train_seconds": round(result.train_seconds, 2),
+                  "examples_per_second": round(result.examples_per_second, 2), "best": result.best_metrics,
+                  "stopped_early": stopped_early})
+        return result

@@ -34,6 +34,7 @@ from sdbert.attention import flex, native
 from sdbert.attention.dense import dense_attention
 from sdbert.attention.fast import band_attention, band_plan, band_supported
 from sdbert.attention.layout import SparsePlan, bigbird_plan, plan_from_layout
+from sdbert.config import dense_fallback_blocks
 
 
 def block_sparse_attention(
@@ -74,7 +75,7 @@ def block_sparse_attention(
             key_padding_mask = None  # nothing to hide: the cheaper unmasked calls give the same result
 
     num_blocks = -(-seq_len // block_size)
-    if plan is None and layout is None and num_blocks <= 5 + 2 * num_random_blocks:
+    if plan is None and layout is None and num_blocks <= dense_fallback_blocks(num_random_blocks):
         mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
         out = dense_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         return _zero_padding_rows(out, key_padding_mask)

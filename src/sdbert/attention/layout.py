@@ -23,6 +23,8 @@ from functools import lru_cache
 
 import torch
 
+from sdbert.config import dense_fallback_blocks
+
 
 def bigbird_block_layout(num_blocks: int, num_random_blocks: int, *, num_heads: int = 1, seed: int = 0) -> torch.Tensor:
     """Boolean block layout `(num_heads, num_blocks, num_blocks)`, deterministic for `seed`."""
@@ -31,7 +33,7 @@ def bigbird_block_layout(num_blocks: int, num_random_blocks: int, *, num_heads: 
     if num_random_blocks < 0:
         raise ValueError(f"num_random_blocks must be >= 0, got {num_random_blocks}")
     nb, r = num_blocks, num_random_blocks
-    if nb <= 5 + 2 * r:
+    if nb <= dense_fallback_blocks(r):
         return torch.ones(num_heads, nb, nb, dtype=torch.bool)
 
     rows = torch.arange(nb)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sdbert.attention.layout import bigbird_block_layout
+from sdbert.config import dense_fallback_blocks
 
 
 def random_block_table(max_blocks: int, num_random_blocks: int, num_heads: int, seed: int) -> torch.Tensor:
@@ -96,9 +97,9 @@ def traceable_block_sparse_attention(
 
     operands = (q, k, v, mask, random_table)
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        out = torch.cond(nb <= 5 + 2 * num_random_blocks, dense, sparse, operands)
+        out = torch.cond(nb <= dense_fallback_blocks(num_random_blocks), dense, sparse, operands)
     else:
-        out = (dense if nb <= 5 + 2 * num_random_blocks else sparse)(*operands)
+        out = (dense if nb <= dense_fallback_blocks(num_random_blocks) else sparse)(*operands)
     out = out.view(batch, heads, nb * bs, dim) * mask.view(batch, 1, nb * bs, 1).to(q.dtype)
     return out[:, :, :seq_len]
 

@@ -56,6 +56,7 @@ from sdbert.attention import (
 )
 from sdbert.bench.report import PeakRSS, load_average, machine_info, run_isolated
 from sdbert.bench.timing import gemm_calibration, overlap, percent_of_peak
+from sdbert.config import dense_fallback_blocks
 from sdbert.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class AttentionBenchConfig:
     @property
     def dense_fallback_length(self) -> int:
         """Up to this length our kernel (and HF's model) run dense attention."""
-        return (5 + 2 * self.random_blocks) * self.block_size
+        return dense_fallback_blocks(self.random_blocks) * self.block_size
 
 
 def hf_available() -> bool:
@@ -612,7 +613,7 @@ def markdown_report(result: dict) -> str:
         f"{cfg['repeats']} interleaved rounds in one process (more for short lengths, about "
         f"{cfg.get('min_seconds', 0):g} s per length); memory is the peak resident memory "
         "above the inputs, one fresh process per case. Up to "
-        f"{(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
+        f"{dense_fallback_blocks(cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
         "HF BigBird is measured only above that length (its model switches to full attention below) "
         f"and up to {cfg.get('hf_max_length', 8192)} tokens (`--hf-max-length`).",
         "",

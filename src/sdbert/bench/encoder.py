@@ -79,11 +79,12 @@ def encoder_config(cfg: EncoderBenchConfig) -> SDBertConfig:
 def forward_gflop(config: SDBertConfig, batch: int, seq_len: int, attention: str) -> float:
     """Matrix-product GFLOP of one forward pass (embeddings, norms, softmax and the head left out)."""
     from sdbert.attention import bigbird_block_layout
+    from sdbert.config import dense_fallback_blocks
 
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     dense_part = 2 * batch * seq_len * (4 * h * h + 2 * h * inter)  # q, k, v, output; the two FFN matrices
     num_blocks = -(-seq_len // config.block_size)
-    if attention == "full" or num_blocks <= 5 + 2 * config.num_random_blocks:
+    if attention == "full" or num_blocks <= dense_fallback_blocks(config.num_random_blocks):
         pairs = seq_len * seq_len  # the sparse path runs dense attention on short inputs too
     else:
         layout = bigbird_block_layout(num_blocks, config.num_random_blocks, num_heads=config.num_attention_heads)

@@ -11,19 +11,19 @@ which cannot be reset and so can under-count.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import multiprocessing
 import os
 import platform
 import re
 import resource
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sdbert.io import atomic_path, write_text
 
 
 def machine_info() -> dict[str, Any]:
@@ -152,26 +152,6 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so no half-written file is ever left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
 def update_markdown_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
     """Replace the generated section `name` of a markdown file (between marker comments), keeping
     everything else; the section is appended when the file or the section is new."""
@@ -183,7 +163,7 @@ def update_markdown_section(path: Path, name: str, body: str, title: str = "# Be
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    write_atomic(path, text)
+    write_text(path, text)
 
 
 def plot_scaling(path: Path, series: dict[str, dict[str, list[tuple[int, float]]]], title: str) -> bool:
@@ -219,9 +199,7 @@ def plot_scaling(path: Path, series: dict[str, dict[str, list[tuple[int, float]]
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return True

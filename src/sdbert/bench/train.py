@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from sdbert.errors import ConfigError
+from sdbert.config import dense_fallback_blocks
+from sdbert.errors import ConfigError, require
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class TrainBenchConfig:
     @property
     def dense_fallback_length(self) -> int:
         """Up to this many tokens our block-sparse kernel runs dense attention."""
-        return (5 + 2 * self.random_blocks) * self.block_size
+        return dense_fallback_blocks(self.random_blocks) * self.block_size
 
 
 # --- cases -----------------------------------------------------------------------------------
@@ -367,10 +368,7 @@ def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = False) -> dict:
 
     if not Path(cfg.init).is_dir():
         raise ConfigError(f"checkpoint folder {cfg.init} does not exist")
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ConfigError("the training benchmark needs transformers (pip install 'sdbert[hf]')") from None
+    require("transformers", "the training benchmark")
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -444,7 +442,7 @@ def setup_line(result: dict) -> str:
             f"{cfg['learning_rate']:g} (constant), clipping {cfg['max_grad_norm']:g}; {cfg['warmup']} untimed + "
             f"{cfg['rounds']} timed rounds of {cfg['steps_per_round']} optimizer steps per case, cases interleaved "
             f"round by round; block {cfg['block_size']}, {cfg['random_blocks']} random blocks (dense fallback up "
-            f"to {(5 + 2 * cfg['random_blocks']) * cfg['block_size']} tokens)")
+            f"to {dense_fallback_blocks(cfg['random_blocks']) * cfg['block_size']} tokens)")
 
 
 def calibration_line(result: dict) -> str:

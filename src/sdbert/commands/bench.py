@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from sdbert.bench.report import int_list
-from sdbert.errors import ConfigError
+from sdbert.errors import ConfigError, missing_hint
 
 # --- attention ----------------------------------------------------------------------------------
 
@@ -49,7 +49,8 @@ def run_attention(args: argparse.Namespace) -> int:
     import torch
 
     from sdbert.bench import attention as bench
-    from sdbert.bench.report import text_table, update_markdown_section, write_json
+    from sdbert.bench.report import text_table, update_markdown_section
+    from sdbert.io import write_json
 
     name = args.name
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
@@ -60,7 +61,7 @@ def run_attention(args: argparse.Namespace) -> int:
         methods = tuple(m for m in methods if m != "hf")
     elif "hf" in methods and not bench.hf_available():
         methods = tuple(m for m in methods if m != "hf")
-        notes.append("Hugging Face BigBird skipped: transformers is not installed (pip install 'sdbert[hf]').")
+        notes.append(f"Hugging Face BigBird skipped: {missing_hint('transformers', 'its column')}.")
     try:
         cfg = bench.AttentionBenchConfig(
             lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
@@ -101,7 +102,7 @@ def run_attention(args: argparse.Namespace) -> int:
     print(f"\nwrote {out / f'{name}.json'}" + (f", {out / f'{name}.png'}" if plotted else "")
           + f" and {out / 'BENCHMARKS.md'}")
     if not plotted:
-        print("plot skipped: matplotlib is not installed (pip install 'sdbert[plot]')")
+        print(f"plot skipped: {missing_hint('matplotlib', 'the plot')}")
     return 0
 
 
@@ -135,7 +136,8 @@ def _library_benchmark(name: str):
         importlib.import_module(f"sdbert.bench.{name}").add_arguments(p)
 
     def run_fn(args: argparse.Namespace) -> int:
-        from sdbert.bench.report import update_markdown_section, write_json
+        from sdbert.bench.report import update_markdown_section
+        from sdbert.io import write_json
 
         module = importlib.import_module(f"sdbert.bench.{name}")
         result = module.run_from_args(args)

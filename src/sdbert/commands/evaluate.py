@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from sdbert.commands.common import add_data_arguments, data_settings, positive_int, write_json
+from sdbert.commands.common import add_data_arguments, data_settings, positive_int
 from sdbert.errors import ConfigError
+from sdbert.io import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,11 +8,9 @@ leaves nothing behind, and a file in the cache under the final name is always a 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +19,7 @@ from pathlib import Path
 from sdbert.data.cache import cache_dir as default_cache_dir
 from sdbert.data.progress import progress_bar
 from sdbert.errors import DataError
+from sdbert.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -52,23 +51,14 @@ def download_imdb(
             logger.info("using cached %s", target)
             return target
         logger.warning("cached %s has %d bytes, expected %d; downloading again", target, target.stat().st_size, size)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest, received = _fetch(url, out, expected_size=size, progress=progress, timeout=timeout)
+    with atomic_open(target, "wb") as out:  # a failed check raises inside: nothing half-written is kept
+        digest, received = _fetch(url, out, expected_size=size, progress=progress, timeout=timeout)
         if size is not None and received != size:
             raise DataError(f"download of {url} has {received} bytes, expected {size}; nothing was saved")
         if digest != sha256.lower():
             raise DataError(
                 f"download of {url} failed its checksum: expected sha256 {sha256}, got {digest}; nothing was saved"
             )
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     logger.info("downloaded %s to %s", url, target)
     return target
 

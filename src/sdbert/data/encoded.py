@@ -22,9 +22,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from sdbert.data import tokenization
-from sdbert.data.cache import atomic_write
 from sdbert.data.cache import cache_dir as default_cache_dir
 from sdbert.data.dataset import TextDataset
+from sdbert.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def encode_dataset(
     )
     if use_cache:
         try:
-            with atomic_write(path) as f:
+            with atomic_open(path) as f:
                 np.savez(f, ids=encoded.ids, offsets=encoded.offsets)
         except OSError as exc:
             # A read-only or full cache costs speed next time, not this run.

@@ -18,7 +18,7 @@ from typing import Any
 
 from sdbert.data.dataset import TextDataset, make_dataset
 from sdbert.data.validate import DecodeErrors, check_texts, encode_labels
-from sdbert.errors import DataError
+from sdbert.errors import DataError, MissingDependency, missing_hint
 
 # suffix -> reader kind; the folder rule in `sources` uses the same table.
 TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -123,8 +123,8 @@ def _read_parquet(path: Path, text_column: str, label_column: str | None) -> _Co
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise DataError(f"reading {path} needs pyarrow: pip install 'sdbert[data]'") from exc
+    except ImportError:
+        raise MissingDependency(missing_hint("pyarrow", f"reading {path}")) from None
     try:
         columns = list(pq.read_schema(path).names)
         _check_columns(columns, text_column, label_column, path)

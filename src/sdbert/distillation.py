@@ -1,0 +1,239 @@
+"""Distillation, the workflow behind `sdbert distill`: a fine-tuned teacher -> a small block-sparse student.
+
+The pieces it puts together (losses, student initialisation, the teacher-logit cache) live in `sdbert.distill`.
+
+    from sdbert.distillation import DistillConfig, distill
+    from sdbert.train import TrainingArguments
+
+    distill(DistillConfig(teacher="runs/teacher", training=TrainingArguments(output_dir="runs/student")))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
+from sdbert.errors import ConfigError
+from sdbert.io import write_json
+from sdbert.pipeline import DataSettings
+from sdbert.train import TrainingArguments
+
+
+@dataclass
+class DistillConfig:
+    """One student: its teacher, its shape and start, the loss (fields with help are the `distillation`
+    flags), its data and the training loop's settings."""
+
+    teacher: str = arg(help="fine-tuned teacher model folder", metavar="DIR")
+    training: TrainingArguments = field(default_factory=lambda: TrainingArguments(output_dir="student"))
+    data: DataSettings = field(default_factory=DataSettings)
+    alpha: float = arg(0.5, "weight of the label loss; 1 - alpha weighs the distillation term", type=fraction)
+    kind: Literal["mse", "kl"] = arg("mse", "distillation term: squared L2 of logits (the paper's) or Hinton's KL")
+    temperature: float = arg(2.0, "KL temperature", type=positive_float)
+    layers: int = arg(3, "student layers", type=positive_int)
+    heads: int = arg(4, "student attention heads", type=positive_int)
+    hidden: int | None = arg(None, "student width (default: the teacher's)", type=positive_int)
+    init: Literal["random", "pretrained", "teacher"] = arg(
+        "random", "student start: random (the paper's); pretrained: embeddings, evenly spaced layers and pooler "
+                  "of the checkpoint the teacher was fine-tuned from, with a new classifier (a clean KD ablation: "
+                  "nothing fine-tuned reaches the student); teacher: the same layers of the fine-tuned teacher, "
+                  "head included (DistilBERT-style recipe, not an ablation)")
+    init_from: str | None = arg(None, "with --init pretrained: the teacher's starting checkpoint (default: the "
+                                      "folder recorded in the teacher's config.json as init_checkpoint)",
+                                metavar="DIR")
+    layer_map: str | None = arg(None, "layers copied with --init pretrained|teacher (default: evenly spaced, "
+                                      "e.g. 0,4,8)", metavar="I,J,K")
+    unlabeled: str | None = arg(None, "extra unlabelled transfer text: a split of --data (e.g. 'unsup' for IMDb) "
+                                      "or another source; only the distillation term is used on it",
+                                metavar="SRC|SPLIT")
+    unlabeled_limit: int | None = arg(None, "use N unlabelled texts", type=positive_int, metavar="N")
+    max_length: int | None = arg(None, "tokens per text (default: the teacher's)", type=positive_int)
+    dropout: float | None = arg(None, "student hidden and attention dropout (default: the teacher's)",
+                                type=fraction)
+    teacher_mode: Literal["cached", "online"] | None = arg(
+        None, "cached: the teacher's logits are computed once and stored on disk (the default); online: the "
+              "teacher runs on every batch (eval mode, no gradient), slower but needed for --hidden-weight, "
+              "which selects it automatically")
+    hidden_weight: float = arg(0.0, "add W x the MSE between student and teacher hidden states (beyond the "
+                                    "paper; 0 = off): each student layer's output against one teacher layer's "
+                                    "output, over real tokens, through a learned linear map when --hidden differs "
+                                    "from the teacher's width (trained and checkpointed, not saved with the model)",
+                               type=non_negative_float, metavar="W")
+    gradient_checkpointing: bool = arg(False, "trade compute for memory")
+    hidden_layer_map: str | None = arg(None, "teacher layers (from 0) whose outputs the student's layers are "
+                                             "matched to, one per student layer (default: the last of each even "
+                                             "run, e.g. 3,7,11 for 12 -> 3)", metavar="I,J,K")
+
+    @property
+    def online(self) -> bool:
+        """The teacher runs on every batch (the hidden-state loss needs its hidden states)."""
+        return self.teacher_mode == "online" or self.hidden_weight > 0
+
+    def check(self) -> None:
+        """Flag combinations that cannot work, before anything is loaded."""
+        if self.layer_map is not None and self.init == "random":
+            raise ConfigError("--layer-map only applies with --init pretrained or --init teacher")
+        if self.init_from is not None and self.init != "pretrained":
+            raise ConfigError("--init-from only applies with --init pretrained")
+        if self.hidden_weight > 0 and self.teacher_mode == "cached":
+            raise ConfigError("--hidden-weight needs the teacher's hidden states, which are not cached: "
+                              "use --teacher-mode online (the default with --hidden-weight)")
+        if self.hidden_layer_map is not None and self.hidden_weight == 0:
+            raise ConfigError("--hidden-layer-map only applies with --hidden-weight > 0")
+
+
+def layer_list(flag: str, text: str | None) -> list[int] | None:
+    """`"0,4,8"` -> `[0, 4, 8]`; the range is checked against the models later."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated layer numbers, got {text!r}") from None
+
+
+@dataclass
+class Transfer:
+    """What the student learns from: the encoded transfer and validation sets, and the teacher's logits on
+    the transfer set when they are cached (None when the teacher runs online)."""
+
+    train_set: object
+    val_set: object
+    max_length: int
+    logits: object = None
+    teacher_seconds: float = 0.0
+    cached: bool = False
+
+
+def distill(config: DistillConfig) -> dict:
+    """Train a student into `config.training.output_dir`; returns (and writes) its `summary.json`."""
+    import torch
+
+    from sdbert.train import prepare_output_dir, setup_distributed, train
+
+    run = config.training
+    prepare_output_dir(run.output_dir, resume=run.resume, overwrite=run.overwrite)
+    layer_map = layer_list("--layer-map", config.layer_map)
+    hidden_map = layer_list("--hidden-layer-map", config.hidden_layer_map)
+    config.check()
+    distributed = setup_distributed()
+    teacher, start, hidden_map = load_teacher(config, hidden_map)
+    torch.manual_seed(run.seed)
+    transfer = transfer_set(config, teacher, progress=run.progress and distributed.is_main)
+    student = new_student(config, teacher, start, layer_map, transfer.max_length)
+    loss_fn, projections, note = student_loss(config, teacher, transfer, hidden_map)
+    if not config.online:
+        del teacher  # its logits are all the loss needs: free its memory for training
+    if distributed.is_main:
+        print(f"student: {student.num_parameters():,} parameters ({config.layers} layers, {config.heads} heads); "
+              f"{note}; transfer set {len(transfer.train_set):,}, validation {len(transfer.val_set):,}")
+    started = time.perf_counter()
+    result = train(student, transfer.train_set, transfer.val_set, run.for_model(student), loss_fn=loss_fn,
+                   distributed=distributed, aux_module=projections)
+    summary = distill_summary(config, result, student, transfer, hidden_map, time.perf_counter() - started)
+    if distributed.is_main:
+        write_json(Path(run.output_dir) / "summary.json", summary)
+        print(f"done: validation accuracy {result.best_metrics.get('accuracy', float('nan')):.4f} | "
+              f"{result.final_step} steps in {result.train_seconds:.1f}s | model in {run.output_dir}")
+    return summary
+
+
+def load_teacher(config: DistillConfig, hidden_map: list[int] | None):
+    """The teacher, the checkpoint it started from (for `--init pretrained`) and the hidden-state layer map;
+    resolved before the data and the logit pass, so a missing checkpoint fails at once."""
+    from sdbert.distill import check_hidden_layer_map, starting_checkpoint
+    from sdbert.model import SDBertForSequenceClassification
+
+    teacher = SDBertForSequenceClassification.from_pretrained(config.teacher)
+    if teacher.tokenizer is None:
+        raise ConfigError(f"teacher {config.teacher} has no tokenizer.json")
+    if config.hidden_weight > 0:
+        hidden_map = check_hidden_layer_map(hidden_map, teacher.config.num_hidden_layers, config.layers)
+    start = starting_checkpoint(teacher, config.init_from) if config.init == "pretrained" else None
+    return teacher, start, hidden_map
+
+
+def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
+    """Labelled (+ unlabelled) reviews encoded with the teacher's tokenizer, and its cached logits on them."""
+    from sdbert.checkpoint import weights_fingerprint
+    from sdbert.data import tokenizer_hash
+    from sdbert.distill import cached_teacher_logits, teacher_logits_key
+    from sdbert.pipeline import encode, load_unlabeled, prepare_data, with_unlabeled
+
+    max_length, truncation = config.max_length or teacher.config.max_length or 512, config.data.truncation
+    data = prepare_data(config.data, id2label=teacher.config.id2label)
+    train_set, val_set = (encode(teacher, split, max_length=max_length, truncation=truncation)
+                          for split in (data.train, data.validation))
+    fingerprint = data.train.fingerprint
+    if config.unlabeled:
+        extra = load_unlabeled(config.unlabeled, config.data, limit=config.unlabeled_limit)
+        train_set = with_unlabeled(train_set, encode(teacher, extra, max_length=max_length, truncation=truncation))
+        fingerprint += extra.fingerprint
+    transfer = Transfer(train_set, val_set, max_length)
+    if not config.online:
+        key = teacher_logits_key(weights_fingerprint(config.teacher), fingerprint, tokenizer_hash(teacher.tokenizer),
+                                 max_length, truncation)
+        transfer.logits, transfer.teacher_seconds, transfer.cached = cached_teacher_logits(
+            teacher, train_set, key=key, batch_size=config.training.eval_batch_size, progress=progress)
+    return transfer
+
+
+def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | None, max_length: int):
+    """The student before training: the teacher's config cut down, started per `--init`; its config records
+    where the weights came from."""
+    from sdbert.distill import init_student_from_pretrained, init_student_from_teacher, student_config
+    from sdbert.model import SDBertForSequenceClassification
+
+    student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden)
+    student_cfg = student_cfg.replace(max_length=max_length, truncation=config.data.truncation,
+                                      gradient_checkpointing=config.gradient_checkpointing)
+    if config.dropout is not None:
+        student_cfg = student_cfg.replace(hidden_dropout_prob=config.dropout,
+                                          attention_probs_dropout_prob=config.dropout)
+    student = SDBertForSequenceClassification(student_cfg)
+    student.tokenizer = teacher.tokenizer
+    if config.init == "teacher":
+        init_student_from_teacher(student, teacher, layer_map)
+        student.config.init_checkpoint = str(Path(config.teacher).resolve())
+    elif config.init == "pretrained":
+        init_student_from_pretrained(student, start, layer_map)
+        student.config.init_checkpoint = str(Path(config.init_from).resolve()) if config.init_from else \
+            teacher.config.init_checkpoint
+    return student
+
+
+def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map):
+    """The training loss (from cached logits, or with the teacher online), the hidden-state projections it
+    trains (or None) and a line that says which."""
+    from sdbert.distill import HiddenProjections, kd_loss_fn, online_kd_loss_fn
+
+    if not config.online:
+        source = "from cache" if transfer.cached else f"computed in {transfer.teacher_seconds:.1f}s"
+        loss = kd_loss_fn(transfer.logits, alpha=config.alpha, kind=config.kind, temperature=config.temperature)
+        return loss, None, f"teacher logits {source}"
+    projections = None
+    note = "teacher runs on every batch"
+    if config.hidden_weight > 0:
+        teacher_width = teacher.config.hidden_size
+        projections = HiddenProjections(config.hidden or teacher_width, teacher_width, config.layers)
+        note += (f", hidden-state loss x{config.hidden_weight:g} against teacher layers {hidden_map}"
+                 f" ({sum(p.numel() for p in projections.parameters()):,} projection parameters)")
+    loss = online_kd_loss_fn(teacher, alpha=config.alpha, kind=config.kind, temperature=config.temperature,
+                             hidden_weight=config.hidden_weight, hidden_layer_map=hidden_map, projections=projections)
+    return loss, projections, note
+
+
+def distill_summary(config: DistillConfig, result, student, transfer: Transfer, hidden_map, wall: float) -> dict:
+    summary = {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
+               "teacher_mode": "online" if config.online else "cached", "wall_seconds": round(wall, 2),
+               "examples_per_second": round(result.examples_per_second, 2), "steps": result.final_step,
+               "parameters": student.num_parameters(), "alpha": config.alpha, "kind": config.kind}
+    if config.online:
+        summary.update(hidden_weight=config.hidden_weight, hidden_layer_map=hidden_map)
+    else:
+        summary.update(teacher_logits_seconds=round(transfer.teacher_seconds, 2),
+                       teacher_logits_cached=transfer.cached)
+    return summary

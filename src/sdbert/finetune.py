@@ -1,0 +1,87 @@
+"""Fine-tuning, the workflow behind `sdbert train`: data -> model -> the training loop -> a model folder.
+
+    from sdbert.finetune import FinetuneConfig, finetune
+    from sdbert.train import TrainingArguments
+
+    finetune(FinetuneConfig(training=TrainingArguments(output_dir="runs/teacher"), init="path/to/bert"))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sdbert.cli_args import arg, fraction, non_negative_int, positive_int
+from sdbert.io import write_json
+from sdbert.pipeline import DataSettings, PreparedData, build_model, encode, prepare_data
+from sdbert.train import TrainingArguments, TrainResult, prepare_output_dir, setup_distributed, train
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run: the model to start from (fields with help are the `model` flags), its data and
+    the training loop's settings."""
+
+    training: TrainingArguments
+    data: DataSettings = field(default_factory=DataSettings)
+    init: str | None = arg(None, "start from this model folder (sdbert, or a local HF BERT/RoBERTa/BigBird "
+                                 "checkpoint); without it a --size preset starts from random weights with a new "
+                                 "tokenizer", metavar="CKPT")
+    size: Literal["base", "small", "tiny"] = arg("small", "random-init size when there is no --init")
+    vocab_size: int = arg(16000, "WordPiece vocabulary trained when there is no --init", type=positive_int)
+    attention: Literal["block_sparse", "full"] = arg("block_sparse", "attention of the model")
+    max_length: int = arg(512, "tokens per text", type=positive_int)
+    block_size: int = arg(64, "sparse attention block", type=positive_int)
+    random_blocks: int = arg(3, "random blocks per query block", type=non_negative_int)
+    dropout: float | None = arg(None, "override hidden and attention dropout", type=fraction)
+    gradient_checkpointing: bool = arg(False, "trade compute for memory")
+
+
+def finetune(config: FinetuneConfig) -> dict:
+    """Train a classifier into `config.training.output_dir`; returns (and writes) its `summary.json`."""
+    import torch
+
+    run = config.training
+    prepare_output_dir(run.output_dir, resume=run.resume, overwrite=run.overwrite)
+    distributed = setup_distributed()
+    torch.manual_seed(run.seed)
+    data = prepare_data(config.data)
+    model = start_model(config, data)
+    train_set, val_set = (encode(model, split, max_length=config.max_length, truncation=config.data.truncation)
+                          for split in (data.train, data.validation))
+    if distributed.is_main:
+        print(f"model: {model.num_parameters():,} parameters, {model.config.attention_type} attention; "
+              f"train {len(train_set):,} / validation {len(val_set):,} examples")
+    started = time.perf_counter()
+    result = train(model, train_set, val_set, run.for_model(model), distributed=distributed)
+    summary = run_summary(result, model, wall_seconds=time.perf_counter() - started)
+    if distributed.is_main:
+        write_json(Path(run.output_dir) / "summary.json", summary)
+        print_done(result, run.output_dir)
+    return summary
+
+
+def start_model(config: FinetuneConfig, data: PreparedData):
+    """The model before training: from `init` or a size preset, with this run's length and truncation."""
+    model = build_model(
+        init=config.init, size=config.size, attention_type=config.attention, block_size=config.block_size,
+        num_random_blocks=config.random_blocks, max_length=config.max_length, id2label=data.id2label,
+        tokenizer_texts=data.train.texts, vocab_size=config.vocab_size, dropout=config.dropout,
+    )
+    model.config.gradient_checkpointing = config.gradient_checkpointing
+    model.config.max_length, model.config.truncation = config.max_length, config.data.truncation
+    return model
+
+
+def run_summary(result: TrainResult, model, *, wall_seconds: float) -> dict:
+    return {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
+            "wall_seconds": round(wall_seconds, 2), "examples_per_second": round(result.examples_per_second, 2),
+            "steps": result.final_step, "parameters": model.num_parameters(), "stopped_early": result.stopped_early}
+
+
+def print_done(result: TrainResult, output_dir: str) -> None:
+    accuracy, f1 = (result.best_metrics.get(k, float("nan")) for k in ("accuracy", "f1"))
+    print(f"done: validation accuracy {accuracy:.4f}, F1 {f1:.4f} | {result.final_step} steps in "
+          f"{result.train_seconds:.1f}s ({result.examples_per_second:.1f} examples/s) | model in {output_dir}")
