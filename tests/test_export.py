@@ -120,7 +120,8 @@ def test_block_sparse_model_exports_as_bigbird(tokenizer, tmp_path):
     """Equal where both run dense attention: inputs up to the fallback length (HF switches itself to
     original_full), and longer inputs with HF set to original_full against our model run dense."""
     model = tiny_model(tokenizer, pooler_activation="gelu")
-    result = export_hf(model, tmp_path / "hf")
+    assert choose_hf_architecture(model.config) == "sdbert"  # auto: exact at every length only as custom code
+    result = export_hf(model, tmp_path / "hf", architecture="big_bird")
     assert result.architecture == "big_bird" and result.max_abs_diff < ATOL
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["attention_type"] == "block_sparse"
@@ -145,7 +146,7 @@ def test_hf_bigbird_eval_random_blocks_differ_from_ours(tokenizer, tmp_path):
     """Documented, not hidden: above the fallback length HF BigBird in eval mode uses block 0 for
     every random block, so its logits differ from ours (which keep a seeded random pattern)."""
     model = tiny_model(tokenizer, pooler_activation="gelu")
-    export_hf(model, tmp_path / "hf", verify=False)
+    export_hf(model, tmp_path / "hf", architecture="big_bird", verify=False)
     ids, mask = padded(model.config, 400, seed=5)
     _, logits = hf_logits(tmp_path / "hf", ids, mask)
     with torch.inference_mode():
@@ -171,14 +172,14 @@ def test_pipeline_and_tokenizer_load_offline(tokenizer, tmp_path):
             assert abs(scores[label] - p) < ATOL
 
 
-def test_tanh_head_block_sparse_model_is_refused_or_exported_as_bert(tokenizer, tmp_path):
-    """BigBird's head applies hidden_act: a tanh pooler cannot be expressed, so auto refuses, and
-    architecture='bert' gives the exact head with full attention (equal up to the fallback length)."""
+def test_tanh_head_block_sparse_model_is_refused_as_bigbird_or_exported_as_bert(tokenizer, tmp_path):
+    """BigBird's head applies hidden_act: a tanh pooler cannot be expressed, so big_bird is refused
+    (auto takes the custom code, tests/test_export_remote.py), and architecture='bert' gives the
+    exact head with full attention (equal up to the fallback length)."""
     model = tiny_model(tokenizer)  # block-sparse, pooler tanh, hidden_act gelu: a BERT-initialised student
+    assert choose_hf_architecture(model.config) == "sdbert"
     with pytest.raises(ConfigError, match="hidden_act"):
-        choose_hf_architecture(model.config)
-    with pytest.raises(ConfigError):
-        export_hf(model, tmp_path / "refused")
+        export_hf(model, tmp_path / "refused", architecture="big_bird")
     assert not (tmp_path / "refused").exists()
     result = export_hf(model, tmp_path / "bert", architecture="bert")
     assert result.architecture == "bert" and result.notes
@@ -188,8 +189,9 @@ def test_tanh_head_block_sparse_model_is_refused_or_exported_as_bert(tokenizer, 
         assert max_diff(logits, model(ids, attention_mask=mask).logits) < ATOL
 
 
-def test_mean_pooled_model_has_no_exact_hf_form(tokenizer, tmp_path):
+def test_mean_pooled_model_has_no_stock_hf_form(tokenizer, tmp_path):
     model = tiny_model(tokenizer, attention_type="full", classifier_pooling="mean")
+    assert choose_hf_architecture(model.config) == "sdbert"
     with pytest.raises(ConfigError, match="mean"):
         export_hf(model, tmp_path / "hf", architecture="bert")
     assert not (tmp_path / "hf").exists()
@@ -216,9 +218,10 @@ def test_export_cli_hf(tokenizer, tmp_path, capsys):
 
 def test_export_cli_refuses_inexact_bigbird_in_one_line(tokenizer, tmp_path, capsys):
     tiny_model(tokenizer).save_pretrained(tmp_path / "model")
-    assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(tmp_path / "o")]) == 2
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--hf-architecture", "big_bird",
+                 "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--hf-architecture bert" in err
+    assert len(err.splitlines()) == 1 and "--hf-architecture sdbert" in err and "--hf-architecture bert" in err
     assert not (tmp_path / "o").exists()
 
 

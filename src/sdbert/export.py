@@ -3,34 +3,45 @@
 **Hugging Face** (`export_hf`). The folder holds `config.json`, `model.safetensors`,
 `tokenizer.json` and `tokenizer_config.json`, and loads offline with plain `transformers`
 (`AutoModelForSequenceClassification`, `AutoTokenizer`, `pipeline("text-classification")`; the
-labels come from `id2label`). No `trust_remote_code`:
+labels come from `id2label`). Two forms:
 
-* full-attention models become `BertForSequenceClassification`: our parameter names are BERT's and
-  our pooler (dense + `pooler_activation`) + classifier is BERT's pooler (dense + tanh) + classifier;
-* block-sparse models become `BigBirdForSequenceClassification` (`attention_type="block_sparse"`,
-  same `block_size` and `num_random_blocks`). Our pooler dense and classifier become BigBird's
+* **custom code** (`architecture="sdbert"`): the hub's remote-code convention. The folder also
+  holds `configuration_sdbert.py` and `modeling_sdbert.py` (copied from `sdbert/hf_remote/`:
+  pure PyTorch, no import of sdbert) and `config.json` an `auto_map`, so
+  `from_pretrained(folder, trust_remote_code=True)` builds `SDBertForSequenceClassification` with
+  our block-sparse attention (same seeded random blocks, dense fallback and exact padding), our
+  pooling and our head: logits equal ours at every length, for every model. `config.json` keeps
+  our field names (`model_type="sdbert"`), so sdbert loads the folder back as well;
+* **stock classes** (no `trust_remote_code`), where one computes what we compute:
+  full-attention models as `BertForSequenceClassification` (our parameter names are BERT's and
+  our pooler (dense + `pooler_activation`) + classifier is BERT's pooler (dense + tanh) +
+  classifier), or as `BigBirdForSequenceClassification` (`original_full`, or `block_sparse` with the
+  same `block_size` and `num_random_blocks`; our pooler dense and classifier become BigBird's
   `classifier.dense` and `classifier.out_proj`, and BigBird's own (unused) `bert.pooler` gets the
-  pooler weights too.
+  pooler weights too).
 
-Both heads read the first token, so a model with `classifier_pooling="mean"` (the default for
-sentence-transformers starts such as all-MiniLM-L6-v2) has no exact Hugging Face form and is
-refused (`transformers` has no sequence classifier that averages the real tokens under a padding
-mask); its ONNX export is exact. Among first-token models, the head activation decides what is
-exact: BERT's pooler always applies tanh; BigBird's classification head applies the encoder's
-`hidden_act`, with no separate setting. So:
+Both stock heads read the first token, so a model with `classifier_pooling="mean"` (the default
+for sentence-transformers starts such as all-MiniLM-L6-v2) has no stock form (`transformers` has
+no sequence classifier that averages the real tokens under a padding mask). Among first-token
+models, the head activation decides what is exact: BERT's pooler always applies tanh; BigBird's
+classification head applies the encoder's `hidden_act`, with no separate setting. And no stock
+class runs our block-sparse attention beyond the dense-fallback length, `(5 + 2 r) * block_size`
+tokens (see below). `architecture="auto"` therefore picks a stock class only where it is exact at
+every length the model accepts, and the custom code otherwise:
 
-| our model                                          | exported as               | exact              |
-|----------------------------------------------------|---------------------------|--------------------|
-| full, pooler tanh                                  | BERT                      | yes                |
-| full, pooler = hidden_act                          | BigBird, `original_full`  | yes                |
-| block-sparse, pooler = hidden_act (from BigBird)   | BigBird, `block_sparse`   | where both are dense |
-| block-sparse, pooler tanh, hidden_act gelu (BERT)  | refused by default        | -                  |
+| our model                                          | auto        | stock class on request (exact where)  |
+|----------------------------------------------------|-------------|---------------------------------------|
+| full, cls, pooler tanh                             | BERT        | -                                     |
+| full, cls, pooler = hidden_act                     | BigBird     | -                                     |
+| block-sparse, cls, pooler = hidden_act (BigBird)   | custom code | BigBird (up to the fallback length)   |
+| block-sparse, cls, pooler tanh (a BERT start)      | custom code | BERT (up to the fallback length)      |
+| mean pooling (a sentence-transformers start)       | custom code | refused                               |
 
-The last case (the usual one: a student initialised from a BERT checkpoint) has no exact BigBird
-form in plain `transformers`: replacing tanh by gelu in the head changes every logit. We refuse
-rather than ship a silently different model, and offer `architecture="bert"`: a
-`BertForSequenceClassification` with the exact head that runs full attention at every length
-(equal to ours up to the dense-fallback length, `(5 + 2 r) * block_size` tokens, and to our
+A block-sparse model whose positions all fit in the fallback length runs dense attention only and
+counts as full. A stock class that is not exact at all (a tanh head as BigBird, a gelu head as
+BERT, mean pooling) is refused rather than shipped as a silently different model.
+`architecture="bert"` for a block-sparse tanh-head model gives a `BertForSequenceClassification`
+that runs full attention at every length (equal to ours up to the fallback length, and to our
 model with `attention_type="full"` beyond it).
 
 Hugging Face BigBird differs from ours on long inputs, so exact agreement holds only where both run
@@ -69,8 +80,9 @@ not equal to ours, only close: the self-check compares them with a loose toleran
 
 Both exports write into a temporary folder beside the output and rename it into place, so a failed
 export leaves nothing behind, and (by default) check their own result: the Hugging Face folder is
-loaded back with `transformers` and the ONNX file with onnxruntime, and the logits compared with
-ours (max abs diff < 1e-4).
+loaded back with `transformers` (custom code with `trust_remote_code=True`, on a dense and a
+sparse length) and the ONNX file with onnxruntime, and the logits compared with ours (max abs diff
+< 1e-4).
 """
 
 from __future__ import annotations
@@ -96,7 +108,13 @@ from sdbert.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-HFArchitecture = Literal["auto", "bert", "big_bird"]
+HFArchitecture = Literal["auto", "bert", "big_bird", "sdbert"]
+HF_ARCHITECTURES = ("auto", "bert", "big_bird", "sdbert")
+# The class each Hugging Face form loads as; "sdbert" is ours, through the custom code.
+HF_CLASSES = {"bert": "BertForSequenceClassification", "big_bird": "BigBirdForSequenceClassification",
+              "sdbert": "SDBertForSequenceClassification"}
+# Our config fields that describe a training run or a local path, not the model a user downloads.
+_LOCAL_CONFIG_FIELDS = ("gradient_checkpointing", "init_checkpoint")
 ONNX_NAME = "model.onnx"
 TOLERANCE = 1e-4
 # Dynamic int8 keeps about two significant digits per matmul (127 weight steps, 255 activation
@@ -126,42 +144,50 @@ class ExportResult:
 
 
 def choose_hf_architecture(config: SDBertConfig, requested: HFArchitecture = "auto") -> str:
-    """`"bert"` or `"big_bird"` for `config`, or a ConfigError explaining why neither is exact."""
-    if requested not in ("auto", "bert", "big_bird"):
-        raise ConfigError(f"architecture must be auto, bert or big_bird, got {requested!r}")
-    if getattr(config, "classifier_pooling", "cls") != "cls":
-        raise ConfigError(f"no exact Hugging Face form: this model classifies from the {config.classifier_pooling} "
-                          "of its token states, BERT's and BigBird's heads read the first token "
-                          "(export --format onnx keeps it exact)")
-    tanh_head = config.pooler_activation == "tanh"
-    act_head = config.pooler_activation == config.hidden_act
-    if requested == "bert" and not tanh_head:
-        raise ConfigError(f"cannot export as BERT: BERT's pooler applies tanh, this model's head applies "
-                          f"{config.pooler_activation}")
-    if requested == "big_bird" and not act_head:
-        raise ConfigError(_bigbird_head_message(config))
-    if requested != "auto":
+    """`"bert"`, `"big_bird"` or `"sdbert"` (custom code) for `config`; a ConfigError where a requested
+    stock class cannot be exact. `"auto"` picks a stock class only where it is exact at every length
+    (see the module docstring), the custom code otherwise."""
+    if requested not in HF_ARCHITECTURES:
+        raise ConfigError(f"architecture must be one of {', '.join(HF_ARCHITECTURES)}, got {requested!r}")
+    if requested == "auto":
+        return exact_stock_architecture(config) or "sdbert"
+    if requested == "sdbert":
         return requested
-    if config.attention_type == "block_sparse":
-        if act_head:
-            return "big_bird"
-        raise ConfigError(_bigbird_head_message(config) + "; --hf-architecture bert exports an exact "
-                          "BertForSequenceClassification that runs full attention at every length")
-    if tanh_head:
+    if getattr(config, "classifier_pooling", "cls") != "cls":
+        raise ConfigError(f"no stock Hugging Face form: this model classifies from the {config.classifier_pooling} "
+                          "of its token states, BERT's and BigBird's heads read the first token "
+                          "(--hf-architecture sdbert, the custom code, keeps it exact)")
+    if requested == "bert" and config.pooler_activation != "tanh":
+        raise ConfigError(f"cannot export as BERT: BERT's pooler applies tanh, this model's head applies "
+                          f"{config.pooler_activation} (--hf-architecture sdbert, the custom code, is exact)")
+    if requested == "big_bird" and config.pooler_activation != config.hidden_act:
+        raise ConfigError(f"cannot export exactly as BigBird: its classification head applies hidden_act "
+                          f"({config.hidden_act}) where this model applies {config.pooler_activation}; "
+                          "--hf-architecture sdbert (the custom code) is exact, --hf-architecture bert exact "
+                          f"up to {config.dense_fallback_length} tokens")
+    return requested
+
+
+def exact_stock_architecture(config: SDBertConfig) -> str | None:
+    """The stock class that gives our logits at every length the model accepts, if there is one."""
+    if getattr(config, "classifier_pooling", "cls") != "cls" or runs_sparse(config):
+        return None
+    if config.pooler_activation == "tanh":
         return "bert"
-    if act_head:
+    if config.pooler_activation == config.hidden_act:
         return "big_bird"
-    raise ConfigError(f"no exact Hugging Face form: the head applies {config.pooler_activation}, BERT's "
-                      f"tanh and BigBird's hidden_act ({config.hidden_act})")
+    return None
 
 
-def _bigbird_head_message(config: SDBertConfig) -> str:
-    return (f"cannot export exactly as BigBird: its classification head applies hidden_act "
-            f"({config.hidden_act}) where this model applies {config.pooler_activation}")
+def runs_sparse(config: SDBertConfig) -> bool:
+    """Whether some input the model accepts runs block-sparse attention (not the dense fallback)."""
+    return config.attention_type == "block_sparse" and config.max_position_embeddings > config.dense_fallback_length
 
 
 def hf_config(config: SDBertConfig, architecture: str) -> dict[str, Any]:
-    """The Hugging Face `config.json` of our config as `architecture` ("bert" or "big_bird")."""
+    """The Hugging Face `config.json` of our config as `architecture` ("bert", "big_bird" or "sdbert")."""
+    if architecture == "sdbert":
+        return remote_code_config(config)
     out: dict[str, Any] = {
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -200,10 +226,31 @@ def hf_config(config: SDBertConfig, architecture: str) -> dict[str, Any]:
     return out
 
 
+def remote_code_config(config: SDBertConfig) -> dict[str, Any]:
+    """`config.json` for the custom code: our fields (sdbert loads it too) + `auto_map` for transformers."""
+    from sdbert.hf_remote import AUTO_MAP
+
+    out = {k: v for k, v in config.to_dict().items() if k not in _LOCAL_CONFIG_FIELDS}
+    out.update(architectures=[HF_CLASSES["sdbert"]], auto_map=dict(AUTO_MAP),
+               label2id={label: i for i, label in sorted(config.id2label.items())})
+    return out
+
+
+def write_remote_code(folder: Path) -> None:
+    """Copy the custom-code modules (`sdbert/hf_remote/`) into `folder`, byte for byte."""
+    from importlib.resources import files
+
+    from sdbert.hf_remote import REMOTE_CODE_FILES
+
+    templates = files("sdbert.hf_remote")
+    for name in REMOTE_CODE_FILES:
+        (folder / name).write_bytes(templates.joinpath(name).read_bytes())
+
+
 def hf_state_dict(model: nn.Module, architecture: str) -> dict[str, torch.Tensor]:
     """Our weights under Hugging Face names (the inverse of `convert.state_dict_from_hf`)."""
     state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in model.state_dict().items()}
-    if architecture == "bert":
+    if architecture in ("bert", "sdbert"):  # our names are BERT's, and the custom code's
         return state
     out = {}
     for name, tensor in state.items():
@@ -254,26 +301,24 @@ def export_hf(
 ) -> ExportResult:
     """Write `model` (an `SDBertForSequenceClassification`) as a Hugging Face model folder.
 
-    `architecture="auto"` picks BERT for full attention and BigBird for block-sparse models, and
-    refuses a model that neither expresses exactly (see the module docstring). With `verify`, the
-    folder is loaded back with `transformers` and must give our logits (< 1e-4) on a padded batch at
-    or below the dense-fallback length.
+    `architecture="auto"` picks BERT or BigBird where the stock class is exact at every length and the
+    custom code (`"sdbert"`, loaded with `trust_remote_code=True`) otherwise; a requested stock class
+    that cannot be exact is refused (see the module docstring). With `verify`, the folder is loaded
+    back with `transformers` and must give our logits (< 1e-4) on padded batches (stock classes: at
+    or below the dense-fallback length; custom code: in the dense and the sparse regime).
     """
     config: SDBertConfig = model.config
     arch = choose_hf_architecture(config, architecture)
     result = ExportResult(Path(out_dir), "hf", arch)
-    if arch == "bert" and config.attention_type == "block_sparse":
-        result.notes.append(f"exported as BERT: Hugging Face runs full attention at every length (ours is "
-                            f"block-sparse above {config.dense_fallback_length} tokens)")
-    if arch == "big_bird" and config.attention_type == "block_sparse":
-        result.notes.append(f"Hugging Face BigBird equals this model up to {config.dense_fallback_length} tokens; "
-                            "above that its evaluation-time random blocks differ (all block 0)")
+    result.notes.extend(_hf_notes(config, arch))
     if model.tokenizer is None:
         result.notes.append("the model has no tokenizer: AutoTokenizer and pipeline() will not work")
 
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(hf_config(config, arch), indent=2) + "\n")
         save_file(hf_state_dict(model, arch), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if arch == "sdbert":
+            write_remote_code(tmp)
         if model.tokenizer is not None:
             from sdbert.data.tokenization import save_tokenizer
 
@@ -287,20 +332,49 @@ def export_hf(
     return result
 
 
+def _hf_notes(config: SDBertConfig, arch: str) -> list[str]:
+    fallback = config.dense_fallback_length
+    if arch == "sdbert":
+        notes = ["custom code: transformers loads it with trust_remote_code=True "
+                 "(AutoModelForSequenceClassification.from_pretrained, pipeline)"]
+        stock = {"tanh": "bert", config.hidden_act: "big_bird"}.get(config.pooler_activation)
+        if config.classifier_pooling == "cls" and stock and runs_sparse(config):
+            notes.append(f"--hf-architecture {stock} writes a stock {HF_CLASSES[stock]} instead, equal to this "
+                         f"model up to {fallback} tokens")
+        return notes
+    if arch == "bert" and runs_sparse(config):
+        return [f"exported as BERT: Hugging Face runs full attention at every length (ours is "
+                f"block-sparse above {fallback} tokens)"]
+    if arch == "big_bird" and runs_sparse(config):
+        return [f"Hugging Face BigBird equals this model up to {fallback} tokens; "
+                "above that its evaluation-time random blocks differ (all block 0)"]
+    return []
+
+
 def verify_hf(model: nn.Module, folder: Path) -> float:
-    """Load `folder` with `transformers` and compare its logits with `model`'s where both run dense
-    attention. Returns the max abs difference; raises CheckpointError above the tolerance."""
+    """Load `folder` with `transformers` and compare its logits with `model`'s: for a stock class where
+    both run dense attention, for the custom code (`auto_map` in `config.json`, loaded with
+    `trust_remote_code=True`) at a dense and a sparse length. Returns the max abs difference;
+    raises CheckpointError above the tolerance."""
     transformers = _require("transformers", "hf")
     config: SDBertConfig = model.config
-    length = min(config.max_position_embeddings, config.dense_fallback_length if
-                 config.attention_type == "block_sparse" else 64)
-    ids, mask = probe_batch(config, length)
+    remote_code = "auto_map" in json.loads((Path(folder) / "config.json").read_text())
+    if remote_code:
+        lengths = _probe_lengths(config)
+    else:
+        lengths = (min(config.max_position_embeddings, config.dense_fallback_length if
+                       config.attention_type == "block_sparse" else 64),)
+    diff = 0.0
     with torch.inference_mode(), _quiet_transformers(transformers):
-        hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
-        expected = _torch_logits(model, ids, mask)
-        got = hf(input_ids=ids, attention_mask=mask).logits.float()
-        tok = transformers.AutoTokenizer.from_pretrained(str(folder)) if model.tokenizer is not None else None
-    diff = (got - expected).abs().max().item()
+        hf = transformers.AutoModelForSequenceClassification.from_pretrained(
+            str(folder), trust_remote_code=remote_code).eval()
+        for length in lengths:
+            ids, mask = probe_batch(config, length)
+            got = hf(input_ids=ids, attention_mask=mask).logits.float()
+            diff = max(diff, (got - _torch_logits(model, ids, mask)).abs().max().item())
+        tok = None
+        if model.tokenizer is not None:  # AutoTokenizer reads the config too, custom code included
+            tok = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote_code)
     if not diff < TOLERANCE:
         raise CheckpointError(f"the exported Hugging Face model disagrees with ours (max abs diff {diff:.2e})")
     text = "A slow start, but the last hour is wonderful."
@@ -475,8 +549,7 @@ def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike[str], lengths: tu
 
     config: SDBertConfig = model.config
     if lengths is None:
-        lengths = (min(config.max_position_embeddings, 48),
-                   min(config.max_position_embeddings, config.dense_fallback_length + 2 * config.block_size + 5))
+        lengths = _probe_lengths(config)
     session = create_session(onnx_path)
     worst, scale = 0.0, 0.0
     for length in lengths:
@@ -494,6 +567,13 @@ def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike[str], lengths: tu
 
 
 # --- shared ---------------------------------------------------------------------------------------
+
+
+def _probe_lengths(config: SDBertConfig) -> tuple[int, int]:
+    """A length in the dense regime and one in the sparse regime (past the fallback, not a block
+    multiple), both within the model's positions."""
+    return (min(config.max_position_embeddings, 48),
+            min(config.max_position_embeddings, config.dense_fallback_length + 2 * config.block_size + 5))
 
 
 def probe_batch(config: SDBertConfig, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -516,24 +596,26 @@ def _torch_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def _write_folder(out: Path, write, *, overwrite: bool) -> None:
-    """Call `write(tmp)` on a fresh folder beside `out`, then move it onto `out`."""
+    """Call `write(tmp)` on a fresh folder beside `out`, then move it onto `out`.
+
+    The fresh folder has `out`'s own name (inside a private temporary parent): transformers caches
+    the custom code of a local folder under the folder's name, so the self-check's load leaves the
+    entry a later load of `out` reuses, not one per export."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} is not empty; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
+    parent = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = parent / out.name
     try:
+        tmp.mkdir()  # an ordinary folder (the umask's permissions), unlike mkdtemp's private one
         write(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _require(module: str, extra: str):

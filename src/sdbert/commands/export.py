@@ -11,9 +11,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hf: a folder AutoModelForSequenceClassification/AutoTokenizer/pipeline() load; "
                              "onnx: model.onnx + config.json + tokenizer.json (sdbert predict/serve take it)")
     parser.add_argument("--output", required=True, metavar="OUT", help="folder to write (or FILE.onnx)")
-    parser.add_argument("--hf-architecture", choices=["auto", "bert", "big_bird"], default="auto",
-                        help="auto: BERT for full attention, BigBird for block-sparse (refused when its head "
-                             "cannot match ours exactly); bert: BertForSequenceClassification (full attention)")
+    parser.add_argument("--hf-architecture", choices=["auto", "bert", "big_bird", "sdbert"], default="auto",
+                        help="sdbert: custom code (modeling_sdbert.py + auto_map; trust_remote_code=True) with our "
+                             "block-sparse attention, pooling and head, exact for every model; bert, big_bird: stock "
+                             "BERT/BigBird classes, refused where they cannot match ours; auto: the stock class "
+                             "where it is exact at every length, else sdbert")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="onnx only: dynamic int8 weights (onnxruntime quantize_dynamic), ~4x smaller; "
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sdbert.errors import ConfigError
-    from sdbert.export import export_hf, export_onnx
+    from sdbert.export import HF_CLASSES, export_hf, export_onnx
     from sdbert.model import SDBertForSequenceClassification
 
     if args.quantize and args.format != "onnx":
@@ -34,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "hf":
         result = export_hf(model, args.output, architecture=args.hf_architecture, overwrite=args.overwrite,
                            verify=args.verify)
-        kind = {"bert": "BertForSequenceClassification", "big_bird": "BigBirdForSequenceClassification"}
-        what = kind[result.architecture]
+        what = HF_CLASSES[result.architecture] + (" (custom code)" if result.architecture == "sdbert" else "")
     else:
         result = export_onnx(model, args.output, opset=args.opset, quantize=args.quantize, overwrite=args.overwrite,
                              verify=args.verify)
