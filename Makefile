@@ -32,7 +32,7 @@ test: install  ## ruff + the whole test suite
 	$(BIN)/ruff check src tests
 	SDBERT_REQUIRE_NATIVE=1 SDBERT_DATA=$${SDBERT_DATA:-../shared/data/aclImdb_v1.tar.gz} $(BIN)/pytest -q
 
-demo: install  ## the main job: the paper's Table 1, quick preset (15-20 min on a 2-core CPU)
+demo: install  ## the main job: the paper's Table 1, quick preset (about 15 min on a 2-core CPU)
 	$(BIN)/sdbert reproduce --preset quick --data $(SDBERT_DATA) --output runs/quick
 
 bench: bench-kernels bench-models  ## every benchmark the README quotes, one after the other (about 30 min)

@@ -1,7 +1,9 @@
 """`sdbert bench serve`: the requests are a seeded sample of IMDb test reviews with their natural
 lengths, sent in the same order every round; at least 5 timed rounds after a warm-up, each kept with
-its throughput and latency percentiles and summarised as median and range; the JSON says where,
-how and what was measured; the report is a function of the JSON alone; user errors are one line."""
+its throughput and latency percentiles and summarised as median and range; malformed requests mixed in
+are refused with their 4xx and change no good answer; the JSON says where, how and what was measured;
+the report is a function of the JSON alone; user errors are one line. Also: a real server with an API
+key refuses keyless requests and serves the benchmark, which sends $SDBERT_API_KEY."""
 
 from __future__ import annotations
 
@@ -13,15 +15,20 @@ import torch
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from data_fixtures import IMDB_REVIEWS, make_imdb_tree  # noqa: E402
 from sdbert import SDBertConfig, SDBertForSequenceClassification  # noqa: E402
 from sdbert.bench.serve import (  # noqa: E402
+    MALFORMED,
     ServeBenchConfig,
+    failures,
     markdown_report,
+    plan_requests,
     review_sample,
     run_serve_bench,
     running_server,
+    same_answer,
     text_report,
 )
 from sdbert.data.wordpiece import train_wordpiece_tokenizer  # noqa: E402
@@ -66,7 +73,7 @@ def sent_and_result(server, data):
     post = httpx.AsyncClient.post
 
     async def spy(self, url, *args, **kwargs):
-        if url == "/v1/classify":
+        if url == "/v1/classify" and "json" in kwargs:  # the malformed requests are raw bytes
             sent.extend(kwargs["json"]["texts"])
         return await post(self, url, *args, **kwargs)
 
@@ -80,7 +87,9 @@ def sent_and_result(server, data):
 def test_requests_are_the_seeded_review_sample_in_order(sent_and_result, data):
     sent, result = sent_and_result
     sample = review_sample(str(data), SAMPLE, seed=7)
-    assert sent == sample * (1 + ROUNDS)  # the warm-up and every timed round send the same requests
+    # First each text alone (the reference answers of a --url service), then the warm-up and every timed
+    # round send the same requests.
+    assert sent == sample + sample * (1 + ROUNDS)
     test_texts = {text for directory, _, text in IMDB_REVIEWS + EXTRA_TEST if directory.startswith("test/")}
     assert len(set(sample)) == SAMPLE and set(sample) <= test_texts
     assert review_sample(str(data), SAMPLE, seed=7) == sample and review_sample(str(data), SAMPLE, seed=8) != sample
@@ -107,6 +116,9 @@ def test_rounds_spread_and_provenance_are_recorded(sent_and_result, server):
     assert result["command"].startswith(f"sdbert bench serve --url {server} --data ")
     assert "--reviews 6 --seed 7" in result["command"] and "--rounds 5 --warmup 1" in result["command"]
     assert result["server"]["backend"] == "torch" and result["server"]["max_length"] == 512
+    assert result["answers"] == {"reference": "service_alone", "checked": SAMPLE * (1 + ROUNDS), "wrong": 0,
+                                 "tolerance": 1e-4}
+    assert result["server_errors"] == 0 and "--malformed 0.1" in result["command"]
 
 
 def test_reports_are_rendered_from_the_json_alone(sent_and_result):
@@ -137,13 +149,60 @@ def test_the_cli_writes_json_and_its_section(server, data, tmp_path, capsys):
     assert markdown_report(result) in (tmp_path / "BENCHMARKS.md").read_text()
 
 
-def test_model_folder_is_served_on_loopback_and_recorded(model_dir, data):
-    cfg = ServeBenchConfig(model=str(model_dir), data=str(data), reviews=2, concurrency=1,
+def test_model_folder_is_served_with_malformed_requests_mixed_in(model_dir, data):
+    """A quarter of the requests malformed: each kind refused with its status, no 5xx, and every good answer
+    equal to the model's own answer for the text alone, computed in this process."""
+    cfg = ServeBenchConfig(model=str(model_dir), data=str(data), reviews=6, concurrency=3, malformed=0.25,
                            server_args=("--threads", "1"))
     result = run_serve_bench(cfg)
     assert result["errors"] == 0 and result["server"]["model"] == str(model_dir)
-    assert result["command"].startswith(f"sdbert bench serve --model {model_dir} --data {data} --reviews 2")
-    assert result["command"].endswith("--server-args '--threads 1'")
+    assert result["command"].startswith(f"sdbert bench serve --model {model_dir} --data {data} --reviews 6")
+    assert result["command"].endswith("--malformed 0.25 --server-args '--threads 1'")
+    # 2 malformed among 8 requests a round, over the warm-up and 5 timed rounds: 12, every kind 3 times
+    assert result["malformed"]["sent"] == 12 and all(r["malformed_requests"] == 2 for r in result["rounds"])
+    assert result["malformed"]["statuses"] == {kind: {str(code): 3} for kind, code in MALFORMED.items()}
+    assert result["server_errors"] == 0 and failures(result) == []
+    assert result["answers"] == {"reference": "model", "checked": 6 * 6, "wrong": 0, "tolerance": 1e-4}
+    assert result["statuses"] == {"200": 36} and all(r["requests"] == 6 for r in result["rounds"])
+    report = markdown_report(json.loads(json.dumps(result)))
+    assert "Malformed requests: 12 of 48 sent (25%" in report and "oversized body 413: 3" in report
+    assert "5xx answers: 0. Wrong answers: 0 of 36 good texts" in report
+
+
+def test_a_server_with_a_key_refuses_strangers_and_serves_the_benchmark(model_dir, data, monkeypatch):
+    key = "bench-key-0123456789"
+    monkeypatch.setenv("SDBERT_API_KEY", key)  # the server inherits it; the benchmark's client sends it
+    with running_server(model_dir, server_args=["--threads", "1"], startup_timeout=120) as url:
+        assert httpx.get(f"{url}/v1/model").status_code == 401
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        result = run_serve_bench(ServeBenchConfig(url=url, data=str(data), reviews=4, concurrency=2, malformed=0.5))
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
+    assert failures(result) == [] and result["answers"]["checked"] == 4 * 6
+    assert result["malformed"]["statuses"]["oversized"] == {"413": 6}  # the raw request carried the key too
+    unauthorised = [sample.value for family in text_string_to_metric_families(metrics) for sample in family.samples
+                    if sample.name == "sdbert_http_requests_total"
+                    and sample.labels == {"route": "/v1/model", "code": "401"}]
+    assert unauthorised == [1.0]
+
+
+def test_malformed_requests_take_the_same_places_every_round():
+    batches = [[f"text {i}"] for i in range(90)]
+    first, second = plan_requests(batches, 0.1, 0, 0), plan_requests(batches, 0.1, 0, 1)
+    assert len(first) == 100 and [x for x in first if isinstance(x, list)] == batches  # good ones in order
+    places = [i for i, x in enumerate(first) if isinstance(x, str)]
+    assert places == [i for i, x in enumerate(second) if isinstance(x, str)]
+    assert {x for x in first if isinstance(x, str)} == set(MALFORMED)
+    assert [first[i] for i in places] != [second[i] for i in places]  # the kinds rotate
+    assert plan_requests(batches, 0.0, 0, 0) == batches
+
+
+def test_a_changed_answer_is_caught():
+    want = {"label": "positive", "score": 0.7, "probabilities": {"negative": 0.3, "positive": 0.7}}
+    assert same_answer({**want, "probabilities": {"negative": 0.30001, "positive": 0.69999}}, want)
+    assert not same_answer({**want, "label": "negative"}, want)
+    assert not same_answer({**want, "probabilities": {"negative": 0.301, "positive": 0.699}}, want)
+    assert not same_answer({"label": "positive", "probabilities": {"positive": 0.7}}, want)
 
 
 def test_a_presets_student_is_served_without_training(data):
@@ -178,3 +237,5 @@ def test_config_is_checked():
         ServeBenchConfig(url="http://127.0.0.1:8000", reviews=0)
     with pytest.raises(ConfigError, match="--model"):
         ServeBenchConfig(url="http://127.0.0.1:8000", server_args=("--threads", "1"))
+    with pytest.raises(ConfigError, match="malformed"):
+        ServeBenchConfig(url="http://127.0.0.1:8000", malformed=0.9)

@@ -1,4 +1,15 @@
-"""SDBERT: SparseDistilBERT, small fast block-sparse transformers for long documents."""
+"""SDBERT: SparseDistilBERT, small fast block-sparse transformers for long documents.
+
+The shape of the package, library first:
+
+* `sdbert.attention` the kernels (block-sparse, dense oracle, native C++, FlexAttention, traceable);
+  `sdbert.model` / `sdbert.config` the encoder; `sdbert.data` sources, splits, tokenisation, batching.
+* Workflows are functions of one typed config: `sdbert.finetune.finetune(FinetuneConfig)`,
+  `sdbert.distillation.distill(DistillConfig)`, `sdbert.reproduce.reproduce(ReproduceConfig)` and the
+  `sdbert.bench` runners. `sdbert.train` is the one training loop they share.
+* `sdbert.commands` is the CLI: each command builds its flags from those configs (`sdbert.cli_args`)
+  and calls the workflow; user errors are `sdbert.errors.SDBertError`s (one line, exit status 2).
+"""
 
 from sdbert.config import SDBertConfig
 

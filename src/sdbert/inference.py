@@ -23,21 +23,28 @@ from sdbert.errors import CheckpointError
 Backend = str  # "auto" | "torch" | "onnx"
 
 
-def load_classifier(path: str | os.PathLike[str], *, backend: Backend = "auto", threads: int | None = None):
-    """The classifier in `path`: ONNX when it holds `model.onnx` (or is an `.onnx` file) or
-    `backend="onnx"`, else the PyTorch model folder. It must have a tokenizer."""
+def load_classifier(path: str | os.PathLike[str], *, backend: Backend = "auto", threads: int | None = None,
+                    revision: str | None = None):
+    """The classifier in `path` (a local folder or file, or a hub name `org/name` at `revision`): ONNX when
+    it holds `model.onnx` (or is an `.onnx` file) or `backend="onnx"`, else the PyTorch model folder. It
+    must have a tokenizer (`tokenizer.json`, or a `spiece.model` / `vocab.txt` beside a PyTorch model)."""
+    from sdbert.hub import resolve_model_dir
     from sdbert.onnx_runtime import OnnxClassifier, is_onnx_model
 
     if backend not in ("auto", "torch", "onnx"):
         raise CheckpointError(f"backend must be auto, torch or onnx, got {backend!r}")
+    path = resolve_model_dir(path, revision=revision)
     if backend == "onnx" or (backend == "auto" and is_onnx_model(path)):
         model = OnnxClassifier.from_pretrained(path, threads=threads)
     else:
+        from sdbert.data.tokenization import load_tokenizer
         from sdbert.model import SDBertForSequenceClassification
 
         if threads:
             torch.set_num_threads(threads)
         model = SDBertForSequenceClassification.from_pretrained(path).eval()
+        if model.tokenizer is None:  # a Hugging Face folder: its spiece.model or vocab.txt
+            model.tokenizer = load_tokenizer(path)
     if model.tokenizer is None:
         raise CheckpointError(f"{path} has no tokenizer.json")
     return model
@@ -105,4 +112,11 @@ def classify(model, texts: Sequence[str], *, max_length: int | None = None, batc
 
 
 def model_name(path: str | os.PathLike[str]) -> str:
-    return Path(path).resolve().name
+    """A model's short name: its folder's, or for a hub name or hub cache snapshot the repository's."""
+    path = Path(path)
+    if not path.exists():  # a hub name: org/name
+        return path.name
+    path = path.resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name

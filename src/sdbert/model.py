@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sdbert.attention import block_sparse_attention, dense_attention
 from sdbert.config import SDBertConfig
+from sdbert.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class SDBertEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         seq_len = input_ids.shape[1]
         if seq_len > self.position_embeddings.num_embeddings:
-            raise ValueError(f"input has {seq_len} tokens but the model has "
+            raise ConfigError(f"input has {seq_len} tokens but the model has "
                              f"{self.position_embeddings.num_embeddings} positions")
         positions = torch.arange(seq_len, device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
@@ -270,14 +271,17 @@ class SDBertForSequenceClassification(nn.Module):
         save_model(self, path)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> SDBertForSequenceClassification:
-        """Load an sdbert folder or a local Hugging Face BERT / RoBERTa / BigBird folder.
+    def from_pretrained(cls, path: str | Path, *, revision: str | None = None,
+                        **overrides) -> SDBertForSequenceClassification:
+        """Load an sdbert folder or a Hugging Face BERT / RoBERTa / BigBird folder, local or a hub name
+        (`org/name`, at `revision`, through huggingface_hub's cache).
 
         `overrides` replace config fields (e.g. `attention_type="block_sparse"`,
         `max_position_embeddings=4096` to extend positions, `num_labels=2`).
         """
         from sdbert.checkpoint import load_model
+        from sdbert.hub import resolve_model_dir
 
-        return load_model(cls, path, **overrides)
+        return load_model(cls, resolve_model_dir(path, revision=revision), **overrides)
 
 

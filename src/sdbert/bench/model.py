@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from sdbert.bench.report import int_list
+from sdbert.cli_args import non_negative_int, positive_int
 from sdbert.errors import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -331,13 +332,14 @@ def add_arguments(p) -> None:
                         "teacher checkpoint (speed does not depend on fine-tuning); repeatable")
     p.add_argument("--lengths", type=int_list, default=(512, 4096), help="comma-separated lengths (default 512,4096)")
     p.add_argument("--batch-sizes", type=int_list, default=(1, 32), help="comma-separated batch sizes (default 1,32)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case, models interleaved (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed passes per model and case first")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed rounds per case, models interleaved (default 5)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes per model and case first")
     p.add_argument("--attention", choices=["full", "block_sparse"], default=None,
                    help="run every model with this attention (default: each model's own)")
     p.add_argument("--extend-positions", action=argparse.BooleanOptionalAction, default=True,
                    help="tile position tables up to the longest length (default on); off: longer cases are n/a")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
                    help="folder for model.json and BENCHMARKS.md (default benchmarks)")
     p.add_argument("--name", default="model", type=_section_name,

@@ -7,6 +7,17 @@ count). `--synthetic` sends random words of one length instead, for a run withou
 its report says so. One untimed warm-up round comes first (first calls allocate); every timed
 round's numbers are kept and the report gives their median and range.
 
+Malformed requests (`--malformed`, a fraction of all requests sent, default 10%) are mixed in at
+seeded places: bad JSON, an empty text list, an empty text and an oversized body. The report gives
+their status codes, every 5xx answer, and the good answers that differ from the answer for the same
+text alone: computed by the model itself in this process when the benchmark serves a folder, asked of
+the service one text at a time before the rounds with `--url`. An oversized request declares a body
+one byte above the service's limit and sends its first 4 KiB (the service refuses on the declared
+length, before reading; sending all of it would measure loopback copying of tens of megabytes).
+
+With $SDBERT_API_KEY set, the client sends it as a bearer token (and a server the benchmark starts
+inherits it).
+
 `running_server` starts `sdbert serve` in a subprocess on a free 127.0.0.1 port and stops it with
 SIGTERM. Loopback only: the benchmark is for this machine's service, not a tool to load somebody
 else's.
@@ -31,7 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sdbert.errors import ConfigError
+from sdbert.cli_args import non_negative_int, positive_int, ranged
+from sdbert.errors import ConfigError, require
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 MIN_ROUNDS = 5  # DESIGN.md, Evidence: a median and a spread need at least 5 timed rounds
@@ -40,6 +52,14 @@ _WORDS = ("the film movie story acting plot was is a an and but not very really 
           "terrible wonderful boring slow fast funny sad beautiful ending start hour director actor actress "
           "scene scenes character characters music script dialogue camera watch watched again never ever "
           "best worst love loved hate hated minutes long short simple clever predictable surprising").split()
+# Malformed request kinds and the status the service must answer each with.
+MALFORMED = {"bad_json": 422, "empty_list": 422, "empty_text": 422, "oversized": 413}
+_MALFORMED_BODIES = {"bad_json": b'{"texts": ["an unfinished request', "empty_list": b'{"texts": []}',
+                     "empty_text": b'{"texts": [""]}'}
+MAX_MALFORMED = 0.5
+# A good answer differs from the reference when its label does or a probability is further off than this
+# (the service rounds to 6 decimals; batched and lone forward passes differ by float noise only).
+ANSWER_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -71,6 +91,8 @@ class ServeBenchConfig:
     seed: int = 0
     # Seconds one request may take before it counts as an error.
     timeout_s: float = 120.0
+    # Malformed requests, as a fraction of all requests sent.
+    malformed: float = 0.1
     # Extra `sdbert serve` options, with `model`.
     server_args: tuple[str, ...] = ()
 
@@ -84,6 +106,8 @@ class ServeBenchConfig:
             raise ConfigError(f"rounds must be at least {MIN_ROUNDS}: a median and a spread need them")
         if self.warmup < 0:
             raise ConfigError("warmup must be >= 0")
+        if not 0 <= self.malformed <= MAX_MALFORMED:
+            raise ConfigError(f"malformed must be a fraction in [0, {MAX_MALFORMED}], got {self.malformed}")
         if self.url is not None:
             check_loopback(self.url)
             if self.server_args:
@@ -197,19 +221,20 @@ def _tail(log, lines: int = 5) -> str:
 
 
 @contextlib.contextmanager
-def _target(cfg: ServeBenchConfig) -> Iterator[str]:
+def _target(cfg: ServeBenchConfig) -> Iterator[tuple[str, str | None]]:
+    """The service's base URL, and the model folder it serves when the benchmark started it."""
     if cfg.url is not None:
-        yield cfg.url.rstrip("/")
+        yield cfg.url.rstrip("/"), None
     elif cfg.preset is not None:
         from sdbert.bench.model import save_preset_student
 
         with tempfile.TemporaryDirectory(prefix="sdbert-bench-serve-") as folder:
             save_preset_student(cfg.preset, Path(folder))
             with running_server(folder, server_args=cfg.server_args) as url:
-                yield url
+                yield url, folder
     else:
         with running_server(cfg.model, server_args=cfg.server_args) as url:
-            yield url
+            yield url, cfg.model
 
 
 def run_serve_bench(cfg: ServeBenchConfig) -> dict:
@@ -217,19 +242,24 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict:
     from sdbert.bench.timing import finish, provenance
 
     texts, sample = request_texts(cfg)  # before the server starts: a bad data source fails at once
-    with _target(cfg) as url:
+    with _target(cfg) as (url, folder):
         record = provenance(command_line(cfg))
         record.update(benchmark="serve", config=asdict(cfg), sample=sample)
-        record.update(_measure(cfg, url, texts))
+        record.update(_measure(cfg, url, folder, texts))
         return finish(record)
 
 
-def _measure(cfg: ServeBenchConfig, url: str, texts: list[str]) -> dict:
-    import httpx
+def auth_headers() -> dict[str, str]:
+    """The bearer token of $SDBERT_API_KEY, when set (a server the benchmark starts inherits it)."""
+    key = os.environ.get("SDBERT_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
-    info = httpx.get(f"{url}/v1/model", timeout=30).json()
+
+def _measure(cfg: ServeBenchConfig, url: str, folder: str | None, texts: list[str]) -> dict:
+    info = _model_info(url)
+    reference = reference_answers(info, folder, texts) if folder is not None else None
     batches = [texts[i:i + cfg.texts_per_request] for i in range(0, len(texts), cfg.texts_per_request)]
-    raw = asyncio.run(_rounds(cfg, url, batches))
+    raw = asyncio.run(_rounds(cfg, url, batches, info, reference))
     rounds = [_round_numbers(r, len(texts)) for r in raw]
     timed = rounds[cfg.warmup:]
     statuses = sum((Counter(r["statuses"]) for r in rounds), Counter())
@@ -244,19 +274,89 @@ def _measure(cfg: ServeBenchConfig, url: str, texts: list[str]) -> dict:
         "summary": _summary(timed),
         "errors": sum(r["errors"] for r in rounds),
         "statuses": dict(sorted(statuses.items())),
+        **_checks(cfg, raw, statuses, reference_kind="model" if folder is not None else "service_alone"),
     }
 
 
-async def _rounds(cfg: ServeBenchConfig, url: str, batches: list[list[str]]) -> list[dict]:
-    """Warm-up and timed rounds over one keep-alive client; each round sends `batches` in order."""
+def _model_info(url: str) -> dict:
+    import httpx
+
+    response = httpx.get(f"{url}/v1/model", headers=auth_headers(), timeout=30)
+    if response.status_code == 401:
+        raise ConfigError("the service wants an API key: set SDBERT_API_KEY to it")
+    if response.status_code != 200:
+        raise ConfigError(f"GET {url}/v1/model answered {response.status_code}: is it an sdbert service?")
+    return response.json()
+
+
+def reference_answers(info: dict, folder: str, texts: list[str]) -> dict[str, dict]:
+    """Each text's answer from the served model run in this process, with the service's length and backend."""
+    import gc
+
+    from sdbert.inference import classify, load_classifier
+
+    model = load_classifier(folder, backend="onnx" if info.get("backend") == "onnxruntime" else "torch")
+    unique = list(dict.fromkeys(texts))
+    batch_size = info.get("batching", {}).get("batch_size", 32)
+    answers = dict(zip(unique, classify(model, unique, max_length=info["max_length"], batch_size=batch_size),
+                       strict=True))
+    del model
+    gc.collect()  # the rounds should not share the machine with a second copy of the weights
+    return answers
+
+
+async def _answers_alone(client, texts: list[str]) -> dict[str, dict]:
+    """Each text's answer from the service, sent alone, one request at a time (no batch to share)."""
+    answers = {}
+    for text in dict.fromkeys(texts):
+        response = await client.post("/v1/classify", json={"texts": [text]})
+        if response.status_code != 200:
+            raise ConfigError(f"the service answered a text sent alone with {response.status_code}: "
+                              f"{response.text[:200]}")
+        answers[text] = response.json()["results"][0]
+    return answers
+
+
+def same_answer(got: dict, want: dict, tolerance: float = ANSWER_TOLERANCE) -> bool:
+    """Same label, same label set, every probability within `tolerance`."""
+    probabilities = got.get("probabilities") or {}
+    return (got.get("label") == want["label"] and set(probabilities) == set(want["probabilities"])
+            and all(abs(probabilities[k] - p) <= tolerance for k, p in want["probabilities"].items()))
+
+
+def plan_requests(batches: list[list[str]], fraction: float, seed: int, round_index: int) -> list:
+    """One round's requests: `batches` in order (lists of texts) with malformed ones (their kind, a str)
+    at seeded places, a `fraction` of all sent. The places are the same every round; the kinds rotate
+    from round to round, so a small sample still sends every kind."""
+    count = round(len(batches) * fraction / (1 - fraction)) if fraction else 0
+    places = set(random.Random(seed).sample(range(len(batches) + count), count))
+    kinds = list(MALFORMED)
+    good, planned, m = iter(batches), [], round_index * count
+    for i in range(len(batches) + count):
+        if i in places:
+            planned.append(kinds[m % len(kinds)])
+            m += 1
+        else:
+            planned.append(next(good))
+    return planned
+
+
+async def _rounds(cfg: ServeBenchConfig, url: str, batches: list[list[str]], info: dict,
+                  reference: dict | None) -> list[dict]:
+    """The reference answers (asked of the service when not given), then the warm-up and timed rounds over
+    one keep-alive client; each round sends `batches` in order, malformed requests mixed in."""
     import httpx
 
     limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+    body_limit = info.get("limits", {}).get("max_body_bytes", 64 << 20)
     out = []
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=cfg.timeout_s) as client:
-        for _ in range(cfg.warmup + cfg.rounds):
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=cfg.timeout_s, headers=auth_headers()) as client:
+        if reference is None:
+            reference = await _answers_alone(client, [t for b in batches for t in b])
+        sender = _Sender(client, url, reference, body_limit, cfg.timeout_s)
+        for index in range(cfg.warmup + cfg.rounds):
             before = await _batching(client)
-            result = await _one_round(client, batches, cfg.concurrency)
+            result = await _one_round(sender, plan_requests(batches, cfg.malformed, cfg.seed, index), cfg.concurrency)
             after = await _batching(client)
             result["server_batches"] = _delta(before, after, "batches")
             result["server_requests"] = _delta(before, after, "requests")
@@ -273,43 +373,124 @@ def _delta(before: dict, after: dict, key: str):
     return None if a is None or b is None else b - a
 
 
-async def _one_round(client, batches: list[list[str]], concurrency: int) -> dict:
-    import httpx
+@dataclass
+class _Tally:
+    """One round's outcome: good requests' latencies and statuses, malformed requests' statuses by kind."""
 
-    latencies: list[float] = []
-    statuses: Counter = Counter()
-    errors = 0
-    pending = iter(batches)  # shared by the clients, so request i always carries batches[i]
+    latencies: list[float]
+    statuses: Counter
+    malformed: dict[str, Counter]
+    errors: int = 0
+    checked: int = 0
+    wrong: int = 0
+
+    @classmethod
+    def empty(cls) -> _Tally:
+        return cls([], Counter(), {kind: Counter() for kind in MALFORMED})
+
+
+class _Sender:
+    """Sends one request of a plan and counts what came back."""
+
+    def __init__(self, client, url: str, reference: dict[str, dict], body_limit: int, timeout: float):
+        self.client, self.url, self.reference = client, url, reference
+        self.body_limit, self.timeout = body_limit, timeout
+
+    async def good(self, texts: list[str], tally: _Tally) -> None:
+        import httpx
+
+        start = time.perf_counter()
+        results = None
+        try:
+            response = await self.client.post("/v1/classify", json={"texts": texts})
+            status = response.status_code
+            results = response.json()["results"] if status == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError):
+            status = "exception"
+        tally.latencies.append(time.perf_counter() - start)
+        tally.statuses[status] += 1
+        if results is None or len(results) != len(texts):
+            tally.errors += 1
+            return
+        tally.checked += len(texts)
+        tally.wrong += sum(not same_answer(got, self.reference[text]) for text, got in zip(texts, results, strict=True))
+
+    async def malformed(self, kind: str, tally: _Tally) -> None:
+        import httpx
+
+        try:
+            if kind == "oversized":
+                status = await asyncio.wait_for(self._oversized(), self.timeout)
+            else:
+                response = await self.client.post("/v1/classify", content=_MALFORMED_BODIES[kind],
+                                                  headers={"content-type": "application/json"})
+                status = response.status_code
+        except (httpx.HTTPError, OSError, ValueError, IndexError, asyncio.TimeoutError):
+            status = "exception"
+        tally.malformed[kind][status] += 1
+
+    async def _oversized(self) -> int:
+        """A body declared one byte above the limit; the service must refuse it before reading it."""
+        address = urlparse(self.url)
+        reader, writer = await asyncio.open_connection(address.hostname, address.port or 80)
+        try:
+            head = ["POST /v1/classify HTTP/1.1", f"Host: {address.netloc}", "Content-Type: application/json",
+                    f"Content-Length: {self.body_limit + 1}", "Connection: close",
+                    *(f"{k}: {v}" for k, v in auth_headers().items())]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + b'{"texts": ["' + b"a" * 4096)
+            await writer.drain()
+            return int((await reader.readline()).split()[1])
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def _one_round(sender: _Sender, planned: list, concurrency: int) -> dict:
+    tally = _Tally.empty()
+    pending = iter(planned)  # shared by the clients, so request i always carries planned[i]
 
     async def worker() -> None:
-        nonlocal errors
-        for texts in pending:
-            start = time.perf_counter()
-            try:
-                response = await client.post("/v1/classify", json={"texts": texts})
-                ok = response.status_code == 200 and len(response.json()["results"]) == len(texts)
-                statuses[response.status_code] += 1
-            except (httpx.HTTPError, ValueError, KeyError):
-                ok = False
-                statuses["exception"] += 1
-            latencies.append(time.perf_counter() - start)
-            errors += not ok
+        for item in pending:
+            if isinstance(item, str):
+                await sender.malformed(item, tally)
+            else:
+                await sender.good(item, tally)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"seconds": time.perf_counter() - started, "latencies": latencies, "statuses": statuses,
-            "errors": errors}
+    return {"seconds": time.perf_counter() - started, "tally": tally}
 
 
 def _round_numbers(raw: dict, texts: int) -> dict:
-    lat = sorted(raw["latencies"])
+    tally: _Tally = raw["tally"]
+    lat = sorted(tally.latencies)
     seconds = raw["seconds"]
     return {"seconds": round(seconds, 3), "requests": len(lat),
             "throughput_rps": round(len(lat) / seconds, 2), "texts_per_s": round(texts / seconds, 2),
             "latency_ms": {f"p{q}": round(1000 * _nearest_rank(lat, q), 2) for q in (50, 95, 99)}
             | {"max": round(1000 * lat[-1], 2)},
-            "errors": raw["errors"], "statuses": {str(k): v for k, v in raw["statuses"].items()},
-            "server_batches": raw["server_batches"], "server_requests": raw["server_requests"]}
+            "errors": tally.errors, "statuses": {str(k): v for k, v in tally.statuses.items()},
+            "server_batches": raw["server_batches"], "server_requests": raw["server_requests"],
+            "malformed_requests": sum(sum(c.values()) for c in tally.malformed.values()),
+            "wrong_answers": tally.wrong}
+
+
+def _checks(cfg: ServeBenchConfig, raw: list[dict], statuses: Counter, *, reference_kind: str) -> dict:
+    """What the malformed requests got, the 5xx answers, and the good answers that differ from the reference."""
+    tallies: list[_Tally] = [r["tally"] for r in raw]
+    by_kind = {kind: sum((t.malformed[kind] for t in tallies), Counter()) for kind in MALFORMED}
+    malformed_statuses = sum(by_kind.values(), Counter())
+    server_errors = sum(n for s, n in (statuses + malformed_statuses).items() if str(s)[0] == "5")
+    return {
+        "malformed": {"fraction": cfg.malformed, "sent": sum(malformed_statuses.values()),
+                      "expected": dict(MALFORMED),
+                      "statuses": {kind: {str(s): n for s, n in sorted(c.items(), key=lambda item: str(item[0]))}
+                                   for kind, c in by_kind.items()}},
+        "server_errors": server_errors,
+        "answers": {"reference": reference_kind, "checked": sum(t.checked for t in tallies),
+                    "wrong": sum(t.wrong for t in tallies), "tolerance": ANSWER_TOLERANCE},
+    }
 
 
 def _summary(rounds: list[dict]) -> dict:
@@ -333,7 +514,8 @@ def command_line(cfg: ServeBenchConfig) -> str:
     else:
         parts.append(f"--data {shlex.quote(cfg.data or os.environ.get('SDBERT_DATA', ''))}")
     parts += [f"--reviews {cfg.reviews}", f"--seed {cfg.seed}", f"--concurrency {cfg.concurrency}",
-              f"--texts-per-request {cfg.texts_per_request}", f"--rounds {cfg.rounds}", f"--warmup {cfg.warmup}"]
+              f"--texts-per-request {cfg.texts_per_request}", f"--rounds {cfg.rounds}", f"--warmup {cfg.warmup}",
+              f"--malformed {cfg.malformed}"]
     if cfg.server_args:
         parts.append(f"--server-args {shlex.quote(shlex.join(cfg.server_args))}")
     return " ".join(parts)
@@ -351,18 +533,23 @@ def add_arguments(p) -> None:
                         help="serve this reproduce preset's student architecture, built from its teacher checkpoint "
                              "(untrained head: for latency on a fresh clone without training)")
     p.add_argument("--data", metavar="SRC", help="IMDb source of the test reviews (default $SDBERT_DATA)")
-    p.add_argument("--reviews", type=int, default=d["reviews"].default,
+    p.add_argument("--reviews", type=positive_int, default=d["reviews"].default,
                    help="test reviews in the seeded sample; each round sends every one (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d["seed"].default, help="seed of the sample (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d["seed"].default,
+                   help="seed of the sample and of the malformed requests' places (default %(default)s)")
     p.add_argument("--synthetic", action="store_true",
                    help="send random words of one length instead of reviews (no data; flatters batching)")
-    p.add_argument("--words", type=int, default=d["words"].default, help="words per --synthetic text")
-    p.add_argument("--concurrency", type=int, default=d["concurrency"].default,
+    p.add_argument("--words", type=positive_int, default=d["words"].default, help="words per --synthetic text")
+    p.add_argument("--concurrency", type=positive_int, default=d["concurrency"].default,
                    help="concurrent clients (default %(default)s)")
-    p.add_argument("--texts-per-request", type=int, default=1, help="texts per request (default 1)")
-    p.add_argument("--rounds", type=int, default=MIN_ROUNDS,
+    p.add_argument("--texts-per-request", type=positive_int, default=1, help="texts per request (default 1)")
+    p.add_argument("--rounds", type=positive_int, default=MIN_ROUNDS,
                    help=f"timed rounds, at least {MIN_ROUNDS} (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--malformed", type=ranged(float, 0.0, MAX_MALFORMED, what=f"a fraction in [0, {MAX_MALFORMED}]"),
+                   default=d["malformed"].default,
+                   help="malformed requests (bad JSON, empty list, empty text, oversized body) as a fraction of all "
+                        "requests sent (default %(default)s)")
     p.add_argument("--server-args", default="", metavar="ARGS",
                    help="extra `sdbert serve` options with --model, e.g. \"--threads 2 --max-wait-ms 2\"")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
@@ -373,19 +560,35 @@ def run_from_args(args) -> dict:
     """Run the load test; a run with failed requests is an error (nothing is written for it)."""
     import logging
 
-    try:
-        import httpx  # noqa: F401
-    except ImportError:
-        raise ConfigError("the serve benchmark needs httpx: pip install 'sdbert[serve]'") from None
+    require("httpx", "the serve benchmark")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     cfg = ServeBenchConfig(model=args.model, url=args.url, preset=args.preset, data=args.data, reviews=args.reviews,
                            synthetic=args.synthetic, words=args.words, concurrency=args.concurrency,
                            texts_per_request=args.texts_per_request, rounds=args.rounds, warmup=args.warmup,
-                           seed=args.seed, server_args=tuple(shlex.split(args.server_args)))
+                           seed=args.seed, malformed=args.malformed, server_args=tuple(shlex.split(args.server_args)))
     result = run_serve_bench(cfg)
-    if result["errors"]:
-        raise ConfigError(f"{result['errors']} requests failed (statuses {result['statuses']}); nothing written")
+    problems = failures(result)
+    if problems:
+        raise ConfigError(f"{'; '.join(problems)}; nothing written")
     return result
+
+
+def failures(result: dict) -> list[str]:
+    """What makes a run a failure: good requests that failed, 5xx answers, malformed requests that were not
+    refused with a 4xx, good answers that differ from the same text's answer alone."""
+    problems = []
+    if result["errors"]:
+        problems.append(f"{result['errors']} requests failed (statuses {result['statuses']})")
+    if result["server_errors"]:
+        problems.append(f"{result['server_errors']} answers were 5xx")
+    accepted = {kind: {s: n for s, n in c.items() if not s.startswith("4")}
+                for kind, c in result["malformed"]["statuses"].items()}
+    accepted = {kind: c for kind, c in accepted.items() if c}
+    if accepted:
+        problems.append(f"malformed requests not refused with a 4xx: {accepted}")
+    if result["answers"]["wrong"]:
+        problems.append(f"{result['answers']['wrong']} answers differ from the same text's answer alone")
+    return problems
 
 
 # --- reports: pure functions of the JSON -------------------------------------------------------------
@@ -446,6 +649,27 @@ def summary_line(result: dict) -> str:
             f"(responses by status: {', '.join(f'{k}: {v}' for k, v in result['statuses'].items())}).")
 
 
+_KIND_NAMES = {"bad_json": "bad JSON", "empty_list": "empty text list", "empty_text": "empty text",
+               "oversized": "oversized body"}
+_REFERENCES = {"model": "the served model run on each text in the benchmark process",
+               "service_alone": "the service's answer to each text sent alone before the rounds"}
+
+
+def checks_line(result: dict) -> str:
+    """The malformed requests, 5xx answers and wrong answers; empty for a JSON from before they were sent."""
+    if "malformed" not in result:
+        return ""
+    malformed, answers = result["malformed"], result["answers"]
+    sent = sum(result["statuses"].values()) + malformed["sent"]
+    kinds = ", ".join(f"{_KIND_NAMES.get(kind, kind)} {', '.join(f'{s}: {n}' for s, n in statuses.items())}"
+                      for kind, statuses in malformed["statuses"].items() if statuses)
+    return (f"Malformed requests: {malformed['sent']:,} of {sent:,} sent ({malformed['fraction']:.0%}, at seeded "
+            f"places in every round), answered by kind and status: {kinds or 'none sent'}. 5xx answers: "
+            f"{result['server_errors']}. Wrong answers: {answers['wrong']} of {answers['checked']:,} good texts "
+            f"compared with {_REFERENCES.get(answers['reference'], answers['reference'])} (same label, every "
+            f"probability within {answers['tolerance']:g}).")
+
+
 def machine_line(result: dict) -> str:
     m = result["machine"]
     return (f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, Python {m['python']}; load average "
@@ -456,8 +680,10 @@ def machine_line(result: dict) -> str:
 def text_report(result: dict) -> str:
     from sdbert.bench.report import text_table
 
+    checks = checks_line(result)
     return "\n".join([machine_line(result), f"Command: {result['command']}", requests_line(result),
-                      model_line(result), "", text_table(*round_rows(result)), "", summary_line(result)])
+                      model_line(result), "", text_table(*round_rows(result)), "", summary_line(result),
+                      *([checks] if checks else [])])
 
 
 def markdown_report(result: dict) -> str:
@@ -465,4 +691,5 @@ def markdown_report(result: dict) -> str:
 
     return "\n".join(["## HTTP service (`sdbert bench serve`)", "", machine_line(result), "",
                       f"Command: `{result['command']}`", "", requests_line(result), "", model_line(result), "",
-                      markdown_table(*round_rows(result)), "", summary_line(result)])
+                      markdown_table(*round_rows(result)), "", summary_line(result),
+                      *(["", checks] if (checks := checks_line(result)) else [])])

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from sdbert.cli_args import non_negative_int, positive_float, positive_int
 from sdbert.config import dense_fallback_blocks
 from sdbert.errors import ConfigError, require
 
@@ -482,7 +483,7 @@ def add_arguments(p) -> None:
                    help="IMDb archive, aclImdb/ folder or CSV/JSONL/Parquet file (default: $SDBERT_DATA)")
     p.add_argument("--lengths", type=int_list, default=(512, 2048), help="comma-separated token lengths "
                    "(default 512,2048; past (5 + 2 x random blocks) x block size our sparse kernel runs)")
-    p.add_argument("--tokens-per-step", type=int, default=4096,
+    p.add_argument("--tokens-per-step", type=positive_int, default=4096,
                    help="batch = this many tokens' worth of examples at each length, at least 1 (default 4096: "
                         "8 at 512, 2 at 2048)")
     p.add_argument("--fill-lengths", type=_optional_int_list, default=(2048,),
@@ -490,16 +491,18 @@ def add_arguments(p) -> None:
                         "(default 2048: IMDb reviews are mostly under 512 tokens)")
     p.add_argument("--attention", type=_name_list, default=ATTENTION_TYPES,
                    help="our cases' attention: full, block_sparse or both (default full,block_sparse)")
-    p.add_argument("--steps-per-round", type=int, default=2, help="optimizer steps per case per round (default 2)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds, at least 5 (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--block-size", type=int, default=64, help="our block size = padding multiple (default 64)")
-    p.add_argument("--random-blocks", type=int, default=3, help="our random blocks per query block (default 3)")
+    p.add_argument("--steps-per-round", type=positive_int, default=2,
+                   help="optimizer steps per case per round (default 2)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="timed rounds, at least 5 (default 5)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--block-size", type=positive_int, default=64, help="our block size = padding multiple (default 64)")
+    p.add_argument("--random-blocks", type=non_negative_int, default=3,
+                   help="our random blocks per query block (default 3)")
     p.add_argument("--truncation", choices=["head", "tail", "head+tail"], default="head",
                    help="our truncation (default head, as HF's tokenizer does)")
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=positive_float, default=5e-5)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
                    help="folder for train.json and BENCHMARKS.md (default benchmarks)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from sdbert.bench.report import int_list
+from sdbert.cli_args import non_negative_float, non_negative_int, positive_int
 from sdbert.errors import ConfigError, missing_hint
 
 # --- attention ----------------------------------------------------------------------------------
@@ -17,16 +18,16 @@ from sdbert.errors import ConfigError, missing_hint
 def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", type=int_list, default=(512, 1024, 2048, 4096, 8192),
                    help="comma-separated sequence lengths (default 512,1024,2048,4096,8192)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--random-blocks", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case at least (median reported)")
-    p.add_argument("--min-seconds", type=float, default=3.0,
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--heads", type=positive_int, default=12)
+    p.add_argument("--head-dim", type=positive_int, default=64)
+    p.add_argument("--block-size", type=positive_int, default=64)
+    p.add_argument("--random-blocks", type=non_negative_int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per case at least (median reported)")
+    p.add_argument("--min-seconds", type=non_negative_float, default=3.0,
                    help="extra rounds for short lengths until about this many seconds per length (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs per case first")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
                    help="also time forward+backward (default on)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -36,7 +37,7 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
                         "(default all but flex, which compiles once per shape)")
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                    help="include Hugging Face BigBird when transformers is installed (default on)")
-    p.add_argument("--hf-max-length", type=int, default=8192,
+    p.add_argument("--hf-max-length", type=positive_int, default=8192,
                    help="longest length to run Hugging Face BigBird at (default 8192; it needs ~15 GB at 16384)")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
                    help="folder for NAME.json, NAME.png and BENCHMARKS.md")
@@ -46,17 +47,26 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    import torch
-
     from sdbert.bench import attention as bench
-    from sdbert.bench.report import text_table, update_markdown_section
-    from sdbert.io import write_json
 
     name = args.name
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
         raise ConfigError(f"--name must be a plain file stem, got {name!r}")
-    methods = args.methods or bench.DEFAULT_METHODS
-    notes = []
+    cfg, notes = attention_config(args)
+    result = bench.run_attention_bench(cfg, progress=args.progress)
+    result["notes"] = notes + result.get("notes", [])
+    print_attention(result, cfg, notes)
+    write_attention(result, args.output, name)
+    return 0
+
+
+def attention_config(args: argparse.Namespace):
+    """The benchmark's config from the flags, and notes on what was left out (HF without transformers)."""
+    import torch
+
+    from sdbert.bench import attention as bench
+
+    methods, notes = args.methods or bench.DEFAULT_METHODS, []
     if not args.hf:
         methods = tuple(m for m in methods if m != "hf")
     elif "hf" in methods and not bench.hf_available():
@@ -66,14 +76,17 @@ def run_attention(args: argparse.Namespace) -> int:
         cfg = bench.AttentionBenchConfig(
             lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
             block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
-            min_seconds=args.min_seconds,
-            warmup=args.warmup, backward=args.backward, methods=methods, memory=args.memory,
-            hf_max_length=args.hf_max_length, threads=args.threads or torch.get_num_threads())
+            min_seconds=args.min_seconds, warmup=args.warmup, backward=args.backward, methods=methods,
+            memory=args.memory, hf_max_length=args.hf_max_length, threads=args.threads or torch.get_num_threads())
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+    return cfg, notes
 
-    result = bench.run_attention_bench(cfg, progress=args.progress)
-    result["notes"] = notes + result.get("notes", [])
+
+def print_attention(result: dict, cfg, notes: list[str]) -> None:
+    from sdbert.bench import attention as bench
+    from sdbert.bench.report import text_table
+
     machine = result["machine"]
     print(f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}")
     print(f"batch {cfg.batch}, {cfg.heads} heads x {cfg.head_dim}, block {cfg.block_size}, "
@@ -92,7 +105,13 @@ def run_attention(args: argparse.Namespace) -> int:
     for note in notes:
         print(note)
 
-    out = args.output
+
+def write_attention(result: dict, out: Path, name: str) -> None:
+    """NAME.json, NAME.png and the NAME section of BENCHMARKS.md in `out`."""
+    from sdbert.bench import attention as bench
+    from sdbert.bench.report import update_markdown_section
+    from sdbert.io import write_json
+
     if name != "attention":
         result["command"] += f" --name {name}"
     plotted = _plot(result, out / f"{name}.png")
@@ -103,7 +122,6 @@ def run_attention(args: argparse.Namespace) -> int:
           + f" and {out / 'BENCHMARKS.md'}")
     if not plotted:
         print(f"plot skipped: {missing_hint('matplotlib', 'the plot')}")
-    return 0
 
 
 def _plot(result: dict, path: Path) -> bool:

@@ -10,6 +10,7 @@ import argparse
 
 from sdbert.cli_args import add_config_arguments, config_from_args
 from sdbert.commands.common import add_data_arguments, add_training_arguments, data_settings
+from sdbert.hub import resolve_flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,5 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(DistillConfig, args, data=data_settings(args),
                               training=config_from_args(TrainingArguments, args))
+    # Hub names -> their cached snapshots (main revision; a teacher's recorded start is a local folder already).
+    config.teacher = resolve_flag(config.teacher, None, "--teacher")
+    config.init_from = resolve_flag(config.init_from, None, "--init-from")
     distill(config)
     return 0

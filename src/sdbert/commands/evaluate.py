@@ -8,11 +8,14 @@ from pathlib import Path
 
 from sdbert.commands.common import add_data_arguments, data_settings, positive_int
 from sdbert.errors import ConfigError
+from sdbert.hub import add_revision_argument
 from sdbert.io import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (PyTorch, or an ONNX export)")
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="model folder (PyTorch, or an ONNX export), or a hub name org/name")
+    add_revision_argument(parser)
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                         help="auto: onnxruntime when the folder holds model.onnx, else PyTorch")
     parser.add_argument("--threads", type=positive_int, help="intra-op threads of the model (default: all cores)")
@@ -23,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: as trained)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--output-json", metavar="FILE",
-                        help="where to write the metrics (default: MODEL/eval_<split>.json)")
+                        help="where to write the metrics (default: MODEL/eval_<split>.json; for a hub name "
+                             "./eval_<split>.json)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -33,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from sdbert.pipeline import encode
     from sdbert.train import evaluate
 
-    model = load_classifier(args.model, backend=args.backend, threads=args.threads)  # PyTorch or ONNX
+    model = load_classifier(args.model, backend=args.backend, threads=args.threads,  # PyTorch or ONNX
+                            revision=args.revision)
     settings = data_settings(args)
     dataset = load_split(settings.source, args.split, text_column=args.text_column, label_column=args.label_column,
                          id2label=model.config.id2label, errors=args.encoding_errors, progress=settings.progress)
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(model, "quantization", None):
         metrics["quantization"] = model.quantization
     folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent  # a folder or FILE.onnx
+    if not Path(args.model).exists():  # a hub name: not into huggingface_hub's cache
+        folder = Path(".")
     out = Path(args.output_json) if args.output_json else folder / f"eval_{args.split}.json"
     write_json(out, metrics)
     print(json.dumps(metrics))

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from sdbert.cli_args import positive_int
+from sdbert.hub import add_revision_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="sdbert (or Hugging Face) model folder")
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="sdbert (or Hugging Face) model folder, or a hub name org/name")
+    add_revision_argument(parser)
     parser.add_argument("--format", required=True, choices=["hf", "onnx"],
                         help="hf: a folder AutoModelForSequenceClassification/AutoTokenizer/pipeline() load; "
                              "onnx: model.onnx + config.json + tokenizer.json (sdbert predict/serve take it)")
@@ -16,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "block-sparse attention, pooling and head, exact for every model; bert, big_bird: stock "
                              "BERT/BigBird classes, refused where they cannot match ours; auto: the stock class "
                              "where it is exact at every length, else sdbert")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="onnx only: dynamic int8 weights (onnxruntime quantize_dynamic), ~4x smaller; "
                              "logits are close to, not equal to, fp32: check accuracy with sdbert evaluate")
@@ -32,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quantize and args.format != "onnx":
         raise ConfigError("--quantize applies to --format onnx only")
-    model = SDBertForSequenceClassification.from_pretrained(args.model).eval()
+    model = SDBertForSequenceClassification.from_pretrained(args.model, revision=args.revision).eval()
     if args.format == "hf":
         result = export_hf(model, args.output, architecture=args.hf_architecture, overwrite=args.overwrite,
                            verify=args.verify)

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from sdbert.commands.common import positive_int
 from sdbert.errors import DataError
+from sdbert.hub import add_revision_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (PyTorch, or an ONNX export)")
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="model folder (PyTorch, or an ONNX export), or a hub name org/name")
+    add_revision_argument(parser)
     parser.add_argument("files", nargs="*", metavar="FILE",
                         help="text files, one document each; '-' or nothing reads one document per stdin line")
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from sdbert.inference import load_classifier, predict_logits
 
     # a PyTorch model folder or an ONNX export; must have tokenizer.json
-    model = load_classifier(args.model, backend=args.backend, threads=args.threads)
+    model = load_classifier(args.model, backend=args.backend, threads=args.threads, revision=args.revision)
     inputs = read_inputs(args.files)
     if not inputs:
         raise DataError("no input text (give files, or lines on stdin)")

@@ -23,11 +23,12 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from sdbert.data.cache import atomic_write
 from sdbert.data.progress import progress_bar
-from sdbert.errors import CheckpointError, ConfigError
+from sdbert.errors import CheckpointError, ConfigError, require
 
 logger = logging.getLogger(__name__)
 
 Truncation = Literal["head", "tail", "head+tail"]
+SENTENCEPIECE_NAME = "spiece.model"  # BigBird's, ALBERT's and T5's name for it
 TRUNCATIONS: tuple[str, ...] = ("head", "tail", "head+tail")
 # BERT's special tokens, in the order that gives [PAD] id 0 (the model's pad_token_id default).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -65,18 +66,24 @@ def bert_post_processor(tokenizer: Tokenizer) -> None:
     )
 
 
-def load_tokenizer(model_dir: str | os.PathLike[str]) -> Tokenizer:
-    """The tokenizer saved with a model: `tokenizer.json`, else a BERT WordPiece from `vocab.txt`.
+def load_tokenizer(model_dir: str | os.PathLike[str], *, revision: str | None = None) -> Tokenizer:
+    """The tokenizer saved with a model: `tokenizer.json`, else one converted from a SentencePiece
+    `spiece.model` (BigBird's hub folder) by `transformers`, else a BERT WordPiece from `vocab.txt`.
+    `model_dir` may be a hub name (`org/name`, at `revision`).
 
     Built-in truncation and padding are switched off: `encode` truncates and `collate` pads.
     """
-    model_dir = Path(model_dir)
+    from sdbert.hub import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir, revision=revision)
     tokenizer_file, vocab_file = model_dir / "tokenizer.json", model_dir / "vocab.txt"
     if tokenizer_file.is_file():
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
             raise CheckpointError(f"cannot read {tokenizer_file}: {exc}") from exc
+    elif (model_dir / SENTENCEPIECE_NAME).is_file():
+        tokenizer = sentencepiece_tokenizer(model_dir)
     elif vocab_file.is_file():
         tokenizer = bert_pipeline(
             Tokenizer(models.WordPiece.from_file(str(vocab_file), unk_token="[UNK]")),
@@ -84,10 +91,28 @@ def load_tokenizer(model_dir: str | os.PathLike[str]) -> Tokenizer:
         )
         bert_post_processor(tokenizer)
     else:
-        raise CheckpointError(f"no tokenizer in {model_dir}: expected tokenizer.json or vocab.txt")
+        raise CheckpointError(f"no tokenizer in {model_dir}: expected tokenizer.json, {SENTENCEPIECE_NAME} or "
+                              "vocab.txt")
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
+
+
+def sentencepiece_tokenizer(model_dir: Path) -> Tokenizer:
+    """The `tokenizers` form of a folder's SentencePiece model, as `transformers` builds its fast
+    tokenizer from it (normaliser, pieces, `[CLS] ... [SEP]` template from the folder's tokenizer class)."""
+    purpose = f"reading the SentencePiece tokenizer {model_dir / SENTENCEPIECE_NAME}"
+    transformers = require("transformers", purpose)
+    require("sentencepiece", purpose)  # and protobuf, which transformers names itself when it is missing
+    try:
+        converted = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as exc:  # transformers raises ValueError, OSError, KeyError... from many places
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot convert {model_dir / SENTENCEPIECE_NAME}: {first_line}") from exc
+    backend = getattr(converted, "backend_tokenizer", None)
+    if backend is None:
+        raise CheckpointError(f"cannot convert {model_dir / SENTENCEPIECE_NAME}: transformers gave no fast tokenizer")
+    return Tokenizer.from_str(backend.to_str())
 
 
 def _do_lower_case(model_dir: Path) -> bool:
