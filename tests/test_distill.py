@@ -112,6 +112,11 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(tmp_path):
         assert run.returncode == 0, run.stderr
         summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
     assert summaries[0]["teacher_logits_cached"] is False
+    for folder in ("teacher", "kd1"):  # each model folder gets its card, written from its summary.json
+        card = (tmp_path / folder / "README.md").read_text()
+        assert card.startswith("---\nlibrary_name: sdbert") and "validation texts" in card
+    assert "knowledge-distillation" in (tmp_path / "kd1" / "README.md").read_text()
+    assert summaries[0]["data"]["source"] == str(data) and summaries[0]["settings"]["epochs"] == 2
     assert summaries[1]["teacher_logits_cached"] is True and summaries[1]["teacher_logits_seconds"] == 0.0
     student = SDBertForSequenceClassification.from_pretrained(tmp_path / "kd2")
     assert student.config.num_hidden_layers == 1 and student.config.num_attention_heads == 1

@@ -294,6 +294,8 @@ def test_export_cli_custom_code(tiny_tokenizer, tmp_path, capsys):
     assert "trust_remote_code=True" in printed and "--hf-architecture bert" in printed
     assert "custom code which must be executed" not in printed  # the self-check asks no question
     assert (tmp_path / "a" / "modeling_sdbert.py").is_file()
+    card = (tmp_path / "a" / "README.md").read_text()  # no run record in the source: no accuracy claimed
+    assert "trust_remote_code=True" in card and "Not evaluated by sdbert" in card and "block-sparse" in card
 
     assert main(["export", "--model", str(tmp_path / "sparse"), "--format", "hf", "--hf-architecture", "big_bird",
                  "--output", str(tmp_path / "b")]) == 2

@@ -46,6 +46,8 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
     claim = results["comparisons"]["kd_vs_no_kd"]
     assert len(claim["mcnemar_p"]) == 2 and claim["interval_points"][0] <= claim["interval_points"][1]
     assert (out / "sparse_student_kd" / "seed_43" / "model.safetensors").exists()
+    card = (out / "sparse_student_kd" / "seed_43" / "README.md").read_text()  # a model card per folder
+    assert "library_name: sdbert" in card and "on 120 test texts" in card and "datasets: [\"imdb\"]" in card
     report = (out / "report.md").read_text()
     assert report.startswith("# SDBERT Table 1 reproduction") and "Paired comparisons" in report
     assert (out / "accuracy_vs_time.png").stat().st_size > 1000

@@ -55,9 +55,8 @@ dense attention:
   attends the first global block `r + 1` times (its keys count `r + 1` times in the softmax) and no
   random block at all. Ours keeps one seeded random pattern per layer (`attention_seed + layer`) for
   training and evaluation alike. In training mode Hugging Face draws new NumPy-random blocks on
-  every call. The same weights therefore give different logits on long inputs in the two libraries;
-  on IMDb that cost the quick preset's teacher and student 1.1 and 0.8 points of accuracy
-  (`benchmarks/hf_bigbird_policy.py`, results in `benchmarks/BENCHMARKS.md`).
+  every call. The same weights therefore give different logits on long inputs in the two libraries
+  (`benchmarks/hf_bigbird_policy.py` measures what that does to IMDb accuracy).
 * Hugging Face masks with a -10000 penalty where we mask exactly; the difference is far below 1e-4.
 
 **ONNX** (`export_onnx`). The block-sparse kernel in `attention/block_sparse.py` picks its path in

@@ -1,4 +1,4 @@
-"""Table 1 from the runs of `sdbert reproduce`: rows, paired comparisons, goals, report and plot.
+"""Table 1 from the runs of `sdbert reproduce`: rows, paired comparisons, report and plot.
 
 A row is one system: the mean and standard deviation of its accuracy over student seeds (one run
 for a teacher) and a 95% Wilson interval for each run. A comparison pairs two systems on the
