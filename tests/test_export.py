@@ -203,8 +203,8 @@ def test_export_cli_hf(tokenizer, tmp_path, capsys):
     out = tmp_path / "hf"
     assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(out)]) == 0
     assert "BertForSequenceClassification" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
-                                                     "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                     "tokenizer.json", "tokenizer_config.json"]  # + model card
     # A non-empty output is not replaced without --overwrite; a one-line error, exit status 2.
     assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -362,7 +362,8 @@ def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch):
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "int8-dynamic weights" in printed and "int8 tolerance" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.onnx", "tokenizer.json"]
+    assert "onnxruntime" in (out / "README.md").read_text()
     assert (out / "model.onnx").stat().st_size < 0.8 * (folder / "model.onnx").stat().st_size
 
     assert main(["export", "--model", str(tmp_path / "torch"), "--format", "hf", "--quantize", "int8",

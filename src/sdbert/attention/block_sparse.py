@@ -9,7 +9,7 @@ Four interchangeable kernels compute a plan; `_block_sparse` takes the first tha
 2. the flash band path (`fast.py`, CPU, BigBird-shaped plans): torch's fused CPU attention over
    strided window views, LSE-merged, with only the random blocks gathered;
 3. the general path below, pure PyTorch on any device and layout, and the reference the other
-   three are tested against (`tests/test_fast_attention.py`).
+   three are tested against (`tests/attention/test_fast_attention.py`).
 
 How the general path computes a layout (see `layout.py`):
 
@@ -110,8 +110,8 @@ def _block_sparse(q, k, v, block_size, key_padding_mask, plan: SparsePlan, dropo
             key_padding_mask = torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
         key_padding_mask = F.pad(key_padding_mask, (0, pad), value=False)
 
-    # Fast paths, best first; each equals the general path below (tests/test_fast_attention.py,
-    # tests/test_flex_attention.py).
+    # Fast paths, best first; each equals the general path below (tests/attention/test_fast_attention.py,
+    # tests/attention/test_flex_attention.py).
     if flex.supported(q, dropout_p):
         out = flex.flex_block_sparse(q, k, v, bs, plan, key_padding_mask)
         if out is not None:  # None: the compiled kernel failed once and is off from now on

@@ -9,7 +9,7 @@ from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.bench.verify import check, main
 from sdbert.cli import main as sdbert_main
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 
 
 @pytest.fixture
