@@ -82,7 +82,7 @@ def _comparisons_table(results: dict) -> list[str]:
         low, high = c["interval_points"]
         verdict = {"A better": f"{c['a']} better", "B better": f"{c['b']} better"}.get(c["verdict"], c["verdict"])
         lines.append(f"| {name.replace('_', ' ')} ({c['a']} - {c['b']}) | {c['difference_points']:+.2f} points | "
-                     f"[{low:+.2f}, {high:+.2f}] | {', '.join(f'{p:.3g}' for p in c['mcnemar_p'])} | {verdict} |")
+                     f"[{low:+.2f}, {high:+.2f}] | {', '.join(p_value(p) for p in c['mcnemar_p'])} | {verdict} |")
     return lines
 
 
@@ -152,3 +152,8 @@ def publish(output: Path, folder: Path) -> str:
         shutil.copyfile(output / "accuracy_vs_time.png", folder / f"{name}.png")
     update_markdown_section(folder / "BENCHMARKS.md", name, render_report(results, level=2))
     return name
+
+
+def p_value(p: float) -> str:
+    """A p-value as stored (rounded to 4 decimals): 0 there means below 0.0001, not zero."""
+    return "<0.0001" if p < 1e-4 else f"{p:.3g}"

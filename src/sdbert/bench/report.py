@@ -55,6 +55,14 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def describe_machine(m: dict[str, Any]) -> str:
+    """One line on the machine of a benchmark JSON (`machine_info` plus the load averages of the run)."""
+    threads = f", {m['torch_threads']} torch threads" if "torch_threads" in m else ""
+    return (f"{m['cpu']}, {m['cpu_count']} cores{threads}, torch {m['torch']}, transformers "
+            f"{m.get('transformers', '?')}, Python {m['python']}; load average (1 min) at start / end: "
+            f"{m.get('load_average_start')} / {m.get('load_average_end')}")
+
+
 def load_average() -> float | None:
     """The 1-minute load average: on a shared machine other jobs inflate every time in a run, so each
     report says how busy the machine was."""

@@ -671,10 +671,10 @@ def checks_line(result: dict) -> str:
 
 
 def machine_line(result: dict) -> str:
-    m = result["machine"]
-    return (f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, Python {m['python']}; load average "
-            f"(1 min) before / after the run: {m.get('load_average_start')} / {m.get('load_average_end')}. Client "
-            "and server share the machine (loopback), so the client's CPU time counts against the server's.")
+    from sdbert.bench.report import describe_machine
+
+    return (f"Machine: {describe_machine(result['machine'])}. Client and server share the machine (loopback), so "
+            "the client's CPU time counts against the server's.")
 
 
 def text_report(result: dict) -> str:

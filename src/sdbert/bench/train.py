@@ -454,10 +454,9 @@ def calibration_line(result: dict) -> str:
 
 
 def machine_line(result: dict) -> str:
-    m = result["machine"]
-    return (f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
-            f"transformers {m.get('transformers', '?')}, Python {m['python']}; load average (1 min) at start / end: "
-            f"{m.get('load_average_start')} / {m.get('load_average_end')}")
+    from sdbert.bench.report import describe_machine
+
+    return describe_machine(result["machine"])
 
 
 # --- command-line glue: arguments and reports (sdbert.commands.bench prints and writes them) ----
