@@ -459,37 +459,53 @@ def export_onnx(
     try:
         def write(tmp: Path) -> None:
             onnx_path = tmp / (out.name if single_file else ONNX_NAME)
-            if quantize:
-                fp32_path = tmp / "fp32.onnx"
-                _torch_onnx_export(model, fp32_path, opset)
-                if verify:  # the fp32 graph must be exact before its quantisation is worth checking
-                    verify_onnx(model, fp32_path, verify_lengths)
-                quantize_onnx(fp32_path, onnx_path)
-                fp32_path.unlink()
-            else:
-                _torch_onnx_export(model, onnx_path, opset)
+            _write_onnx_graph(model, onnx_path, opset=opset, quantize=quantize,
+                              verify_lengths=verify_lengths, verify=verify)
             if not single_file:
-                config.to_json_file(tmp / "config.json")
-                if model.tokenizer is not None:
-                    from sdbert.data.tokenization import save_tokenizer
-
-                    save_tokenizer(model.tokenizer, tmp)
+                _write_onnx_companions(model, tmp)
             if verify:
                 result.max_abs_diff = verify_onnx(model, onnx_path, verify_lengths,
                                                   tolerance=INT8_TOLERANCE if quantize else (TOLERANCE, 0.0))
 
         if single_file:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-                write(Path(tmp))
-                if out.exists() and not overwrite:
-                    raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-                os.replace(Path(tmp) / out.name, out)
+            _write_single_file(out, write, overwrite=overwrite)
         else:
             _write_folder(out, write, overwrite=overwrite)
     finally:
         model.train(was_training)
     return result
+
+
+def _write_onnx_graph(model: nn.Module, onnx_path: Path, *, opset: int | None, quantize: str | None,
+                      verify_lengths: tuple[int, ...] | None, verify: bool) -> None:
+    if not quantize:
+        _torch_onnx_export(model, onnx_path, opset)
+        return
+    fp32_path = onnx_path.with_name("fp32.onnx")
+    _torch_onnx_export(model, fp32_path, opset)
+    if verify:  # the fp32 graph must be exact before its quantisation is worth checking
+        verify_onnx(model, fp32_path, verify_lengths)
+    quantize_onnx(fp32_path, onnx_path)
+    fp32_path.unlink()
+
+
+def _write_onnx_companions(model: nn.Module, folder: Path) -> None:
+    """Our `config.json` and `tokenizer.json` beside the graph, so sdbert predict/serve read the folder."""
+    model.config.to_json_file(folder / "config.json")
+    if model.tokenizer is not None:
+        from sdbert.data.tokenization import save_tokenizer
+
+        save_tokenizer(model.tokenizer, folder)
+
+
+def _write_single_file(out: Path, write, *, overwrite: bool) -> None:
+    """`write` fills a temporary folder beside `out`; its `out.name` replaces `out` atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        write(Path(tmp))
+        if out.exists() and not overwrite:
+            raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+        os.replace(Path(tmp) / out.name, out)
 
 
 def _torch_onnx_export(model: nn.Module, path: Path, opset: int | None) -> None:
