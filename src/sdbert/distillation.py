@@ -112,8 +112,8 @@ def distill(config: DistillConfig) -> dict:
     """Train a student into `config.training.output_dir`; returns (and writes) its `summary.json`."""
     import torch
 
-    from sdbert.finetune import data_record, run_settings
     from sdbert.model_card import write_model_card
+    from sdbert.pipeline import data_record
     from sdbert.train import prepare_output_dir, setup_distributed, train
 
     run = config.training
@@ -136,7 +136,7 @@ def distill(config: DistillConfig) -> dict:
     result = train(student, transfer.train_set, transfer.val_set, run.for_model(student), loss_fn=loss_fn,
                    distributed=distributed, aux_module=projections)
     summary = distill_summary(config, result, student, transfer, hidden_map, time.perf_counter() - started)
-    summary.update(data=data_record(config.data, transfer.train_set, transfer.val_set), settings=run_settings(run),
+    summary.update(data=data_record(config.data, transfer.train_set, transfer.val_set), settings=run.record(),
                    teacher=config.teacher)
     if distributed.is_main:
         write_json(Path(run.output_dir) / "summary.json", summary)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Literal
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_int
 from sdbert.io import write_json
 from sdbert.model_card import write_model_card
-from sdbert.pipeline import DataSettings, PreparedData, build_model, encode, prepare_data
+from sdbert.pipeline import DataSettings, PreparedData, build_model, data_record, encode, prepare_data
 from sdbert.train import TrainingArguments, TrainResult, prepare_output_dir, setup_distributed, train
 
 
@@ -59,7 +58,7 @@ def finetune(config: FinetuneConfig) -> dict:
     started = time.perf_counter()
     result = train(model, train_set, val_set, run.for_model(model), distributed=distributed)
     summary = run_summary(result, model, wall_seconds=time.perf_counter() - started)
-    summary.update(data=data_record(config.data, train_set, val_set), settings=run_settings(run))
+    summary.update(data=data_record(config.data, train_set, val_set), settings=run.record())
     if distributed.is_main:
         write_json(Path(run.output_dir) / "summary.json", summary)
         write_model_card(run.output_dir, summary)
@@ -83,20 +82,6 @@ def run_summary(result: TrainResult, model, *, wall_seconds: float) -> dict:
     return {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
             "wall_seconds": round(wall_seconds, 2), "examples_per_second": round(result.examples_per_second, 2),
             "steps": result.final_step, "parameters": model.num_parameters(), "stopped_early": result.stopped_early}
-
-
-def data_record(data: DataSettings, train_set, val_set) -> dict:
-    """What the run trained on, for its summary and model card."""
-    from sdbert.data.sources import DATA_ENV
-
-    return {"source": data.source or os.environ.get(DATA_ENV), "train_examples": len(train_set),
-            "validation_examples": len(val_set)}
-
-
-def run_settings(run: TrainingArguments) -> dict:
-    """The loop settings a reader needs to repeat the run."""
-    return {"epochs": run.epochs, "max_steps": run.max_steps, "batch_size": run.batch_size,
-            "learning_rate": run.learning_rate, "warmup_ratio": run.warmup_ratio, "seed": run.seed}
 
 
 def print_done(result: TrainResult, output_dir: str) -> None:

@@ -9,6 +9,7 @@ through the on-disk cache.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -66,6 +67,14 @@ class DataSettings:
 
 TRAINING_DATA_FIELDS = ("train_limit", "eval_limit", "val_fraction", "val_max")
 """Data flags that only commands which train have."""
+
+
+def data_record(settings: DataSettings, train_set, val_set) -> dict:
+    """What a run trained on, for its summary and model card (the source as resolved: --data or $SDBERT_DATA)."""
+    from sdbert.data.sources import DATA_ENV
+
+    return {"source": settings.source or os.environ.get(DATA_ENV), "train_examples": len(train_set),
+            "validation_examples": len(val_set)}
 
 
 @dataclass

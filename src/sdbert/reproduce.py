@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,6 @@ from sdbert.bench.report import load_average, machine_info
 from sdbert.checkpoint import weights_fingerprint
 from sdbert.cli_args import arg, fraction, positive_float, positive_int
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
-from sdbert.data.sources import DATA_ENV
 from sdbert.distill import (
     cached_teacher_logits,
     init_student_from_pretrained,
@@ -49,7 +47,7 @@ from sdbert.io import write_json
 from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
-from sdbert.pipeline import DataSettings, build_model, load_unlabeled, prepare_data, with_unlabeled
+from sdbert.pipeline import DataSettings, build_model, data_record, load_unlabeled, prepare_data, with_unlabeled
 from sdbert.stats import wilson_interval
 from sdbert.table1 import SYSTEMS, aggregate, compare
 from sdbert.train import TrainingArguments, predict_logits, train
@@ -400,9 +398,7 @@ class Runner:
                    validation_accuracy=round(trained.best_metrics.get("accuracy", float("nan")), 4),
                    size_mb=folder_size_mb(out))
         write_json(result_file, run)
-        write_model_card(out, dict(run, data={"source": self.settings.source or os.environ.get(DATA_ENV),
-                                              "train_examples": len(encoded["train"]),
-                                              "validation_examples": len(encoded["validation"])}))
+        write_model_card(out, dict(run, data=data_record(self.settings, encoded["train"], encoded["validation"])))
         logger.info("%s (seed %d): test accuracy %.4f, trained in %.0fs", system, seed, run["accuracy"],
                     run["train_seconds"])
         return run

@@ -80,6 +80,11 @@ class TrainingArguments:
     extra: dict = field(default_factory=dict)
     """Free-form settings recorded in the summary (e.g. data source, distillation alpha)."""
 
+    def record(self) -> dict:
+        """The loop settings a reader needs to repeat the run (for its summary and model card)."""
+        return {"epochs": self.epochs, "max_steps": self.max_steps, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio, "seed": self.seed}
+
     def for_model(self, model, **changes) -> TrainingArguments:
         """These settings with the padding the model needs (its block size, length and pad token)."""
         config = model.config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from sdbert.cli_args import positive_int
 from sdbert.hub import add_revision_argument
@@ -49,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
                              verify=args.verify)
         what = (f"ONNX ({result.architecture} attention, dynamic batch and sequence axes"
                 + (f", {result.quantization} weights)" if result.quantization else ")"))
-    card_format = {"sdbert": "hf_custom", "bert": "hf_stock", "big_bird": "hf_stock"}.get(result.architecture, "onnx")
     if result.path.is_dir():  # a bare FILE.onnx has no folder to describe
-        write_model_card(result.path, read_run(args.model) if Path(args.model).is_dir() else {},
-                         fmt=card_format if args.format == "hf" else "onnx", config=model.config.to_dict())
+        custom = result.architecture == "sdbert"
+        card_format = "onnx" if args.format == "onnx" else "hf_custom" if custom else "hf_stock"
+        write_model_card(result.path, read_run(args.model), fmt=card_format, config=model.config.to_dict())
     if result.max_abs_diff is None:
         check = ""
     elif result.quantization:
