@@ -40,6 +40,8 @@ bench: bench-kernels bench-models  ## every benchmark the README quotes, one aft
 
 bench-kernels: install  ## attention kernels and whole encoders, sparse vs dense -> benchmarks/
 	$(BIN)/sdbert bench attention --lengths 512,2048,4096,8192 --hf-max-length 4096 --no-progress --output benchmarks
+	$(BIN)/sdbert bench attention --lengths 2048,4096 --methods sparse_proj,hf --no-memory --allocator default \
+		--name attention_glibc --no-progress --output benchmarks
 	$(BIN)/sdbert bench encoder --size base --lengths 4096 --no-progress --output benchmarks
 	$(BIN)/sdbert bench encoder --size minilm --lengths 4096,8192 --name encoder_minilm --no-progress \
 		--output benchmarks

@@ -66,3 +66,4 @@ def tiny_tokenizer():
     from sdbert.data.wordpiece import train_wordpiece_tokenizer
 
     return train_wordpiece_tokenizer(TEXTS, vocab_size=150, min_frequency=1)
+

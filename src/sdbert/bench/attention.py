@@ -25,7 +25,9 @@ kernel itself runs dense SDPA. `forward_gflop` counts 2 FLOPs per multiply-add.
 
 Timing: for each length every case runs `warmup` times, then at least `repeats` rounds in which
 the cases take turns (so background noise falls on all of them alike; short lengths get more
-rounds, up to about `min_seconds` per length); we report the median.
+rounds, up to about `min_seconds` per length); we report the median, and each round's minor page faults.
+By default the process keeps freed memory for the next round (`sdbert.bench.allocator`), so HF's
+large intermediates are not timed on the OS's page-zeroing path, whose cost is not reproducible.
 "Forward" runs under `torch.no_grad()`; "forward+backward" backpropagates a fixed random
 gradient into the inputs (and the projection weights).
 
@@ -54,6 +56,8 @@ from sdbert.attention import (
     flex,
     native,
 )
+from sdbert.bench import allocator
+from sdbert.bench.allocator import ALLOCATORS, minor_faults
 from sdbert.bench.report import PeakRSS, load_average, machine_info, run_isolated
 from sdbert.bench.timing import gemm_calibration, overlap, percent_of_peak
 from sdbert.config import dense_fallback_blocks
@@ -100,6 +104,9 @@ class AttentionBenchConfig:
     """longest sequence to run Hugging Face BigBird at (it needs ~15 GB and ~20 s a step at 16384)"""
     threads: int = field(default_factory=torch.get_num_threads)
     seed: int = 0
+    allocator: str = "reuse"
+    """"reuse": glibc keeps freed memory for the next round, so no case is timed on page faults;
+    "default": glibc's own (see `sdbert.bench.allocator`)"""
 
     def __post_init__(self):
         self.lengths = tuple(int(n) for n in self.lengths)
@@ -114,6 +121,8 @@ class AttentionBenchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.random_blocks < 0 or self.warmup < 0:
             raise ConfigError("random_blocks and warmup must be >= 0")
+        if self.allocator not in ALLOCATORS:
+            raise ConfigError(f"unknown allocator {self.allocator!r}; choose from {list(ALLOCATORS)}")
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -364,9 +373,18 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
     """Measure every (length, method, mode) and return a JSON-ready dict.
 
     `result["rows"]`: one dict per case with `length, method, mode, path, median_ms, times_ms,
-    forward_gflop, peak_mb` (`gflop_per_s` for forward rows), or `skipped` with the reason;
+    minor_faults` (per timed round), `forward_gflop, peak_mb` (`gflop_per_s` for forward rows), or
+    `skipped` with the reason;
     `result["notes"]`: why a case that should have run did not. `progress` shows a tqdm bar on stderr.
     """
+    allocator.configure(cfg.allocator)
+    try:
+        return _run_attention_bench(cfg, progress)
+    finally:
+        allocator.configure("default")  # the caller's process goes on with glibc's own
+
+
+def _run_attention_bench(cfg: AttentionBenchConfig, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
@@ -426,30 +444,31 @@ def _build_cases(cfg: AttentionBenchConfig, n: int, rows: dict, notes: list[str]
     return cases
 
 
-def _time_interleaved(steps: dict[tuple, Case], cfg: AttentionBenchConfig) -> dict[tuple, list[float]]:
-    """Milliseconds per timed round of each case; the cases take turns within each round."""
-    times: dict[tuple, list[float]] = {key: [] for key in steps}
+def _time_interleaved(steps: dict[tuple, Case], cfg: AttentionBenchConfig) -> dict[tuple, list[tuple[float, int]]]:
+    """(milliseconds, minor page faults) per timed round of each case; the cases take turns within each round."""
+    times: dict[tuple, list[tuple[float, int]]] = {key: [] for key in steps}
     rounds, round_ = cfg.warmup + cfg.repeats, 0
     while round_ < rounds:
         for key, step in steps.items():
-            start = time.perf_counter()
+            faults, start = minor_faults(), time.perf_counter()
             step()
             elapsed = (time.perf_counter() - start) * 1e3
             if round_ >= cfg.warmup:
-                times[key].append(elapsed)
+                times[key].append((elapsed, minor_faults() - faults))
         round_ += 1
         if round_ == cfg.warmup + 1 and steps:
             # Short cases get more rounds (up to ~min_seconds per length): medians of a few
             # millisecond-scale runs are easily skewed by other jobs on the machine.
-            round_seconds = sum(v[-1] for v in times.values()) / 1e3
+            round_seconds = sum(v[-1][0] for v in times.values()) / 1e3
             extra = int(cfg.min_seconds / max(round_seconds, 1e-6))
             rounds = max(rounds, min(cfg.warmup + extra, cfg.warmup + cfg.max_repeats))
     return times
 
 
-def _record_times(row: dict, values: list[float], gflop: float) -> None:
+def _record_times(row: dict, rounds: list[tuple[float, int]], gflop: float) -> None:
+    values, faults = [ms for ms, _ in rounds], [n for _, n in rounds]
     row.update(median_ms=statistics.median(values), min_ms=min(values), max_ms=max(values), times_ms=values,
-               forward_gflop=gflop)
+               minor_faults=faults, forward_gflop=gflop)
     if row["mode"] == "forward":  # the backward's FLOPs depend on what each kernel recomputes: not counted
         row["gflop_per_s"] = gflop / (row["median_ms"] / 1e3)
 
@@ -473,6 +492,8 @@ def command_line(cfg: AttentionBenchConfig) -> str:
         parts.append(f"--min-seconds {cfg.min_seconds:g}")
     if cfg.hf_max_length != AttentionBenchConfig.hf_max_length and "hf" in cfg.methods:
         parts.append(f"--hf-max-length {cfg.hf_max_length}")
+    if cfg.allocator != AttentionBenchConfig.allocator:
+        parts.append(f"--allocator {cfg.allocator}")
     return " ".join(parts)
 
 
@@ -588,20 +609,27 @@ def calibration_line(calibration: dict) -> str:
             f"{calibration['tile_gflops']:.0f} GFLOP/s for the kernel's tile ({count} x ({m} x {k}) @ ({k} x {n})).")
 
 
+def faults_line(result: dict) -> str:
+    """Which cases touched fresh memory in their timed rounds (median minor page faults per round)."""
+    faulting = [f"{METHODS[r['method']]} {r['mode'].replace('_', '+')} at {r['length']}: "
+                f"{statistics.median(r['minor_faults']):,.0f}"
+                for r in result["rows"] if r.get("minor_faults") and statistics.median(r["minor_faults"]) >= 1000]
+    if not any("minor_faults" in r for r in result["rows"]):
+        return ""
+    return ("Minor page faults per timed round (median; a fault is a fresh 4 KiB page the OS zeroes): "
+            + ("; ".join(faulting) if faulting else "under 1,000 for every case") + ".")
+
+
 def markdown_report(result: dict) -> str:
     """The BENCHMARKS.md section of a run: a pure function of its JSON (checked by re-rendering)."""
-    from sdbert.bench.report import markdown_table
+    from sdbert.bench.report import describe_machine, markdown_table
 
     cfg, machine, name = result["config"], result["machine"], result.get("name", "attention")
     lines = [
         "## Attention kernels (`sdbert bench attention`)" + ("" if name == "attention" else f": {name}"),
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch "
-        f"threads, torch {machine['torch']}, Python {machine['python']}"
-        + (f", transformers {machine['transformers']}" if "transformers" in machine else "") + "."
-        + (f" Load average (1 min) at start / end of the run: {machine['load_average_start']} / "
-           f"{machine['load_average_end']} (a shared machine: other jobs slow every method of a round alike, "
-           "but lengths timed minutes apart can see different load)." if "load_average_start" in machine else ""),
+        f"Machine: {describe_machine(machine)} (a shared machine: other jobs slow every method of a round "
+        "alike, but lengths timed minutes apart can see different load).",
         "",
         f"Command: `{result['command']}`",
         "",
@@ -612,13 +640,15 @@ def markdown_report(result: dict) -> str:
         + "; ".join(f"{METHODS[m]}" for m in cfg["methods"]) + ". Times are medians (min-max) of at least "
         f"{cfg['repeats']} interleaved rounds in one process (more for short lengths, about "
         f"{cfg.get('min_seconds', 0):g} s per length); memory is the peak resident memory "
-        "above the inputs, one fresh process per case. Up to "
+        "above the inputs, one fresh process per case (glibc's default allocator). Up to "
         f"{dense_fallback_blocks(cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
         "HF BigBird is measured only above that length (its model switches to full attention below) "
         f"and up to {cfg.get('hf_max_length', 8192)} tokens (`--hf-max-length`).",
         "",
         kernel_line(result) + " " + path_summary(result),
     ]
+    if faults_line(result):
+        lines += ["", faults_line(result)]
     for key in ("median_ms", "peak_mb") if cfg["memory"] else ("median_ms",):
         for mode in ("forward", "forward_backward") if cfg["backward"] else ("forward",):
             header, rows = summary_rows(result, mode, key)

@@ -223,17 +223,14 @@ def text_report(result: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    from sdbert.bench.report import markdown_table
+    from sdbert.bench.report import describe_machine, markdown_table
     from sdbert.bench.timing import kernel_text
 
     machine = result["machine"]
     return "\n".join([
         f"## Whole encoder, block-sparse vs full attention (`sdbert bench encoder`): {result['model']['source']}",
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} torch threads, "
-        f"torch {machine['torch']}, Python {machine['python']}."
-        + (f" Load average (1 min) at start / end: {machine['load_average_start']} / {machine['load_average_end']}."
-           if machine.get("load_average_start") is not None else ""),
+        f"Machine: {describe_machine(machine)}.",
         "",
         f"Command: `{result['command']}`",
         "",

@@ -377,23 +377,17 @@ def text_report(result: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    from sdbert.bench.report import markdown_table
+    from sdbert.bench.report import describe_machine, markdown_table
     from sdbert.bench.timing import kernel_text
 
     machine, cfg = result["machine"], result["config"]
     onnx = any(m.get("backend", "torch") != "torch" for m in result["models"])
-    load = ""
-    if "load_average_start" in machine:
-        load = (f" Load average (1 min) at start / end: {machine['load_average_start']} / "
-                f"{machine['load_average_end']} (a shared machine; interleaved rounds spread its load over all "
-                "models).")
     name = cfg.get("name", "model")
     lines = [
         "## Model inference (`sdbert bench model`)" + ("" if name == "model" else f": {name}"),
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['torch_threads']} threads, "
-        f"torch {machine['torch']}" + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else "")
-        + f", Python {machine['python']}." + load,
+        f"Machine: {describe_machine(machine)} (a shared machine; interleaved rounds spread its load over all "
+        "models).",
         "",
         f"Command: `{result['command']}`",
         "",

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sdbert.bench import allocator
 from sdbert.io import atomic_path, write_text
 
 
@@ -43,6 +44,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "allocator": allocator.state(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -58,9 +60,11 @@ def machine_info() -> dict[str, Any]:
 def describe_machine(m: dict[str, Any]) -> str:
     """One line on the machine of a benchmark JSON (`machine_info` plus the load averages of the run)."""
     threads = f", {m['torch_threads']} torch threads" if "torch_threads" in m else ""
+    runtime = f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else ""
+    allocator = f"; memory allocator: {m['allocator']}" if "allocator" in m else ""  # see sdbert.bench.allocator
     return (f"{m['cpu']}, {m['cpu_count']} cores{threads}, torch {m['torch']}, transformers "
-            f"{m.get('transformers', '?')}, Python {m['python']}; load average (1 min) at start / end: "
-            f"{m.get('load_average_start')} / {m.get('load_average_end')}")
+            f"{m.get('transformers', '?')}{runtime}, Python {m['python']}{allocator}; load average (1 min) at "
+            f"start / end: {m.get('load_average_start')} / {m.get('load_average_end')}")
 
 
 def load_average() -> float | None:

@@ -39,6 +39,9 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
                    help="include Hugging Face BigBird when transformers is installed (default on)")
     p.add_argument("--hf-max-length", type=positive_int, default=8192,
                    help="longest length to run Hugging Face BigBird at (default 8192; it needs ~15 GB at 16384)")
+    p.add_argument("--allocator", choices=("reuse", "default"), default="reuse",
+                   help="reuse (default): glibc keeps freed memory for the next round, so no case is timed on "
+                        "page faults; default: glibc's own behaviour (see sdbert.bench.allocator)")
     p.add_argument("--output", type=Path, default=Path("benchmarks"),
                    help="folder for NAME.json, NAME.png and BENCHMARKS.md")
     p.add_argument("--name", default="attention",
@@ -77,7 +80,8 @@ def attention_config(args: argparse.Namespace):
             lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
             block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
             min_seconds=args.min_seconds, warmup=args.warmup, backward=args.backward, methods=methods,
-            memory=args.memory, hf_max_length=args.hf_max_length, threads=args.threads or torch.get_num_threads())
+            memory=args.memory, hf_max_length=args.hf_max_length, threads=args.threads or torch.get_num_threads(),
+            allocator=args.allocator)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return cfg, notes
