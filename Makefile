@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 # The IMDb archive; `make demo SDBERT_DATA=imdb` downloads the official one once.
 SDBERT_DATA ?= $(if $(wildcard ../shared/data/aclImdb_v1.tar.gz),../shared/data/aclImdb_v1.tar.gz,imdb)
+# Where `make bench` writes; elsewhere, `python -m sdbert.bench.compare benchmarks $(BENCH_OUT)` checks the rerun.
+BENCH_OUT ?= benchmarks
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint demo bench bench-kernels bench-models clean
@@ -36,22 +38,22 @@ demo: install  ## the main job: the paper's Table 1, quick preset (about 15 min 
 	$(BIN)/sdbert reproduce --preset quick --data $(SDBERT_DATA) --output runs/quick
 
 bench: bench-kernels bench-models  ## every benchmark the README quotes, one after the other (about 30 min)
-	$(BIN)/python -m sdbert.bench.verify benchmarks
+	$(BIN)/python -m sdbert.bench.verify $(BENCH_OUT)
 
-bench-kernels: install  ## attention kernels and whole encoders, sparse vs dense -> benchmarks/
-	$(BIN)/sdbert bench attention --lengths 512,2048,4096,8192 --hf-max-length 4096 --no-progress --output benchmarks
+bench-kernels: install  ## attention kernels and whole encoders, sparse vs dense -> BENCH_OUT (default benchmarks/)
+	$(BIN)/sdbert bench attention --lengths 512,2048,4096,8192 --hf-max-length 4096 --no-progress --output $(BENCH_OUT)
 	$(BIN)/sdbert bench attention --lengths 2048,4096 --methods sparse_proj,hf --no-memory --allocator default \
-		--name attention_glibc --no-progress --output benchmarks
-	$(BIN)/sdbert bench encoder --size base --lengths 4096 --no-progress --output benchmarks
+		--name attention_glibc --no-progress --output $(BENCH_OUT)
+	$(BIN)/sdbert bench encoder --size base --lengths 4096 --no-progress --output $(BENCH_OUT)
 	$(BIN)/sdbert bench encoder --size minilm --lengths 4096,8192 --name encoder_minilm --no-progress \
-		--output benchmarks
+		--output $(BENCH_OUT)
 
-bench-models: install  ## the presets' models: inference, training loop, HTTP service -> benchmarks/
+bench-models: install  ## the presets' models: inference, training loop, HTTP service -> BENCH_OUT (default benchmarks/)
 	$(BIN)/sdbert bench model --preset quick --preset standard --lengths 512,2048,4096 --batch-sizes 1 \
-		--no-progress --output benchmarks
+		--no-progress --output $(BENCH_OUT)
 	$(BIN)/sdbert bench train --data $(SDBERT_DATA) --lengths 512,2048 --attention full,block_sparse \
-		--no-progress --output benchmarks
-	$(BIN)/sdbert bench serve --preset quick --data $(SDBERT_DATA) --reviews 400 --output benchmarks
+		--no-progress --output $(BENCH_OUT)
+	$(BIN)/sdbert bench serve --preset quick --data $(SDBERT_DATA) --reviews 400 --output $(BENCH_OUT)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
