@@ -21,6 +21,7 @@ import sdbert.model as model_module  # noqa: E402
 from sdbert import SDBertForSequenceClassification  # noqa: E402
 from sdbert.attention import block_sparse_attention  # noqa: E402
 from sdbert.convert import config_from_hf, extend_positions  # noqa: E402
+from sdbert.data import load_tokenizer  # noqa: E402
 from sdbert.errors import CheckpointError, ConfigError  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -345,10 +346,11 @@ def test_minilm_matches_hf_bert_model(minilm_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sdbert"):
         ours = SDBertForSequenceClassification.from_pretrained(minilm_path).eval()
     assert "classifier" in caplog.text
-    assert ours.tokenizer is not None and ours.config.attention_type == "full"
+    assert ours.config.attention_type == "full"
     hf = transformers.BertModel.from_pretrained(minilm_path).eval()
-    first = real_ids(ours.tokenizer, 128)
-    second = real_ids(ours.tokenizer, 90) + [0] * 38
+    tokenizer = load_tokenizer(minilm_path)
+    first = real_ids(tokenizer, 128)
+    second = real_ids(tokenizer, 90) + [0] * 38
     ids = torch.tensor([first, second])
     mask = (torch.arange(128) < torch.tensor([[128], [90]])).long()
     with torch.no_grad():
@@ -364,7 +366,7 @@ def test_minilm_block_sparse_on_2000_tokens(minilm_path, caplog):
         ours = SDBertForSequenceClassification.from_pretrained(
             minilm_path, attention_type="block_sparse", max_position_embeddings=2048).eval()
     assert "extending position embeddings from 512 to 2048" in caplog.text
-    ids = torch.tensor([real_ids(ours.tokenizer, 2000)])
+    ids = torch.tensor([real_ids(load_tokenizer(minilm_path), 2000)])
     with torch.no_grad():
         logits = ours(ids, attention_mask=torch.ones_like(ids)).logits
     assert logits.shape == (1, 2)

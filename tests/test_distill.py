@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sdbert import SDBertConfig, SDBertForSequenceClassification
+from sdbert.classifier import Classifier
 from sdbert.distill import (
     default_layer_map,
     distillation_loss,
@@ -118,9 +119,9 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(tmp_path):
     assert "knowledge-distillation" in (tmp_path / "kd1" / "README.md").read_text()
     assert summaries[0]["data"]["source"] == str(data) and summaries[0]["settings"]["epochs"] == 2
     assert summaries[1]["teacher_logits_cached"] is True and summaries[1]["teacher_logits_seconds"] == 0.0
-    student = SDBertForSequenceClassification.from_pretrained(tmp_path / "kd2")
+    student = Classifier.from_pretrained(tmp_path / "kd2")  # the teacher's tokenizer and this run's settings
     assert student.config.num_hidden_layers == 1 and student.config.num_attention_heads == 1
-    assert student.tokenizer is not None
+    assert student.tokenizer.to_str() == Classifier.from_pretrained(tmp_path / "teacher").tokenizer.to_str()
     assert summaries[0]["parameters"] < json.loads((tmp_path / "teacher" / "summary.json").read_text())["parameters"]
 
 

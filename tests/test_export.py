@@ -16,6 +16,7 @@ import torch
 from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.attention import block_sparse_attention
 from sdbert.attention.traceable import random_block_table, traceable_block_sparse_attention
+from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli import main
 from sdbert.data.wordpiece import train_wordpiece_tokenizer
 from sdbert.errors import CheckpointError, ConfigError
@@ -38,12 +39,19 @@ def tiny_model(tokenizer, *, attention_type="block_sparse", pooler_activation="t
     config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
                           num_attention_heads=4, intermediate_size=48, max_position_embeddings=max_position_embeddings,
                           block_size=16, num_random_blocks=1, initializer_range=0.2, attention_type=attention_type,
-                          pooler_activation=pooler_activation, hidden_act=hidden_act, id2label=LABELS,
-                          max_length=max_position_embeddings, **overrides)
+                          pooler_activation=pooler_activation, hidden_act=hidden_act, id2label=LABELS, **overrides)
     torch.manual_seed(seed)
-    model = SDBertForSequenceClassification(config).eval()
-    model.tokenizer = tokenizer
-    return model
+    return SDBertForSequenceClassification(config).eval()
+
+
+def settings_of(model) -> InferenceSettings:
+    """Texts may use every position of the model."""
+    return InferenceSettings(max_length=model.config.max_position_embeddings)
+
+
+def save(model, path, tokenizer) -> None:
+    """A model folder as training writes it: weights, config with settings, tokenizer."""
+    Classifier(model, tokenizer, settings_of(model)).save_pretrained(path)
 
 
 def padded(config, length, seed=0):
@@ -103,7 +111,7 @@ def hf_logits(folder, ids, mask, *, attention_type=None):
 
 def test_full_model_exports_as_bert_with_equal_logits_and_labels(tokenizer, tmp_path):
     model = tiny_model(tokenizer, attention_type="full")
-    result = export_hf(model, tmp_path / "hf")
+    result = export_hf(model, tmp_path / "hf", tokenizer=tokenizer, settings=settings_of(model))
     assert result.architecture == "bert" and result.max_abs_diff < ATOL
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
@@ -121,7 +129,8 @@ def test_block_sparse_model_exports_as_bigbird(tokenizer, tmp_path):
     original_full), and longer inputs with HF set to original_full against our model run dense."""
     model = tiny_model(tokenizer, pooler_activation="gelu")
     assert choose_hf_architecture(model.config) == "sdbert"  # auto: exact at every length only as custom code
-    result = export_hf(model, tmp_path / "hf", architecture="big_bird")
+    result = export_hf(model, tmp_path / "hf", tokenizer=tokenizer, settings=settings_of(model),
+                       architecture="big_bird")
     assert result.architecture == "big_bird" and result.max_abs_diff < ATOL
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["attention_type"] == "block_sparse"
@@ -146,7 +155,8 @@ def test_hf_bigbird_eval_random_blocks_differ_from_ours(tokenizer, tmp_path):
     """Documented, not hidden: above the fallback length HF BigBird in eval mode uses block 0 for
     every random block, so its logits differ from ours (which keep a seeded random pattern)."""
     model = tiny_model(tokenizer, pooler_activation="gelu")
-    export_hf(model, tmp_path / "hf", architecture="big_bird", verify=False)
+    export_hf(model, tmp_path / "hf", tokenizer=tokenizer, settings=settings_of(model),
+              architecture="big_bird", verify=False)
     ids, mask = padded(model.config, 400, seed=5)
     _, logits = hf_logits(tmp_path / "hf", ids, mask)
     with torch.inference_mode():
@@ -155,16 +165,15 @@ def test_hf_bigbird_eval_random_blocks_differ_from_ours(tokenizer, tmp_path):
 
 def test_pipeline_and_tokenizer_load_offline(tokenizer, tmp_path):
     model = tiny_model(tokenizer, attention_type="full")
-    export_hf(model, tmp_path / "hf")
+    export_hf(model, tmp_path / "hf", tokenizer=tokenizer, settings=settings_of(model))
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     assert tok.model_max_length == 512 and tok.pad_token == "[PAD]" and tok.cls_token == "[CLS]"
     text = "a wonderful film, the worst ending"
     assert tok(text)["input_ids"] == tokenizer.encode(text).ids
     classifier = transformers.pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
     out = classifier([text, "boring"], top_k=None)
-    from sdbert.inference import classify
 
-    ours = classify(model, [text, "boring"])
+    ours = Classifier(model, tokenizer, settings_of(model))([text, "boring"])
     for got, expected in zip(out, ours, strict=True):
         scores = {d["label"]: d["score"] for d in got}
         assert set(scores) == {"negative", "positive"}
@@ -181,7 +190,8 @@ def test_tanh_head_block_sparse_model_is_refused_as_bigbird_or_exported_as_bert(
     with pytest.raises(ConfigError, match="hidden_act"):
         export_hf(model, tmp_path / "refused", architecture="big_bird")
     assert not (tmp_path / "refused").exists()
-    result = export_hf(model, tmp_path / "bert", architecture="bert")
+    result = export_hf(model, tmp_path / "bert", tokenizer=tokenizer, settings=settings_of(model),
+                       architecture="bert")
     assert result.architecture == "bert" and result.notes
     ids, mask = padded(model.config, model.config.dense_fallback_length, seed=1)
     _, logits = hf_logits(tmp_path / "bert", ids, mask)
@@ -193,13 +203,13 @@ def test_mean_pooled_model_has_no_stock_hf_form(tokenizer, tmp_path):
     model = tiny_model(tokenizer, attention_type="full", classifier_pooling="mean")
     assert choose_hf_architecture(model.config) == "sdbert"
     with pytest.raises(ConfigError, match="mean"):
-        export_hf(model, tmp_path / "hf", architecture="bert")
+        export_hf(model, tmp_path / "hf", tokenizer=tokenizer, settings=settings_of(model), architecture="bert")
     assert not (tmp_path / "hf").exists()
 
 
 def test_export_cli_hf(tokenizer, tmp_path, capsys):
     model = tiny_model(tokenizer, attention_type="full")
-    model.save_pretrained(tmp_path / "model")
+    save(model, tmp_path / "model", tokenizer)
     out = tmp_path / "hf"
     assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(out)]) == 0
     assert "BertForSequenceClassification" in capsys.readouterr().out
@@ -217,7 +227,7 @@ def test_export_cli_hf(tokenizer, tmp_path, capsys):
 
 
 def test_export_cli_refuses_inexact_bigbird_in_one_line(tokenizer, tmp_path, capsys):
-    tiny_model(tokenizer).save_pretrained(tmp_path / "model")
+    save(tiny_model(tokenizer), tmp_path / "model", tokenizer)
     assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--hf-architecture", "big_bird",
                  "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
@@ -236,7 +246,7 @@ def onnx_export(tokenizer, tmp_path_factory):
 
     model = tiny_model(tokenizer, max_position_embeddings=2048, num_hidden_layers=1)
     folder = tmp_path_factory.mktemp("onnx") / "model"
-    result = export_onnx(model, folder)
+    result = export_onnx(model, folder, tokenizer=tokenizer, settings=settings_of(model))
     return model, folder, result
 
 
@@ -258,9 +268,9 @@ def test_onnx_logits_equal_pytorch_at_512_and_2048(onnx_export):
         assert max_diff(onnx_model(ids, attention_mask=mask).logits, expected) < ATOL, length
 
 
-def test_predict_accepts_onnx_export(onnx_export, tmp_path, capsys):
+def test_predict_accepts_onnx_export(onnx_export, tmp_path, capsys, tokenizer):
     model, folder, _ = onnx_export
-    model.save_pretrained(tmp_path / "torch")
+    save(model, tmp_path / "torch", tokenizer)
     files = []
     for i, text in enumerate(TEXTS[:3] + [" ".join(TEXTS) * 3]):  # the last one is truncated to max_length
         files.append(tmp_path / f"{i}.txt")
@@ -276,23 +286,22 @@ def test_predict_accepts_onnx_export(onnx_export, tmp_path, capsys):
             assert abs(a["probabilities"][label] - b["probabilities"][label]) < ATOL
 
 
-def test_serve_app_accepts_onnx_model(onnx_export):
+def test_serve_app_accepts_onnx_model(onnx_export, tokenizer):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from sdbert.inference import classify
-    from sdbert.onnx_runtime import OnnxClassifier
     from sdbert.serve import create_app
 
     model, folder, _ = onnx_export
-    onnx_model = OnnxClassifier.from_pretrained(folder)
-    with TestClient(create_app(onnx_model, name="student")) as client:
+    onnx_classifier = Classifier.from_pretrained(folder)
+    assert onnx_classifier.backend == "onnxruntime"
+    with TestClient(create_app(onnx_classifier, name="student")) as client:
         info = client.get("/v1/model").json()
         assert info["backend"] == "onnxruntime" and info["labels"] == ["negative", "positive"]
         assert info["quantization"] is None
         response = client.post("/v1/classify", json={"texts": TEXTS[:2]})
     assert response.status_code == 200
-    expected = classify(model, TEXTS[:2])
+    expected = Classifier(model, tokenizer, settings_of(model))(TEXTS[:2])
     for got, want in zip(response.json()["results"], expected, strict=True):
         assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < ATOL
 
@@ -346,7 +355,7 @@ def test_int8_export_runs_in_onnxruntime_close_to_fp32_and_smaller(onnx_export, 
         verify_onnx(model, folder / "model.onnx")
 
 
-def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch):
+def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch, tokenizer):
     """`export --format onnx --quantize int8` end to end; the (slow) trace is replaced by the fixture's
     graph of the same weights, so what runs here is verify fp32 -> quantise -> verify int8 -> write."""
     import shutil
@@ -354,7 +363,7 @@ def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch):
     import sdbert.export
 
     model, folder, _ = onnx_export
-    model.save_pretrained(tmp_path / "torch")
+    save(model, tmp_path / "torch", tokenizer)
     monkeypatch.setattr(sdbert.export, "_torch_onnx_export",
                         lambda _model, path, _opset: shutil.copy(folder / "model.onnx", path))
     out = tmp_path / "int8"
@@ -371,13 +380,13 @@ def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch):
     assert "--format onnx only" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
-def test_evaluate_accepts_onnx_export(onnx_export, onnx_int8, tmp_path, capsys):
+def test_evaluate_accepts_onnx_export(onnx_export, onnx_int8, tmp_path, capsys, tokenizer):
     """`sdbert evaluate` on the ONNX folder gives the PyTorch folder's predictions (same accuracy and
     confusion matrix); the int8 one runs too and says it is quantised."""
     import csv
 
     model, folder, _ = onnx_export
-    model.save_pretrained(tmp_path / "torch")
+    save(model, tmp_path / "torch", tokenizer)
     data = tmp_path / "reviews.csv"
     with data.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -397,9 +406,9 @@ def test_evaluate_accepts_onnx_export(onnx_export, onnx_int8, tmp_path, capsys):
     assert metrics["int8"]["quantization"] == "int8-dynamic" and "quantization" not in metrics["onnx"]
 
 
-def test_bench_model_compares_onnxruntime_with_pytorch(onnx_export, onnx_int8, tmp_path, capsys):
+def test_bench_model_compares_onnxruntime_with_pytorch(onnx_export, onnx_int8, tmp_path, capsys, tokenizer):
     model, folder, _ = onnx_export
-    model.save_pretrained(tmp_path / "torch")
+    save(model, tmp_path / "torch", tokenizer)
     out = tmp_path / "bench"
     out.mkdir()
     assert main(["bench", "model", "--model", f"torch={tmp_path / 'torch'}", "--model", f"onnx={folder}",

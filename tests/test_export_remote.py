@@ -24,6 +24,7 @@ import torch
 
 from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.attention import bigbird_block_layout, block_sparse_attention
+from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli import main
 from sdbert.errors import CheckpointError, ConfigError
 from sdbert.export import choose_hf_architecture, export_hf, probe_batch, verify_hf
@@ -62,22 +63,24 @@ def hf_modules(tmp_path_factory):
     patch.undo()
 
 
-def student(tokenizer, seed=0, **overrides) -> SDBertForSequenceClassification:
+def student(tokenizer, seed=0, **overrides) -> Classifier:
+    """A classifier whose texts may use every position of its model."""
     settings = dict(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=128, max_position_embeddings=4096, max_length=4096, block_size=16,
+                    intermediate_size=128, max_position_embeddings=4096, block_size=16,
                     num_random_blocks=1, attention_type="block_sparse", classifier_pooling="mean",
                     pooler_activation="tanh", hidden_act="gelu", initializer_range=0.2, id2label=LABELS)
     torch.manual_seed(seed)
     model = SDBertForSequenceClassification(SDBertConfig(**{**settings, **overrides})).eval()
-    model.tokenizer = tokenizer
-    return model
+    return Classifier(model, tokenizer, InferenceSettings(max_length=model.config.max_position_embeddings))
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_tokenizer, tmp_path_factory, hf_modules):
-    model = student(tiny_tokenizer)
+    classifier = student(tiny_tokenizer)
+    model = classifier.model
     folder = tmp_path_factory.mktemp("export") / "student_hf"
-    result = export_hf(model, folder)  # auto: no stock class is exact for this model
+    # auto: no stock class is exact for this model
+    result = export_hf(model, folder, tokenizer=classifier.tokenizer, settings=classifier.settings)
     cached = sorted(p.name for p in (hf_modules / "transformers_modules").iterdir() if not p.name.startswith("_"))
     return model, folder, result, cached
 
@@ -171,18 +174,17 @@ def test_remote_base_model_gives_our_hidden_states_and_pooled_output(exported):
         assert max_diff(out.pooler_output, model.bert.pooler(hidden, key_padding_mask)) < ATOL
 
 
-def test_pipeline_labels_equal_sdbert_predict(exported, tmp_path, capsys):
+def test_pipeline_labels_equal_sdbert_predict(exported, tiny_tokenizer, tmp_path, capsys):
     """pipeline(trust_remote_code=True) on texts in the dense and the sparse regime gives the labels
-    and probabilities of `sdbert predict` and `classify` (and sdbert reads the exported folder too)."""
-    from sdbert.inference import classify
-
+    and probabilities of `sdbert predict` and of the `Classifier` (and sdbert reads the exported folder too)."""
     model, folder, _, _ = exported
+    ours = Classifier(model, tiny_tokenizer, InferenceSettings(max_length=4096))
     texts = [TEXTS[0], TEXTS[1], " ".join(TEXTS[:12]), " ".join(TEXTS[1:40])]  # ~10 to ~400 tokens
-    assert len(model.tokenizer.encode(texts[-1]).ids) > model.config.dense_fallback_length
+    assert len(ours.tokenizer.encode(texts[-1]).ids) > model.config.dense_fallback_length
     classifier = transformers.pipeline("text-classification", model=str(folder), trust_remote_code=True,
                                        device="cpu")
     got = classifier(texts, top_k=None)
-    model.save_pretrained(tmp_path / "model")
+    ours.save_pretrained(tmp_path / "model")
     files = []
     for i, text in enumerate(texts):
         files.append(tmp_path / f"{i}.txt")
@@ -192,8 +194,7 @@ def test_pipeline_labels_equal_sdbert_predict(exported, tmp_path, capsys):
         assert main(["predict", "--model", str(path), *map(str, files)]) == 0
         predicted[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert predicted["sdbert"] == predicted["export"]
-    ours = classify(model, texts)
-    for scores, line, expected in zip(got, predicted["sdbert"], ours, strict=True):
+    for scores, line, expected in zip(got, predicted["sdbert"], ours(texts), strict=True):
         probabilities = {d["label"]: d["score"] for d in scores}
         assert max(probabilities, key=probabilities.get) == line["label"] == expected["label"]
         for label, p in expected["probabilities"].items():
@@ -225,10 +226,9 @@ print(json.dumps({"logits": logits, "labels": [r["label"] for r in pipe(json.loa
 """
 
 
-def test_generated_code_runs_where_sdbert_cannot_be_imported(exported, tmp_path):
-    from sdbert.inference import classify
-
+def test_generated_code_runs_where_sdbert_cannot_be_imported(exported, tiny_tokenizer, tmp_path):
     model, folder, _, _ = exported
+    ours = Classifier(model, tiny_tokenizer, InferenceSettings(max_length=4096))
     probes = [probe_batch(model.config, length, seed=length) for length in (256, 4096)]
     torch.save(probes, tmp_path / "probes.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -242,7 +242,7 @@ def test_generated_code_runs_where_sdbert_cannot_be_imported(exported, tmp_path)
     with torch.inference_mode():
         for (ids, mask), logits in zip(probes, out["logits"], strict=True):
             assert max_diff(torch.tensor(logits), model(ids, attention_mask=mask).logits) < ATOL
-    assert out["labels"] == [r["label"] for r in classify(model, texts)]
+    assert out["labels"] == [r["label"] for r in ours(texts)]
 
 
 # --- the templates against sdbert's kernel ------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_export_cli_custom_code(tiny_tokenizer, tmp_path, capsys):
     """Default: custom code for a block-sparse tanh-head model (it used to be refused); a stock class
     that cannot be exact is refused in one line naming the alternative; full attention exports as
     custom code on request."""
-    sparse = student(tiny_tokenizer, classifier_pooling="cls", max_position_embeddings=512, max_length=512)
+    sparse = student(tiny_tokenizer, classifier_pooling="cls", max_position_embeddings=512)
     sparse.save_pretrained(tmp_path / "sparse")
     assert main(["export", "--model", str(tmp_path / "sparse"), "--format", "hf", "--output", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
@@ -302,7 +302,7 @@ def test_export_cli_custom_code(tiny_tokenizer, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--hf-architecture sdbert" in err and not (tmp_path / "b").exists()
 
-    full = student(tiny_tokenizer, attention_type="full", max_position_embeddings=256, max_length=256, seed=1)
+    full = student(tiny_tokenizer, attention_type="full", max_position_embeddings=256, seed=1)
     full.save_pretrained(tmp_path / "full")
     assert main(["export", "--model", str(tmp_path / "full"), "--format", "hf", "--hf-architecture", "sdbert",
                  "--output", str(tmp_path / "c")]) == 0
@@ -310,4 +310,4 @@ def test_export_cli_custom_code(tiny_tokenizer, tmp_path, capsys):
     ids, mask = probe_batch(full.config, 200, seed=4)
     with torch.inference_mode():
         logits = remote_classifier(tmp_path / "c")(input_ids=ids, attention_mask=mask).logits
-        assert max_diff(logits, full(ids, attention_mask=mask).logits) < ATOL
+        assert max_diff(logits, full.model(ids, attention_mask=mask).logits) < ATOL

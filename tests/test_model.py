@@ -126,16 +126,54 @@ def test_save_and_load_round_trip(tmp_path):
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
 
+    from sdbert.classifier import Classifier, InferenceSettings
+
     model = SDBertForSequenceClassification(tiny_config(id2label={0: "no", 1: "yes"})).eval()
-    model.tokenizer = Tokenizer(WordLevel({"[PAD]": 0, "[UNK]": 1, "hi": 2}, unk_token="[UNK]"))
-    model.save_pretrained(tmp_path / "m")
+    tokenizer = Tokenizer(WordLevel({"[PAD]": 0, "[UNK]": 1, "hi": 2}, unk_token="[UNK]"))
+    model.save_pretrained(tmp_path / "m", tokenizer=tokenizer, settings=InferenceSettings(200, "head"))
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors",
                                                                    "tokenizer.json"]
     loaded = SDBertForSequenceClassification.from_pretrained(tmp_path / "m").eval()
     ids, mask = batch()
     assert torch.equal(model(ids, attention_mask=mask).logits, loaded(ids, attention_mask=mask).logits)
     assert loaded.config == model.config
-    assert loaded.tokenizer.encode("hi").ids == [2]
+    classifier = Classifier.from_pretrained(tmp_path / "m")  # the bundle: model, tokenizer and settings
+    assert classifier.tokenizer.encode("hi").ids == [2]
+    assert classifier.settings == InferenceSettings(200, "head") and classifier.max_length() == 200
+    classifier.save_pretrained(tmp_path / "copy")
+    again = Classifier.from_pretrained(tmp_path / "copy")
+    assert again.settings == classifier.settings and again.config == model.config
+    assert (tmp_path / "copy" / "config.json").read_text() == (tmp_path / "m" / "config.json").read_text()
+    loaded.save_pretrained(tmp_path / "resaved")  # a loaded model keeps its folder's tokenizer and settings
+    for name in ("config.json", "tokenizer.json"):
+        assert (tmp_path / "resaved" / name).read_text() == (tmp_path / "m" / name).read_text()
+
+
+def test_a_bare_model_folder_has_default_settings_and_no_tokenizer(tmp_path):
+    from sdbert.classifier import Classifier, InferenceSettings
+    from sdbert.errors import CheckpointError
+
+    SDBertForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "m")
+    assert InferenceSettings.from_folder(tmp_path / "m") == InferenceSettings()
+    with pytest.raises(CheckpointError, match="no tokenizer"):
+        Classifier.from_pretrained(tmp_path / "m")
+
+
+def test_inference_settings_are_checked_and_bounded_by_the_positions():
+    from sdbert.classifier import InferenceSettings
+    from sdbert.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="truncation"):
+        InferenceSettings(truncation="middle")
+    with pytest.raises(ConfigError, match="positive"):
+        InferenceSettings(max_length=0)
+    settings = InferenceSettings(max_length=300)
+    assert settings.tokens_per_text(512) == 300 and settings.tokens_per_text(256) == 256
+    assert settings.tokens_per_text(512, requested=100) == 100
+    with pytest.raises(ConfigError, match="exceeds the model's 512 positions"):
+        settings.tokens_per_text(512, requested=1000)
+    # a Hugging Face config's max_length is a generation setting, not ours
+    assert InferenceSettings.from_config_dict({"model_type": "bert", "max_length": 20}) == InferenceSettings()
 
 
 def test_load_with_overrides_extends_positions_and_resets_classifier(tmp_path):

@@ -70,7 +70,7 @@ def test_a_folder_without_a_run_record_claims_no_accuracy(tmp_path):
 
 
 @pytest.mark.parametrize("fmt, words", [("hf_custom", "trust_remote_code=True"), ("hf_stock", 'pipeline("text'),
-                                        ("onnx", "onnxruntime"), ("sdbert", "SDBertForSequenceClassification")])
+                                        ("onnx", "onnxruntime"), ("sdbert", "Classifier.from_pretrained")])
 def test_usage_matches_the_folder_format(fmt, words):
     card = render(SPARSE_CONFIG, DISTILL_SUMMARY, "m", fmt)
     assert words in card

@@ -1,5 +1,5 @@
 """The HTTP service: limits answered with JSON 413/422 (never 500), concurrent requests batched into
-one model call, results equal to `inference.classify`, and a real uvicorn process on 127.0.0.1
+one model call, results equal to the `Classifier`'s own, and a real uvicorn process on 127.0.0.1
 that serves and exits cleanly on SIGTERM (the load test: test_bench_serve.py)."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ pytest.importorskip("uvicorn")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from sdbert import SDBertConfig, SDBertForSequenceClassification  # noqa: E402
+from sdbert.classifier import Classifier, InferenceSettings  # noqa: E402
 from sdbert.data.wordpiece import train_wordpiece_tokenizer  # noqa: E402
 from sdbert.errors import ConfigError  # noqa: E402
-from sdbert.inference import batch_groups, classify, predict_logits  # noqa: E402
+from sdbert.inference import batch_groups, predict_logits  # noqa: E402
 from sdbert.serve import MicroBatcher, ServeSettings, create_app  # noqa: E402
 
 LABELS = {0: "negative", 1: "positive"}
@@ -30,28 +31,26 @@ TEXTS = ["a wonderful film with great acting and a clever script", "a terrible b
 
 
 @pytest.fixture(scope="module")
-def model():
+def classifier():
     tokenizer = train_wordpiece_tokenizer(TEXTS, vocab_size=150, min_frequency=1)
     config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=48, max_position_embeddings=512, block_size=16,
-                          num_random_blocks=1, initializer_range=0.2, id2label=LABELS, max_length=512)
+                          num_random_blocks=1, initializer_range=0.2, id2label=LABELS)
     torch.manual_seed(0)
-    m = SDBertForSequenceClassification(config).eval()
-    m.tokenizer = tokenizer
-    return m
+    return Classifier(SDBertForSequenceClassification(config).eval(), tokenizer, InferenceSettings(max_length=512))
 
 
 @pytest.fixture(scope="module")
-def model_dir(model, tmp_path_factory):
+def model_dir(classifier, tmp_path_factory):
     path = tmp_path_factory.mktemp("serve") / "student"
-    model.save_pretrained(path)
+    classifier.save_pretrained(path)
     return path
 
 
 @pytest.fixture
-def client(model):
+def client(classifier):
     settings = ServeSettings(max_texts=4, max_chars=2000, max_wait_ms=2)
-    with TestClient(create_app(model, settings, name="student")) as c:
+    with TestClient(create_app(classifier, settings, name="student")) as c:
         yield c
 
 
@@ -66,14 +65,14 @@ def test_batch_groups_keep_one_block_count_per_batch():
         assert len(group) <= 2 and len({-(-lengths[i] // 16) for i in group}) == 1
 
 
-def test_a_texts_logits_do_not_depend_on_its_batch(model):
+def test_a_texts_logits_do_not_depend_on_its_batch(classifier):
     """Texts of other lengths in the same call leave a block-sparse model's logits unchanged."""
     from sdbert.data.tokenization import encode
 
     long_text = " ".join(TEXTS)  # past the dense fallback (112 tokens): the sparse pattern is in play
-    ids = encode(model.tokenizer, [long_text, TEXTS[0], long_text[:300]], 512, "head+tail")
-    together = predict_logits(model, ids, batch_size=8)
-    alone = torch.cat([predict_logits(model, [x]) for x in ids])
+    ids = encode(classifier.tokenizer, [long_text, TEXTS[0], long_text[:300]], 512, "head+tail")
+    together = predict_logits(classifier.model, ids, batch_size=8)
+    alone = torch.cat([predict_logits(classifier.model, [x]) for x in ids])
     assert (together - alone).abs().max() < 1e-5
 
 
@@ -124,21 +123,21 @@ def test_settings_are_validated():
 # --- the app, in process ----------------------------------------------------------------------------
 
 
-def test_classify_returns_label_score_and_probabilities(client, model):
+def test_classify_returns_label_score_and_probabilities(client, classifier):
     response = client.post("/v1/classify", json={"texts": TEXTS[:3]})
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "student" and len(body["results"]) == 3
-    for got, expected in zip(body["results"], classify(model, TEXTS[:3]), strict=True):
+    for got, expected in zip(body["results"], classifier(TEXTS[:3]), strict=True):
         assert got["label"] == expected["label"] and set(got["probabilities"]) == {"negative", "positive"}
         assert abs(got["score"] - expected["score"]) < 1e-5
         assert abs(sum(got["probabilities"].values()) - 1) < 1e-4
 
 
-def test_health_and_model_description(client, model):
+def test_health_and_model_description(client, classifier):
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
-    assert info["labels"] == ["negative", "positive"] and info["parameters"] == model.num_parameters()
+    assert info["labels"] == ["negative", "positive"] and info["parameters"] == classifier.model.num_parameters()
     assert info["backend"] == "torch" and info["config"]["attention_type"] == "block_sparse"
     assert info["limits"]["max_texts"] == 4 and info["max_length"] == 512
 
@@ -207,7 +206,7 @@ def server(model_dir):
         yield url
 
 
-def test_real_server_classifies_and_batches_concurrent_requests(server, model):
+def test_real_server_classifies_and_batches_concurrent_requests(server, classifier):
     assert server.startswith("http://127.0.0.1:")
 
     async def burst():
@@ -216,7 +215,7 @@ def test_real_server_classifies_and_batches_concurrent_requests(server, model):
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 16
-    expected = classify(model, TEXTS[:16])
+    expected = classifier(TEXTS[:16])
     for response, want in zip(responses, expected, strict=True):
         got = response.json()["results"][0]
         assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-5

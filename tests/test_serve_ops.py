@@ -14,6 +14,7 @@ pytest.importorskip("prometheus_client")
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from sdbert.classifier import Classifier, InferenceSettings  # noqa: E402
 from sdbert.commands.serve import read_api_key  # noqa: E402
 from sdbert.errors import ConfigError  # noqa: E402
 from sdbert.serve import ServeSettings, check_bind, create_app  # noqa: E402
@@ -24,10 +25,8 @@ TEXTS = ["a wonderful film with great acting and a clever script", "a terrible b
 
 @pytest.fixture
 def model(tiny_model, tiny_tokenizer):
-    m = tiny_model(vocab_size=tiny_tokenizer.get_vocab_size(), id2label={0: "negative", 1: "positive"},
-                   max_length=256)
-    m.tokenizer = tiny_tokenizer
-    return m
+    m = tiny_model(vocab_size=tiny_tokenizer.get_vocab_size(), id2label={0: "negative", 1: "positive"})
+    return Classifier(m, tiny_tokenizer, InferenceSettings(max_length=256))
 
 
 @pytest.fixture

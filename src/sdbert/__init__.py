@@ -3,7 +3,11 @@
 The shape of the package, library first:
 
 * `sdbert.attention` the kernels (block-sparse, dense oracle, native C++, FlexAttention, traceable);
-  `sdbert.model` / `sdbert.config` the encoder; `sdbert.data` sources, splits, tokenisation, batching.
+  `sdbert.model` / `sdbert.config` the encoder (the config holds the architecture only);
+  `sdbert.data` sources, splits, tokenisation, batching.
+* `sdbert.classifier.Classifier` is what users hold: the model, its tokenizer and its
+  `InferenceSettings` (tokens per text, truncation), loaded and saved as one folder; training
+  workflows build one, and predict, evaluate and serve read one.
 * Workflows are functions of one typed config: `sdbert.finetune.finetune(FinetuneConfig)`,
   `sdbert.distillation.distill(DistillConfig)`, `sdbert.reproduce.reproduce(ReproduceConfig)` and the
   `sdbert.bench` runners. `sdbert.train` is the one training loop they share.
@@ -14,13 +18,17 @@ The shape of the package, library first:
 from sdbert.config import SDBertConfig
 
 __version__ = "0.1.0"
-__all__ = ["SDBertConfig", "SDBertForSequenceClassification", "__version__"]
+__all__ = ["Classifier", "InferenceSettings", "SDBertConfig", "SDBertForSequenceClassification", "__version__"]
 
 
 def __getattr__(name: str):
-    # The model pulls in torch.nn; importing it lazily keeps `sdbert --help` fast.
+    # The model and the classifier pull in torch; importing them lazily keeps `sdbert --help` fast.
     if name == "SDBertForSequenceClassification":
         from sdbert.model import SDBertForSequenceClassification
 
         return SDBertForSequenceClassification
+    if name in ("Classifier", "InferenceSettings"):
+        from sdbert import classifier
+
+        return getattr(classifier, name)
     raise AttributeError(name)

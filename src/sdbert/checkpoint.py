@@ -32,17 +32,40 @@ POSITIONS_KEY = "bert.embeddings.position_embeddings.weight"
 HEAD_PREFIXES = ("classifier.", "bert.pooler.")
 
 
-def save_model(model, path: str | Path) -> None:
+def save_model(model, path: str | Path, *, tokenizer=None, settings=None) -> None:
+    """`config.json` (with the inference `settings`, if given), `model.safetensors` and, if given,
+    `tokenizer.json`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if tokenizer is None and settings is None and getattr(model, "name_or_path", None):
+        tokenizer, settings = companions_of(Path(model.name_or_path))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    if model.tokenizer is not None:
+    if tokenizer is not None:
         with atomic_path(path / TOKENIZER_NAME) as tmp:
-            model.tokenizer.save(str(tmp))
-    with atomic_path(path / CONFIG_NAME) as tmp:
-        model.config.to_json_file(tmp)
+            tokenizer.save(str(tmp))
+    write_config(path, model.config, settings)
+
+
+def companions_of(folder: Path):
+    """The tokenizer and inference settings saved beside a model in `folder` (None where absent)."""
+    from sdbert.classifier import InferenceSettings
+
+    tokenizer = None
+    if (folder / TOKENIZER_NAME).is_file():
+        from sdbert.data.tokenization import load_tokenizer
+
+        tokenizer = load_tokenizer(folder)
+    settings = InferenceSettings.from_folder(folder) if (folder / CONFIG_NAME).is_file() else None
+    return tokenizer, settings
+
+
+def write_config(folder: Path, config, settings=None) -> None:
+    """Our `config.json`: the architecture, and the inference settings beside it (one file, one format)."""
+    data = config.to_dict() | (settings.to_config_dict() if settings is not None else {})
+    with atomic_path(folder / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -132,14 +155,6 @@ def load_model(cls, path: str | Path, **overrides):
         logger.warning("%s has no trained %s; it was initialised randomly and needs fine-tuning",
                        path, " and ".join(sorted({k.split('.')[-2] if k.startswith('bert.') else 'classifier'
                                                   for k in missing})))
-    tokenizer_file = path / TOKENIZER_NAME
-    if tokenizer_file.exists():
-        from tokenizers import Tokenizer
-
-        model.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        # Truncation and padding are ours to decide (head+tail, block multiples), not the file's.
-        model.tokenizer.no_truncation()
-        model.tokenizer.no_padding()
     return model
 
 

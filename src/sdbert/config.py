@@ -58,9 +58,6 @@ class SDBertConfig:
     id2label: dict[int, str] = field(default_factory=lambda: {0: "neg", 1: "pos"})
     problem_type: str = "single_label_classification"
     gradient_checkpointing: bool = False
-    # Tokenisation the model was trained with; evaluate/predict use them as defaults.
-    max_length: int | None = None
-    truncation: str = "head+tail"
     # Where the weights came from (e.g. "bert", "roberta", "big_bird"); informational.
     source_model_type: str | None = None
     # The checkpoint folder these weights were fine-tuned from (set by `train --init`); `distill --init

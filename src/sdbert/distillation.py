@@ -126,16 +126,16 @@ def distill(config: DistillConfig) -> dict:
     torch.manual_seed(run.seed)
     transfer = transfer_set(config, teacher, progress=run.progress and distributed.is_main)
     student = new_student(config, teacher, start, layer_map, transfer.max_length)
-    loss_fn, projections, note = student_loss(config, teacher, transfer, hidden_map)
+    loss_fn, projections, note = student_loss(config, teacher.model, transfer, hidden_map)
     if not config.online:
         del teacher  # its logits are all the loss needs: free its memory for training
     if distributed.is_main:
-        print(f"student: {student.num_parameters():,} parameters ({config.layers} layers, {config.heads} heads); "
+        print(f"student: {student.model.num_parameters():,} parameters ({config.layers} layers, {config.heads} heads); "
               f"{note}; transfer set {len(transfer.train_set):,}, validation {len(transfer.val_set):,}")
     started = time.perf_counter()
     result = train(student, transfer.train_set, transfer.val_set, run.for_model(student), loss_fn=loss_fn,
                    distributed=distributed, aux_module=projections)
-    summary = distill_summary(config, result, student, transfer, hidden_map, time.perf_counter() - started)
+    summary = distill_summary(config, result, student.model, transfer, hidden_map, time.perf_counter() - started)
     summary.update(data=data_record(config.data, transfer.train_set, transfer.val_set), settings=run.record(),
                    teacher=config.teacher)
     if distributed.is_main:
@@ -147,17 +147,16 @@ def distill(config: DistillConfig) -> dict:
 
 
 def load_teacher(config: DistillConfig, hidden_map: list[int] | None):
-    """The teacher, the checkpoint it started from (for `--init pretrained`) and the hidden-state layer map;
-    resolved before the data and the logit pass, so a missing checkpoint fails at once."""
+    """The teacher (a `Classifier`: the student reads its tokenizer), the checkpoint it started from (for
+    `--init pretrained`) and the hidden-state layer map; resolved before the data and the logit pass, so a
+    missing checkpoint fails at once."""
+    from sdbert.classifier import Classifier
     from sdbert.distill import check_hidden_layer_map, starting_checkpoint
-    from sdbert.model import SDBertForSequenceClassification
 
-    teacher = SDBertForSequenceClassification.from_pretrained(config.teacher)
-    if teacher.tokenizer is None:
-        raise ConfigError(f"teacher {config.teacher} has no tokenizer.json")
+    teacher = Classifier.from_pretrained(config.teacher, backend="torch")
     if config.hidden_weight > 0:
         hidden_map = check_hidden_layer_map(hidden_map, teacher.config.num_hidden_layers, config.layers)
-    start = starting_checkpoint(teacher, config.init_from) if config.init == "pretrained" else None
+    start = starting_checkpoint(teacher.model, config.init_from) if config.init == "pretrained" else None
     return teacher, start, hidden_map
 
 
@@ -168,7 +167,7 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
     from sdbert.distill import cached_teacher_logits, teacher_logits_key
     from sdbert.pipeline import encode, load_unlabeled, prepare_data, with_unlabeled
 
-    max_length, truncation = config.max_length or teacher.config.max_length or 512, config.data.truncation
+    max_length, truncation = config.max_length or teacher.settings.max_length or 512, config.data.truncation
     data = prepare_data(config.data, id2label=teacher.config.id2label)
     train_set, val_set = (encode(teacher, split, max_length=max_length, truncation=truncation)
                           for split in (data.train, data.validation))
@@ -182,32 +181,31 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
         key = teacher_logits_key(weights_fingerprint(config.teacher), fingerprint, tokenizer_hash(teacher.tokenizer),
                                  max_length, truncation)
         transfer.logits, transfer.teacher_seconds, transfer.cached = cached_teacher_logits(
-            teacher, train_set, key=key, batch_size=config.training.eval_batch_size, progress=progress)
+            teacher.model, train_set, key=key, batch_size=config.training.eval_batch_size, progress=progress)
     return transfer
 
 
 def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | None, max_length: int):
-    """The student before training: the teacher's config cut down, started per `--init`; its config records
-    where the weights came from."""
+    """The student (a `Classifier` with the teacher's tokenizer) before training: the teacher's config cut
+    down, started per `--init`; its config records where the weights came from."""
+    from sdbert.classifier import Classifier, InferenceSettings
     from sdbert.distill import init_student_from_pretrained, init_student_from_teacher, student_config
     from sdbert.model import SDBertForSequenceClassification
 
     student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden)
-    student_cfg = student_cfg.replace(max_length=max_length, truncation=config.data.truncation,
-                                      gradient_checkpointing=config.gradient_checkpointing)
+    student_cfg = student_cfg.replace(gradient_checkpointing=config.gradient_checkpointing)
     if config.dropout is not None:
         student_cfg = student_cfg.replace(hidden_dropout_prob=config.dropout,
                                           attention_probs_dropout_prob=config.dropout)
     student = SDBertForSequenceClassification(student_cfg)
-    student.tokenizer = teacher.tokenizer
     if config.init == "teacher":
-        init_student_from_teacher(student, teacher, layer_map)
+        init_student_from_teacher(student, teacher.model, layer_map)
         student.config.init_checkpoint = str(Path(config.teacher).resolve())
     elif config.init == "pretrained":
         init_student_from_pretrained(student, start, layer_map)
         student.config.init_checkpoint = str(Path(config.init_from).resolve()) if config.init_from else \
             teacher.config.init_checkpoint
-    return student
+    return Classifier(student, teacher.tokenizer, InferenceSettings(max_length, config.data.truncation))
 
 
 def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map):

@@ -102,6 +102,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sdbert.attention.traceable import random_block_table, traceable_block_sparse_attention, traceable_dense_attention
+from sdbert.classifier import InferenceSettings
 from sdbert.config import SDBertConfig
 from sdbert.errors import CheckpointError, ConfigError
 
@@ -183,10 +184,10 @@ def runs_sparse(config: SDBertConfig) -> bool:
     return config.attention_type == "block_sparse" and config.max_position_embeddings > config.dense_fallback_length
 
 
-def hf_config(config: SDBertConfig, architecture: str) -> dict[str, Any]:
+def hf_config(config: SDBertConfig, architecture: str, settings: InferenceSettings | None = None) -> dict[str, Any]:
     """The Hugging Face `config.json` of our config as `architecture` ("bert", "big_bird" or "sdbert")."""
     if architecture == "sdbert":
-        return remote_code_config(config)
+        return remote_code_config(config, settings)
     out: dict[str, Any] = {
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -225,11 +226,13 @@ def hf_config(config: SDBertConfig, architecture: str) -> dict[str, Any]:
     return out
 
 
-def remote_code_config(config: SDBertConfig) -> dict[str, Any]:
-    """`config.json` for the custom code: our fields (sdbert loads it too) + `auto_map` for transformers."""
+def remote_code_config(config: SDBertConfig, settings: InferenceSettings | None = None) -> dict[str, Any]:
+    """`config.json` for the custom code: our fields and inference settings (sdbert loads it too) + `auto_map`
+    for transformers."""
     from sdbert.hf_remote import AUTO_MAP
 
-    out = {k: v for k, v in config.to_dict().items() if k not in _LOCAL_CONFIG_FIELDS}
+    ours = config.to_dict() | (settings.to_config_dict() if settings is not None else {})
+    out = {k: v for k, v in ours.items() if k not in _LOCAL_CONFIG_FIELDS}
     out.update(architectures=[HF_CLASSES["sdbert"]], auto_map=dict(AUTO_MAP),
                label2id={label: i for i, label in sorted(config.id2label.items())})
     return out
@@ -264,14 +267,14 @@ def hf_state_dict(model: nn.Module, architecture: str) -> dict[str, torch.Tensor
     return out
 
 
-def hf_tokenizer_config(tokenizer, config: SDBertConfig) -> dict[str, Any]:
+def hf_tokenizer_config(tokenizer, config: SDBertConfig, settings: InferenceSettings | None = None) -> dict[str, Any]:
     """`tokenizer_config.json` that makes `AutoTokenizer` load our `tokenizer.json` as it is."""
     from sdbert.data.tokenization import pad_token_id, special_tokens
 
     prefix, suffix = special_tokens(tokenizer)
     out: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": config.max_length or config.max_position_embeddings,
+        "model_max_length": (settings or InferenceSettings()).tokens_per_text(config.max_position_embeddings),
         "model_input_names": ["input_ids", "attention_mask"],
         "padding_side": "right",
         "truncation_side": "right",
@@ -290,15 +293,31 @@ def hf_tokenizer_config(tokenizer, config: SDBertConfig) -> dict[str, Any]:
     return out
 
 
+def load_for_export(path: str | os.PathLike[str], *, revision: str | None = None):
+    """`(model, tokenizer or None, settings)` of a model folder: what an export writes. A folder without a
+    tokenizer still exports (its card and notes say what that leaves out)."""
+    from sdbert.data.tokenization import SENTENCEPIECE_NAME, load_tokenizer
+    from sdbert.hub import resolve_model_dir
+    from sdbert.model import SDBertForSequenceClassification
+
+    folder = resolve_model_dir(path, revision=revision)
+    model = SDBertForSequenceClassification.from_pretrained(folder).eval()
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", SENTENCEPIECE_NAME, "vocab.txt"))
+    return model, load_tokenizer(folder) if has_tokenizer else None, InferenceSettings.from_folder(folder)
+
+
 def export_hf(
     model: nn.Module,
     out_dir: str | os.PathLike[str],
     *,
+    tokenizer=None,
+    settings: InferenceSettings | None = None,
     architecture: HFArchitecture = "auto",
     overwrite: bool = False,
     verify: bool = True,
 ) -> ExportResult:
-    """Write `model` (an `SDBertForSequenceClassification`) as a Hugging Face model folder.
+    """Write `model` (an `SDBertForSequenceClassification`), with its `tokenizer` and inference `settings`
+    when given, as a Hugging Face model folder.
 
     `architecture="auto"` picks BERT or BigBird where the stock class is exact at every length and the
     custom code (`"sdbert"`, loaded with `trust_remote_code=True`) otherwise; a requested stock class
@@ -310,22 +329,22 @@ def export_hf(
     arch = choose_hf_architecture(config, architecture)
     result = ExportResult(Path(out_dir), "hf", arch)
     result.notes.extend(_hf_notes(config, arch))
-    if model.tokenizer is None:
+    if tokenizer is None:
         result.notes.append("the model has no tokenizer: AutoTokenizer and pipeline() will not work")
 
     def write(tmp: Path) -> None:
-        (tmp / "config.json").write_text(json.dumps(hf_config(config, arch), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config(config, arch, settings), indent=2) + "\n")
         save_file(hf_state_dict(model, arch), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if arch == "sdbert":
             write_remote_code(tmp)
-        if model.tokenizer is not None:
+        if tokenizer is not None:
             from sdbert.data.tokenization import save_tokenizer
 
-            save_tokenizer(model.tokenizer, tmp)
+            save_tokenizer(tokenizer, tmp)
             (tmp / "tokenizer_config.json").write_text(
-                json.dumps(hf_tokenizer_config(model.tokenizer, config), indent=2) + "\n")
+                json.dumps(hf_tokenizer_config(tokenizer, config, settings), indent=2) + "\n")
         if verify:
-            result.max_abs_diff = verify_hf(model, tmp)
+            result.max_abs_diff = verify_hf(model, tmp, tokenizer)
 
     _write_folder(Path(out_dir), write, overwrite=overwrite)
     return result
@@ -350,11 +369,11 @@ def _hf_notes(config: SDBertConfig, arch: str) -> list[str]:
     return []
 
 
-def verify_hf(model: nn.Module, folder: Path) -> float:
+def verify_hf(model: nn.Module, folder: Path, tokenizer=None) -> float:
     """Load `folder` with `transformers` and compare its logits with `model`'s: for a stock class where
     both run dense attention, for the custom code (`auto_map` in `config.json`, loaded with
     `trust_remote_code=True`) at a dense and a sparse length. Returns the max abs difference;
-    raises CheckpointError above the tolerance."""
+    raises CheckpointError above the tolerance, or when the exported tokenizer differs from `tokenizer`."""
     transformers = _require("transformers", "hf")
     config: SDBertConfig = model.config
     remote_code = "auto_map" in json.loads((Path(folder) / "config.json").read_text())
@@ -372,12 +391,12 @@ def verify_hf(model: nn.Module, folder: Path) -> float:
             got = hf(input_ids=ids, attention_mask=mask).logits.float()
             diff = max(diff, (got - _torch_logits(model, ids, mask)).abs().max().item())
         tok = None
-        if model.tokenizer is not None:  # AutoTokenizer reads the config too, custom code included
+        if tokenizer is not None:  # AutoTokenizer reads the config too, custom code included
             tok = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=remote_code)
     if not diff < TOLERANCE:
         raise CheckpointError(f"the exported Hugging Face model disagrees with ours (max abs diff {diff:.2e})")
     text = "A slow start, but the last hour is wonderful."
-    if tok is not None and tok(text)["input_ids"] != model.tokenizer.encode(text).ids:
+    if tok is not None and tok(text)["input_ids"] != tokenizer.encode(text).ids:
         raise CheckpointError("the exported tokenizer encodes text differently from ours")
     return diff
 
@@ -432,13 +451,16 @@ def export_onnx(
     model: nn.Module,
     out: str | os.PathLike[str],
     *,
+    tokenizer=None,
+    settings: InferenceSettings | None = None,
     opset: int | None = None,
     quantize: str | None = None,
     overwrite: bool = False,
     verify: bool = True,
     verify_lengths: tuple[int, ...] | None = None,
 ) -> ExportResult:
-    """Write `model` as an ONNX folder: `model.onnx` + our `config.json` + `tokenizer.json`.
+    """Write `model` as an ONNX folder: `model.onnx` + our `config.json` (with the inference `settings`)
+    + `tokenizer.json` (when `tokenizer` is given).
 
     `out` is the folder (a path ending in `.onnx` writes only that file). With `verify`, onnxruntime
     must reproduce our logits (< 1e-4) on padded batches at `verify_lengths` (default: one length in
@@ -462,7 +484,7 @@ def export_onnx(
             _write_onnx_graph(model, onnx_path, opset=opset, quantize=quantize,
                               verify_lengths=verify_lengths, verify=verify)
             if not single_file:
-                _write_onnx_companions(model, tmp)
+                _write_onnx_companions(model, tmp, tokenizer, settings)
             if verify:
                 result.max_abs_diff = verify_onnx(model, onnx_path, verify_lengths,
                                                   tolerance=INT8_TOLERANCE if quantize else (TOLERANCE, 0.0))
@@ -489,13 +511,15 @@ def _write_onnx_graph(model: nn.Module, onnx_path: Path, *, opset: int | None, q
     fp32_path.unlink()
 
 
-def _write_onnx_companions(model: nn.Module, folder: Path) -> None:
+def _write_onnx_companions(model: nn.Module, folder: Path, tokenizer, settings: InferenceSettings | None) -> None:
     """Our `config.json` and `tokenizer.json` beside the graph, so sdbert predict/serve read the folder."""
-    model.config.to_json_file(folder / "config.json")
-    if model.tokenizer is not None:
+    from sdbert.checkpoint import write_config
+
+    write_config(folder, model.config, settings)
+    if tokenizer is not None:
         from sdbert.data.tokenization import save_tokenizer
 
-        save_tokenizer(model.tokenizer, folder)
+        save_tokenizer(tokenizer, folder)
 
 
 def _write_single_file(out: Path, write, *, overwrite: bool) -> None:

@@ -49,14 +49,14 @@ def finetune(config: FinetuneConfig) -> dict:
     distributed = setup_distributed()
     torch.manual_seed(run.seed)
     data = prepare_data(config.data)
-    model = start_model(config, data)
-    train_set, val_set = (encode(model, split, max_length=config.max_length, truncation=config.data.truncation)
-                          for split in (data.train, data.validation))
+    classifier = start_model(config, data)
+    model = classifier.model
+    train_set, val_set = (encode(classifier, split) for split in (data.train, data.validation))
     if distributed.is_main:
         print(f"model: {model.num_parameters():,} parameters, {model.config.attention_type} attention; "
               f"train {len(train_set):,} / validation {len(val_set):,} examples")
     started = time.perf_counter()
-    result = train(model, train_set, val_set, run.for_model(model), distributed=distributed)
+    result = train(classifier, train_set, val_set, run.for_model(classifier), distributed=distributed)
     summary = run_summary(result, model, wall_seconds=time.perf_counter() - started)
     summary.update(data=data_record(config.data, train_set, val_set), settings=run.record())
     if distributed.is_main:
@@ -67,15 +67,13 @@ def finetune(config: FinetuneConfig) -> dict:
 
 
 def start_model(config: FinetuneConfig, data: PreparedData):
-    """The model before training: from `init` or a size preset, with this run's length and truncation."""
-    model = build_model(
+    """The `Classifier` before training: from `init` or a size preset, with this run's length and truncation."""
+    return build_model(
         init=config.init, size=config.size, attention_type=config.attention, block_size=config.block_size,
-        num_random_blocks=config.random_blocks, max_length=config.max_length, id2label=data.id2label,
-        tokenizer_texts=data.train.texts, vocab_size=config.vocab_size, dropout=config.dropout,
+        num_random_blocks=config.random_blocks, max_length=config.max_length, truncation=config.data.truncation,
+        id2label=data.id2label, tokenizer_texts=data.train.texts, vocab_size=config.vocab_size,
+        dropout=config.dropout, gradient_checkpointing=config.gradient_checkpointing,
     )
-    model.config.gradient_checkpointing = config.gradient_checkpointing
-    model.config.max_length, model.config.truncation = config.max_length, config.data.truncation
-    return model
 
 
 def run_summary(result: TrainResult, model, *, wall_seconds: float) -> dict:

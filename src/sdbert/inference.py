@@ -1,11 +1,9 @@
-"""Inference on raw text with either backend: a PyTorch model folder or an ONNX export.
+"""Batched inference on token ids, for either backend (`SDBertForSequenceClassification` or `OnnxClassifier`).
 
-`load_classifier(path)` returns an `SDBertForSequenceClassification` (in eval mode) or an
-`OnnxClassifier`; both are called as `model(input_ids, attention_mask=mask).logits` and carry
-`config` and `tokenizer`. `predict_logits` batches token ids so that a text's logits never depend
-on the other texts it is batched with: a block-sparse model's random-block pattern is a function of
-the padded block count, so texts are grouped by their own block count (and padded within it, which
-changes nothing for the real tokens). `sdbert predict` and `sdbert serve` use these.
+`predict_logits` batches token ids so that a text's logits never depend on the other texts it is
+batched with: a block-sparse model's random-block pattern is a function of the padded block count,
+so texts are grouped by their own block count (and padded within it, which changes nothing for the
+real tokens). Text in, labels out is `sdbert.classifier.Classifier`, which calls it.
 """
 
 from __future__ import annotations
@@ -17,43 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-
-from sdbert.errors import CheckpointError
-
-Backend = str  # "auto" | "torch" | "onnx"
-
-
-def load_classifier(path: str | os.PathLike[str], *, backend: Backend = "auto", threads: int | None = None,
-                    revision: str | None = None):
-    """The classifier in `path` (a local folder or file, or a hub name `org/name` at `revision`): ONNX when
-    it holds `model.onnx` (or is an `.onnx` file) or `backend="onnx"`, else the PyTorch model folder. It
-    must have a tokenizer (`tokenizer.json`, or a `spiece.model` / `vocab.txt` beside a PyTorch model)."""
-    from sdbert.hub import resolve_model_dir
-    from sdbert.onnx_runtime import OnnxClassifier, is_onnx_model
-
-    if backend not in ("auto", "torch", "onnx"):
-        raise CheckpointError(f"backend must be auto, torch or onnx, got {backend!r}")
-    path = resolve_model_dir(path, revision=revision)
-    if backend == "onnx" or (backend == "auto" and is_onnx_model(path)):
-        model = OnnxClassifier.from_pretrained(path, threads=threads)
-    else:
-        from sdbert.data.tokenization import load_tokenizer
-        from sdbert.model import SDBertForSequenceClassification
-
-        if threads:
-            torch.set_num_threads(threads)
-        model = SDBertForSequenceClassification.from_pretrained(path).eval()
-        if model.tokenizer is None:  # a Hugging Face folder: its spiece.model or vocab.txt
-            model.tokenizer = load_tokenizer(path)
-    if model.tokenizer is None:
-        raise CheckpointError(f"{path} has no tokenizer.json")
-    return model
-
-
-def max_length_of(model, requested: int | None = None) -> int:
-    """Tokens per text: `requested`, else the length the model was trained with, else its positions."""
-    limit = model.config.max_position_embeddings
-    return min(requested or model.config.max_length or limit, limit)
 
 
 def batch_groups(lengths: Sequence[int], *, batch_size: int, block_size: int | None) -> list[list[int]]:
@@ -94,21 +55,6 @@ def predict_logits(model, ids: Sequence[Sequence[int]], *, batch_size: int = 32,
             logits = model(input_ids.to(device), attention_mask=mask.to(device)).logits
         out[torch.as_tensor(group)] = logits.float().cpu()
     return out
-
-
-def classify(model, texts: Sequence[str], *, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
-    """`[{"label", "score", "probabilities": {label: p}}]` per text."""
-    from sdbert.data.tokenization import encode
-
-    ids = encode(model.tokenizer, list(texts), max_length_of(model, max_length), model.config.truncation)
-    probabilities = predict_logits(model, ids, batch_size=batch_size).softmax(-1)
-    labels = model.config.id2label
-    results = []
-    for probs in probabilities.tolist():
-        best = max(range(len(probs)), key=probs.__getitem__)
-        results.append({"label": labels[best], "score": probs[best],
-                        "probabilities": {labels[i]: p for i, p in enumerate(probs)}})
-    return results
 
 
 def model_name(path: str | os.PathLike[str]) -> str:

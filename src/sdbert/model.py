@@ -225,8 +225,8 @@ class SDBertForSequenceClassification(nn.Module):
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        # The tokenizer (a `tokenizers.Tokenizer`) travels with the weights through save/load.
-        self.tokenizer = None
+        # The folder `from_pretrained` read (as in transformers); its tokenizer and settings save with us.
+        self.name_or_path: str | None = None
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -265,10 +265,13 @@ class SDBertForSequenceClassification(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, *, tokenizer=None, settings=None) -> None:
+        """`config.json` and `model.safetensors` with the tokenizer and inference settings
+        (`sdbert.classifier.InferenceSettings`): those given, else the ones of the folder the model was
+        loaded from (`name_or_path`), so a loaded model saves as a whole folder again."""
         from sdbert.checkpoint import save_model
 
-        save_model(self, path)
+        save_model(self, path, tokenizer=tokenizer, settings=settings)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, revision: str | None = None,
@@ -282,6 +285,9 @@ class SDBertForSequenceClassification(nn.Module):
         from sdbert.checkpoint import load_model
         from sdbert.hub import resolve_model_dir
 
-        return load_model(cls, resolve_model_dir(path, revision=revision), **overrides)
+        folder = resolve_model_dir(path, revision=revision)
+        model = load_model(cls, folder, **overrides)
+        model.name_or_path = str(folder)
+        return model
 
 

@@ -96,8 +96,9 @@ def usage(name: str, fmt: CardFormat) -> list[str]:
     lines = ["## How to use", "", "```bash", f'echo "A slow start, but the last hour is wonderful." | '
              f"sdbert predict --model {name}", f"sdbert evaluate --model {name} --data aclImdb_v1.tar.gz", "```"]
     if fmt == "sdbert":
-        lines += ["", "```python", "from sdbert import SDBertForSequenceClassification",
-                  f'model = SDBertForSequenceClassification.from_pretrained("{name}")', "```",
+        lines += ["", "```python", "from sdbert import Classifier",
+                  f'clf = Classifier.from_pretrained("{name}")  # model, tokenizer and inference settings',
+                  'clf(["A slow start, but the last hour is wonderful."])', "```",
                   "", f"`sdbert export --model {name} --format hf` makes a folder `transformers` loads."]
     elif fmt in ("hf_custom", "hf_stock"):
         remote = ", trust_remote_code=True" if fmt == "hf_custom" else ""

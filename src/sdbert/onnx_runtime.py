@@ -2,10 +2,10 @@
 
 `OnnxClassifier.from_pretrained(path)` reads a folder written by `sdbert export --format onnx`
 (`model.onnx`, our `config.json`, `tokenizer.json`). Calling it like the PyTorch model,
-`clf(input_ids, attention_mask=mask).logits`, runs the session on CPU; `config`, `tokenizer`,
-`num_parameters()`, `eval()` and `train(False)` behave as they do on the PyTorch model, so
-`sdbert predict`, `sdbert evaluate`, `sdbert serve`, `sdbert bench model` and `sdbert.inference` take
-either. `quantization` says whether the graph holds dynamic int8 weights (`export --quantize int8`).
+`clf(input_ids, attention_mask=mask).logits`, runs the session on CPU; `config`,
+`num_parameters()`, `eval()` and `train(False)` behave as they do on the PyTorch model, so a
+`sdbert.classifier.Classifier` (with the folder's tokenizer) and `sdbert bench model` take either.
+`quantization` says whether the graph holds dynamic int8 weights (`export --quantize int8`).
 The graph pads to a block multiple itself; callers pass any length up to `max_position_embeddings`.
 """
 
@@ -52,10 +52,9 @@ class OnnxClassifier:
 
     backend = "onnxruntime"
 
-    def __init__(self, session, config: SDBertConfig, tokenizer=None, path: str | os.PathLike[str] | None = None):
+    def __init__(self, session, config: SDBertConfig, path: str | os.PathLike[str] | None = None):
         self.session = session
         self.config = config
-        self.tokenizer = tokenizer
         self.path = None if path is None else Path(path)
         self.training = False
         names = {i.name for i in session.get_inputs()}
@@ -64,8 +63,7 @@ class OnnxClassifier:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], *, threads: int | None = None) -> OnnxClassifier:
-        """Load an ONNX folder (`model.onnx` + `config.json` [+ `tokenizer.json`]), or an `.onnx`
-        file whose folder holds them."""
+        """Load an ONNX folder (`model.onnx` + `config.json`), or an `.onnx` file whose folder holds them."""
         path = Path(path)
         folder, onnx_file = (path, path / ONNX_NAME) if path.is_dir() else (path.parent, path)
         if not onnx_file.is_file():
@@ -73,12 +71,7 @@ class OnnxClassifier:
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{folder} has no config.json beside the ONNX model")
         config = SDBertConfig.from_json_file(folder / "config.json")
-        tokenizer = None
-        if (folder / "tokenizer.json").is_file():
-            from sdbert.data.tokenization import load_tokenizer
-
-            tokenizer = load_tokenizer(folder)
-        return cls(create_session(onnx_file, threads=threads), config, tokenizer, onnx_file)
+        return cls(create_session(onnx_file, threads=threads), config, onnx_file)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> _Output:
         if input_ids.shape[-1] > self.config.max_position_embeddings:  # the graph would index out of range

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from sdbert.checkpoint import load_config
+from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli_args import arg, fraction, positive_int
 from sdbert.config import SDBertConfig
 from sdbert.data import (
@@ -127,16 +128,20 @@ def build_model(
     block_size: int = 64,
     num_random_blocks: int = 3,
     max_length: int = 512,
+    truncation: str = "head+tail",
     id2label: dict[int, str],
     tokenizer_texts: list[str] | None = None,
     vocab_size: int = 16000,
     dropout: float | None = None,
-) -> SDBertForSequenceClassification:
-    """A classifier from `init` (ours or a HF BERT/RoBERTa/BigBird folder) or from a size preset."""
+    gradient_checkpointing: bool = False,
+) -> Classifier:
+    """A classifier to train, from `init` (ours or a HF BERT/RoBERTa/BigBird folder) or from a size preset,
+    with the tokenizer it reads and `max_length` / `truncation` as its inference settings."""
     if attention_type == "block_sparse" and max_length % block_size:
         raise ConfigError(f"--max-length {max_length} is not a multiple of --block-size {block_size}")
     overrides = dict(attention_type=attention_type, block_size=block_size, num_random_blocks=num_random_blocks,
-                     id2label=id2label)
+                     id2label=id2label, gradient_checkpointing=gradient_checkpointing)
+    settings = InferenceSettings(max_length=max_length, truncation=truncation)
     if dropout is not None:
         overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if init is not None:
@@ -144,8 +149,7 @@ def build_model(
         positions = max(load_config(init).max_position_embeddings, max_length)
         model = SDBertForSequenceClassification.from_pretrained(init, max_position_embeddings=positions, **overrides)
         model.config.init_checkpoint = str(Path(init).resolve())
-        model.tokenizer = tokenizer
-        return model
+        return Classifier(model, tokenizer, settings)
     if size not in SIZE_PRESETS:
         raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZE_PRESETS)}")
     if not tokenizer_texts:
@@ -154,19 +158,14 @@ def build_model(
     tokenizer = train_wordpiece_tokenizer(tokenizer_texts, vocab_size)
     config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=max_length,
                           pad_token_id=pad_token_id(tokenizer), **SIZE_PRESETS[size], **overrides)
-    model = SDBertForSequenceClassification(config)
-    model.tokenizer = tokenizer
-    return model
+    return Classifier(SDBertForSequenceClassification(config), tokenizer, settings)
 
 
-def encode(model: SDBertForSequenceClassification, dataset: TextDataset, *, max_length: int,
-           truncation: str = "head+tail", progress: bool | None = None) -> EncodedDataset:
-    if model.tokenizer is None:
-        raise ConfigError("the model folder has no tokenizer.json")
-    if max_length > model.config.max_position_embeddings:
-        raise ConfigError(f"--max-length {max_length} exceeds the model's {model.config.max_position_embeddings} "
-                          f"positions")
-    return encode_dataset(model.tokenizer, dataset, max_length, truncation, progress=progress)
+def encode(classifier: Classifier, dataset: TextDataset, *, max_length: int | None = None,
+           truncation: str | None = None, progress: bool | None = None) -> EncodedDataset:
+    """`dataset` tokenised for `classifier`: its settings unless `max_length` / `truncation` say otherwise."""
+    return encode_dataset(classifier.tokenizer, dataset, classifier.max_length(max_length),
+                          truncation or classifier.settings.truncation, progress=progress)
 
 
 def load_unlabeled(spec: str, settings: DataSettings, *, limit: int | None = None) -> TextDataset:

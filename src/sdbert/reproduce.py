@@ -30,6 +30,7 @@ import torch
 
 from sdbert.bench.report import load_average, machine_info
 from sdbert.checkpoint import weights_fingerprint
+from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli_args import arg, fraction, positive_float, positive_int
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
 from sdbert.distill import (
@@ -262,12 +263,12 @@ class Runner:
         full_teacher = build_model(init=init, size=p.teacher_size, attention_type="full",
                                    tokenizer_texts=data.train.texts, vocab_size=p.vocab_size,
                                    block_size=p.block_size, num_random_blocks=p.num_random_blocks,
-                                   max_length=p.max_length, id2label=data.id2label)
+                                   max_length=p.max_length, truncation=p.truncation, id2label=data.id2label)
         self.tokenizer = full_teacher.tokenizer
         encoded = {name: self._encode(split) for name, split in
                    (("train", data.train), ("validation", data.validation), ("test", data.test))}
         # The teachers' starting weights: what `--student-init pretrained` copies (never the fine-tuned ones).
-        self.start = full_teacher
+        self.start = full_teacher.model
         runs = {system: [run] for system, run in self._teachers(full_teacher.config, encoded).items()}
         runs.update(self._students(data, encoded))
         rows = [aggregate(system, runs[system]) for system in SYSTEMS]
@@ -367,17 +368,16 @@ class Runner:
                 logger.warning("teacher logits came from a cache without their cost: KD time is training only")
         return transfer, logits, None if seconds is None else round(seconds, 1)
 
-    def _fresh(self, config, state) -> SDBertForSequenceClassification:
-        model = SDBertForSequenceClassification(config.replace(max_length=self.preset.max_length,
-                                                               truncation=self.preset.truncation))
+    def _fresh(self, config, state) -> Classifier:
+        """A model with `state` as its weights, to train with the run's tokenizer and settings."""
+        model = SDBertForSequenceClassification(config)
         model.load_state_dict(state)
-        model.tokenizer = self.tokenizer
-        return model
+        return Classifier(model, self.tokenizer, InferenceSettings(self.preset.max_length, self.preset.truncation))
 
-    def _system(self, system: str, out: Path, model, encoded: dict, *, epochs: int, lr: float, seed: int,
-                max_steps: int | None = None, loss_fn=None) -> dict:
+    def _system(self, system: str, out: Path, classifier: Classifier, encoded: dict, *, epochs: int, lr: float,
+                seed: int, max_steps: int | None = None, loss_fn=None) -> dict:
         """Train one run into `out` and score it on the test reviews; a finished run is read back."""
-        p = self.preset
+        p, model = self.preset, classifier.model
         spec = {"system": system, "seed": seed, "epochs": epochs, "learning_rate": lr, "max_steps": max_steps,
                 "loss": "cross_entropy" if loss_fn is None else f"kd {p.kd_kind} alpha={p.alpha} T={p.temperature}",
                 "train_examples": len(encoded["train"]), "initial_weights_sha256": state_sha256(model.state_dict())}
@@ -387,8 +387,8 @@ class Runner:
         logger.info("%s (seed %d): training %s parameters", system, seed, f"{model.num_parameters():,}")
         args = TrainingArguments(output_dir=str(out), epochs=epochs, batch_size=p.batch_size, learning_rate=lr,
                                  seed=seed, eval_batch_size=p.eval_batch_size, resume=True, max_steps=max_steps,
-                                 progress=self.progress).for_model(model)
-        trained = train(model, encoded["train"], encoded["validation"], args,
+                                 progress=self.progress).for_model(classifier)
+        trained = train(classifier, encoded["train"], encoded["validation"], args,
                         **({} if loss_fn is None else {"loss_fn": loss_fn}))
         best = SDBertForSequenceClassification.from_pretrained(out)
         run = score_run(best, encoded["test"], batch_size=p.eval_batch_size, progress=self.progress,

@@ -321,15 +321,17 @@ def find_problem(texts: list[str], settings: ServeSettings) -> tuple[int, str] |
 
 
 def model_description(state) -> dict:
-    model, settings = state.model, state.settings
+    classifier, settings = state.classifier, state.settings
+    config = classifier.config
     return {
         "name": state.name,
-        "backend": backend_of(model),
-        "quantization": getattr(model, "quantization", None),  # "int8-dynamic" for a quantised ONNX graph
-        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
-        "parameters": model.num_parameters(),
+        "backend": classifier.backend,
+        "quantization": getattr(classifier.model, "quantization", None),  # "int8-dynamic": a quantised ONNX graph
+        "labels": [config.id2label[i] for i in range(config.num_labels)],
+        "parameters": classifier.model.num_parameters(),
         "max_length": state.max_length,
-        "config": model.config.to_dict(),
+        "truncation": classifier.settings.truncation,
+        "config": config.to_dict(),
         "limits": {"max_texts": settings.max_texts, "max_chars": settings.max_chars,
                    "max_body_bytes": settings.max_body_bytes},
         "batching": {**asdict(settings), **state.batcher.stats, "uptime_s": round(time.time() - state.started, 1)},
@@ -355,11 +357,9 @@ async def internal_error(request, exc: Exception):
     return error_response(500, "internal error")
 
 
-def run_model(model, texts: list[str], *, max_length: int, batch_size: int) -> list[dict]:
-    """What the batcher's worker thread runs: `inference.classify`, rounded for the wire."""
-    from sdbert.inference import classify
-
-    results = classify(model, texts, max_length=max_length, batch_size=batch_size)
+def run_model(classifier, texts: list[str], *, max_length: int, batch_size: int) -> list[dict]:
+    """What the batcher's worker thread runs: the classifier, rounded for the wire."""
+    results = classifier(texts, max_length=max_length, batch_size=batch_size)
     for r in results:
         r["score"] = round(r["score"], 6)
         r["probabilities"] = {k: round(v, 6) for k, v in r["probabilities"].items()}
@@ -373,28 +373,27 @@ def run_model(model, texts: list[str], *, max_length: int, batch_size: int) -> l
 async def lifespan(app):
     state = app.state
     await state.batcher.start()
-    logger.info("serving %s (%s)%s", state.name, backend_of(state.model), "" if state.api_key else ", no API key")
+    logger.info("serving %s (%s)%s", state.name, state.classifier.backend, "" if state.api_key else ", no API key")
     yield
     await state.batcher.stop()
     logger.info("stopped: %d requests in %d batches", state.batcher.stats["requests"], state.batcher.stats["batches"])
 
 
-def create_app(model, settings: ServeSettings | None = None, *, name: str = "model", api_key: str | None = None):
-    """The FastAPI app serving `model` (an `SDBertForSequenceClassification` or `OnnxClassifier`); with
+def create_app(classifier, settings: ServeSettings | None = None, *, name: str = "model",
+               api_key: str | None = None):
+    """The FastAPI app serving a `sdbert.classifier.Classifier` (PyTorch or ONNX); with
     `api_key`, every route but /healthz needs `Authorization: Bearer <api_key>`."""
-    from sdbert.inference import max_length_of
-
     if api_key is not None and not api_key:
         raise ConfigError("the API key is empty")
     app = FastAPI(title="sdbert", version=_version(), lifespan=lifespan)
     state = app.state
-    state.model, state.name, state.api_key = model, name, api_key
+    state.classifier, state.name, state.api_key = classifier, name, api_key
     state.settings = settings = settings or ServeSettings()
-    state.max_length = max_length_of(model, settings.max_length)
+    state.max_length = classifier.max_length(settings.max_length)
     state.started = time.time()
-    state.metrics = _model_metrics(model, name)
+    state.metrics = _model_metrics(classifier, name)
     state.batcher = MicroBatcher(
-        functools.partial(run_model, model, max_length=state.max_length, batch_size=settings.batch_size),
+        functools.partial(run_model, classifier, max_length=state.max_length, batch_size=settings.batch_size),
         max_batch_texts=settings.max_batch_texts, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
         on_batch=state.metrics.batch_texts.observe)
     state.metrics.queue_depth.set_function(lambda: state.batcher.queue_depth)
@@ -410,10 +409,10 @@ def create_app(model, settings: ServeSettings | None = None, *, name: str = "mod
     return app
 
 
-def _model_metrics(model, name: str) -> ServiceMetrics:
+def _model_metrics(classifier, name: str) -> ServiceMetrics:
     metrics = ServiceMetrics.create()
-    metrics.model.info({"name": name, "attention_type": str(getattr(model.config, "attention_type", "unknown")),
-                        "backend": backend_of(model), "version": _version()})
+    metrics.model.info({"name": name, "attention_type": str(classifier.config.attention_type),
+                        "backend": classifier.backend, "version": _version()})
     return metrics
 
 
@@ -547,10 +546,11 @@ def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, settings
         logger.warning("listening on %s without an API key (--insecure): anyone who can reach the port can use it",
                        host)
     uvicorn = require("uvicorn", "the HTTP service")
-    from sdbert.inference import load_classifier, model_name
+    from sdbert.classifier import Classifier
+    from sdbert.inference import model_name
 
-    model = load_classifier(model_dir, backend=backend, threads=threads)
-    app = create_app(model, settings, name=model_name(model_dir), api_key=api_key)
+    classifier = Classifier.from_pretrained(model_dir, backend=backend, threads=threads)
+    app = create_app(classifier, settings, name=model_name(model_dir), api_key=api_key)
     _configure_access_log(access_log)
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level=log_level,
                             timeout_graceful_shutdown=timeout_graceful_shutdown, lifespan="on")
@@ -589,10 +589,6 @@ def _graceful_server_class(uvicorn):
                 captured.clear()
 
     return GracefulServer
-
-
-def backend_of(model) -> str:
-    return getattr(model, "backend", "torch")
 
 
 def _version() -> str:

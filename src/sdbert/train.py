@@ -85,11 +85,11 @@ class TrainingArguments:
         return {"epochs": self.epochs, "max_steps": self.max_steps, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "warmup_ratio": self.warmup_ratio, "seed": self.seed}
 
-    def for_model(self, model, **changes) -> TrainingArguments:
-        """These settings with the padding the model needs (its block size, length and pad token)."""
-        config = model.config
+    def for_model(self, classifier, **changes) -> TrainingArguments:
+        """These settings with the padding a `Classifier` needs (its block size, length and pad token)."""
+        config = classifier.config
         return replace(self, block_size=config.block_size, pad_token_id=config.pad_token_id,
-                       max_length=config.max_length or config.max_position_embeddings, **changes)
+                       max_length=classifier.max_length(), **changes)
 
     def __post_init__(self) -> None:
         checks = [
@@ -276,12 +276,12 @@ class Checkpoints:
         return sorted((p for p in self.root.glob("step-*") if (p / STATE_NAME).exists()),
                       key=lambda p: int(p.name.split("-")[1]))
 
-    def save(self, step: int, model, state: dict) -> Path:
+    def save(self, step: int, classifier, state: dict) -> Path:
         final = self.root / f"step-{step:07d}"
         tmp = self.root / f".tmp-step-{step:07d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp)
+        classifier.save_pretrained(tmp)
         torch.save(state, tmp / STATE_NAME)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -328,7 +328,7 @@ class LossWindow:
 
 
 def train(
-    model,
+    classifier,
     train_examples: EncodedDataset,
     val_examples: EncodedDataset | None,
     args: TrainingArguments,
@@ -338,13 +338,14 @@ def train(
     device: torch.device | None = None,
     aux_module: torch.nn.Module | None = None,
 ) -> TrainResult:
-    """Train `model` in place; the best model by validation accuracy is saved to `args.output_dir`.
+    """Train a `Classifier`'s model in place (or a bare model); the best one by validation accuracy is
+    saved, with the classifier's tokenizer and settings, to `args.output_dir`.
 
     `aux_module` holds parameters that `loss_fn` uses beside the model (e.g. distillation's hidden-state
     projections): they are optimised, clipped and averaged over processes with the model's, and kept
     in checkpoints for resume, but never written to the model folder.
     """
-    trainer = Trainer(model, train_examples, val_examples, args, loss_fn=loss_fn, distributed=distributed,
+    trainer = Trainer(classifier, train_examples, val_examples, args, loss_fn=loss_fn, distributed=distributed,
                       device=device, aux_module=aux_module)
     return trainer.run()
 
@@ -352,10 +353,15 @@ def train(
 class Trainer:
     """The loop behind `train`: plan, resume, step, evaluate-and-save, checkpoint."""
 
-    def __init__(self, model, train_examples: EncodedDataset, val_examples: EncodedDataset | None,
+    def __init__(self, classifier, train_examples: EncodedDataset, val_examples: EncodedDataset | None,
                  args: TrainingArguments, *, loss_fn: LossFn = cross_entropy_loss,
                  distributed: Distributed | None = None, device: torch.device | None = None,
                  aux_module: torch.nn.Module | None = None):
+        from sdbert.classifier import Classifier
+
+        if not isinstance(classifier, Classifier):  # a bare model: its folders get no tokenizer or settings
+            classifier = Classifier(classifier, tokenizer=None)
+        self.classifier, model = classifier, classifier.model
         self.model, self.train_examples, self.val_examples, self.args = model, train_examples, val_examples, args
         self.loss_fn, self.aux_module = loss_fn, aux_module
         self.distributed = distributed or Distributed()
@@ -431,7 +437,7 @@ class Trainer:
                              "rng": _rng_state(), "progress": asdict(self.state), "args": asdict(self.args)}
             if self.aux_module is not None:
                 trainer_state["aux"] = self.aux_module.state_dict()
-            self.checkpoints.save(self.state.step, self.model, trainer_state)
+            self.checkpoints.save(self.state.step, self.classifier, trainer_state)
         if self.world > 1:
             dist.barrier()
 
@@ -452,7 +458,7 @@ class Trainer:
         if metrics["accuracy"] > state.best_accuracy:
             state.best_accuracy, state.best_metrics, state.evals_without_gain = metrics["accuracy"], metrics, 0
             if self.is_main:
-                self.model.save_pretrained(self.output_dir)
+                self.classifier.save_pretrained(self.output_dir)
         else:
             state.evals_without_gain += 1
         self.log({"step": state.step, "epoch": state.epoch, **{f"val_{k}": v for k, v in metrics.items()}})
@@ -583,7 +589,7 @@ class Trainer:
         if state.last_checkpoint_step != state.step:
             self.save_checkpoint()  # the final state, for resume and for inspection
         if (self.val_examples is None or len(self.val_examples) == 0) and self.is_main:
-            self.model.save_pretrained(self.output_dir)  # nothing to select on: the last weights are the model
+            self.classifier.save_pretrained(self.output_dir)  # nothing to select on: the last weights are the model
         result = TrainResult(best_metrics=state.best_metrics, final_step=state.step,
                              train_seconds=state.train_seconds, examples_seen=state.examples_seen,
                              stopped_early=stopped_early)

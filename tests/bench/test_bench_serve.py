@@ -31,6 +31,7 @@ from sdbert.bench.serve import (  # noqa: E402
     same_answer,
     text_report,
 )
+from sdbert.classifier import InferenceSettings  # noqa: E402
 from sdbert.data.wordpiece import train_wordpiece_tokenizer  # noqa: E402
 from sdbert.errors import ConfigError  # noqa: E402
 
@@ -51,12 +52,11 @@ def model_dir(tmp_path_factory):
     tokenizer = train_wordpiece_tokenizer([r[2] for r in IMDB_REVIEWS + EXTRA_TEST], vocab_size=150, min_frequency=1)
     config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
                           num_attention_heads=4, intermediate_size=48, max_position_embeddings=512, block_size=16,
-                          num_random_blocks=1, id2label={0: "negative", 1: "positive"}, max_length=512)
+                          num_random_blocks=1, id2label={0: "negative", 1: "positive"})
     torch.manual_seed(0)
     model = SDBertForSequenceClassification(config).eval()
-    model.tokenizer = tokenizer
     path = tmp_path_factory.mktemp("serve") / "student"
-    model.save_pretrained(path)
+    model.save_pretrained(path, tokenizer=tokenizer, settings=InferenceSettings(max_length=512))
     return path
 
 

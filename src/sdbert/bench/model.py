@@ -173,14 +173,14 @@ def preset_models(name: str, cfg: ModelBenchConfig) -> list[tuple[torch.nn.Modul
 def save_preset_student(name: str, path: Path) -> None:
     """A preset's student architecture as a model folder (checkpoint layers, untrained head, the preset's
     tokenizer and truncation): what a latency benchmark can serve on a fresh clone without training."""
+    from sdbert.classifier import Classifier, InferenceSettings
     from sdbert.data import load_tokenizer
     from sdbert.reproduce import make_preset
 
     preset = make_preset(name)
     _, (student, _) = preset_models(name, ModelBenchConfig(presets=(name,), lengths=(preset.max_length,)))
-    student.config.max_length, student.config.truncation = preset.max_length, preset.truncation
-    student.tokenizer = load_tokenizer(preset.teacher_init)
-    student.save_pretrained(path)
+    settings = InferenceSettings(preset.max_length, preset.truncation)
+    Classifier(student, load_tokenizer(preset.teacher_init), settings).save_pretrained(path)
 
 
 def _describe(model, label: str, path: str, *, size_mb: float | None, positions: int | None = None) -> dict:

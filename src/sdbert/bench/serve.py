@@ -293,14 +293,13 @@ def reference_answers(info: dict, folder: str, texts: list[str]) -> dict[str, di
     """Each text's answer from the served model run in this process, with the service's length and backend."""
     import gc
 
-    from sdbert.inference import classify, load_classifier
+    from sdbert.classifier import Classifier
 
-    model = load_classifier(folder, backend="onnx" if info.get("backend") == "onnxruntime" else "torch")
+    classifier = Classifier.from_pretrained(folder, backend="onnx" if info.get("backend") == "onnxruntime" else "torch")
     unique = list(dict.fromkeys(texts))
     batch_size = info.get("batching", {}).get("batch_size", 32)
-    answers = dict(zip(unique, classify(model, unique, max_length=info["max_length"], batch_size=batch_size),
-                       strict=True))
-    del model
+    answers = dict(zip(unique, classifier(unique, max_length=info["max_length"], batch_size=batch_size), strict=True))
+    del classifier
     gc.collect()  # the rounds should not share the machine with a second copy of the weights
     return answers
 

@@ -197,9 +197,10 @@ def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str)
     from sdbert.train import collate_padded, cross_entropy_loss, global_batches, padded_length
 
     torch.manual_seed(cfg.seed)
-    model = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
-                        num_random_blocks=cfg.random_blocks, max_length=length, id2label=texts.id2label)
-    examples = encode(model, texts, max_length=length, truncation=cfg.truncation, progress=False)
+    classifier = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
+                             num_random_blocks=cfg.random_blocks, max_length=length, truncation=cfg.truncation,
+                             id2label=texts.id2label)
+    model, examples = classifier.model, encode(classifier, texts, progress=False)
     batches = []
     for indices in global_batches(examples.lengths, cfg.batch_size(length), cfg.seed, 0):
         pad_to = padded_length(examples.lengths[indices], cfg.block_size)

@@ -32,28 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdbert.classifier import Classifier
     from sdbert.data import load_split, stratified_subset
-    from sdbert.inference import load_classifier
-    from sdbert.pipeline import encode
+    from sdbert.data.encoded import encode_dataset
     from sdbert.train import evaluate
 
-    model = load_classifier(args.model, backend=args.backend, threads=args.threads,  # PyTorch or ONNX
-                            revision=args.revision)
+    classifier = Classifier.from_pretrained(args.model, backend=args.backend, threads=args.threads,  # PyTorch or ONNX
+                                            revision=args.revision)
     settings = data_settings(args)
     dataset = load_split(settings.source, args.split, text_column=args.text_column, label_column=args.label_column,
-                         id2label=model.config.id2label, errors=args.encoding_errors, progress=settings.progress)
+                         id2label=classifier.config.id2label, errors=args.encoding_errors, progress=settings.progress)
     if dataset.labels is None:
         raise ConfigError(f"split {args.split!r} has no labels to evaluate against")
     if args.limit and args.limit < len(dataset):
         dataset = stratified_subset(dataset, args.limit, seed=args.seed)
-    max_length = args.max_length or model.config.max_length or model.config.max_position_embeddings
-    truncation = args.truncation if args.truncation != "head+tail" else model.config.truncation
-    encoded = encode(model, dataset, max_length=max_length, truncation=truncation)
-    metrics = evaluate(model, encoded, batch_size=args.batch_size, progress=not args.no_progress, desc="evaluate")
+    max_length = classifier.max_length(args.max_length)
+    truncation = args.truncation if args.truncation != "head+tail" else classifier.settings.truncation
+    encoded = encode_dataset(classifier.tokenizer, dataset, max_length, truncation)
+    metrics = evaluate(classifier.model, encoded, batch_size=args.batch_size, progress=not args.no_progress,
+                       desc="evaluate")
     metrics.update(split=args.split, model=str(args.model), max_length=max_length, truncation=truncation,
-                   backend=getattr(model, "backend", "torch"))
-    if getattr(model, "quantization", None):
-        metrics["quantization"] = model.quantization
+                   backend=classifier.backend)
+    if getattr(classifier.model, "quantization", None):
+        metrics["quantization"] = classifier.model.quantization
     folder = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent  # a folder or FILE.onnx
     if not Path(args.model).exists():  # a hub name: not into huggingface_hub's cache
         folder = Path(".")

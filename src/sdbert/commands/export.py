@@ -32,26 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sdbert.errors import ConfigError
-    from sdbert.export import HF_CLASSES, export_hf, export_onnx
-    from sdbert.model import SDBertForSequenceClassification
+    from sdbert.export import HF_CLASSES, export_hf, export_onnx, load_for_export
     from sdbert.model_card import read_run, write_model_card
 
     if args.quantize and args.format != "onnx":
         raise ConfigError("--quantize applies to --format onnx only")
-    model = SDBertForSequenceClassification.from_pretrained(args.model, revision=args.revision).eval()
+    model, tokenizer, settings = load_for_export(args.model, revision=args.revision)
     if args.format == "hf":
-        result = export_hf(model, args.output, architecture=args.hf_architecture, overwrite=args.overwrite,
-                           verify=args.verify)
+        result = export_hf(model, args.output, tokenizer=tokenizer, settings=settings,
+                           architecture=args.hf_architecture, overwrite=args.overwrite, verify=args.verify)
         what = HF_CLASSES[result.architecture] + (" (custom code)" if result.architecture == "sdbert" else "")
     else:
-        result = export_onnx(model, args.output, opset=args.opset, quantize=args.quantize, overwrite=args.overwrite,
-                             verify=args.verify)
+        result = export_onnx(model, args.output, tokenizer=tokenizer, settings=settings, opset=args.opset,
+                             quantize=args.quantize, overwrite=args.overwrite, verify=args.verify)
         what = (f"ONNX ({result.architecture} attention, dynamic batch and sequence axes"
                 + (f", {result.quantization} weights)" if result.quantization else ")"))
     if result.path.is_dir():  # a bare FILE.onnx has no folder to describe
         custom = result.architecture == "sdbert"
         card_format = "onnx" if args.format == "onnx" else "hf_custom" if custom else "hf_stock"
-        write_model_card(result.path, read_run(args.model), fmt=card_format, config=model.config.to_dict())
+        write_model_card(result.path, read_run(args.model), fmt=card_format,
+                         config=model.config.to_dict() | settings.to_config_dict())
     if result.max_abs_diff is None:
         check = ""
     elif result.quantization:

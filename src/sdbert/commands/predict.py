@@ -46,21 +46,16 @@ def read_inputs(files: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.data.tokenization import encode
-    from sdbert.inference import load_classifier, predict_logits
+    from sdbert.classifier import Classifier
 
-    # a PyTorch model folder or an ONNX export; must have tokenizer.json
-    model = load_classifier(args.model, backend=args.backend, threads=args.threads, revision=args.revision)
+    # a PyTorch model folder or an ONNX export; must have a tokenizer
+    classifier = Classifier.from_pretrained(args.model, backend=args.backend, threads=args.threads,
+                                            revision=args.revision)
     inputs = read_inputs(args.files)
     if not inputs:
         raise DataError("no input text (give files, or lines on stdin)")
-    max_length = args.max_length or model.config.max_length or model.config.max_position_embeddings
-    ids = encode(model.tokenizer, [text for _, text in inputs], max_length, model.config.truncation)
-    logits = predict_logits(model, ids, batch_size=args.batch_size)
-    probabilities = logits.softmax(-1)
-    for (name, _), probs in zip(inputs, probabilities, strict=True):
-        best = int(probs.argmax())
-        print(json.dumps({"input": name, "label": model.config.id2label[best], "score": round(float(probs[best]), 6),
-                          "probabilities": {model.config.id2label[i]: round(float(p), 6)
-                                            for i, p in enumerate(probs)}}))
+    results = classifier([text for _, text in inputs], max_length=args.max_length, batch_size=args.batch_size)
+    for (name, _), result in zip(inputs, results, strict=True):
+        print(json.dumps({"input": name, "label": result["label"], "score": round(result["score"], 6),
+                          "probabilities": {k: round(p, 6) for k, p in result["probabilities"].items()}}))
     return 0

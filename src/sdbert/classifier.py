@@ -1,0 +1,148 @@
+"""A classifier as a user holds it: the model, its tokenizer and the settings it was trained with.
+
+    clf = Classifier.from_pretrained("runs/student")     # ours, an ONNX export, or a HF folder
+    clf(["a wonderful film", "dull"])                    # [{"label", "score", "probabilities"}, ...]
+    clf.save_pretrained("copy")                          # config.json, weights, tokenizer.json
+
+The model's config holds its architecture; how a text becomes token ids (tokens per text,
+truncation) is `InferenceSettings`. Both live in the folder's `config.json` (the settings as its
+`max_length` and `truncation` keys), so folders keep one format whichever object reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdbert.errors import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How texts become token ids for a model: what it was trained with, the default of evaluate,
+    predict and serve."""
+
+    max_length: int | None = None
+    """tokens per text, special tokens included (None: the model's position limit)"""
+    truncation: str = "head+tail"
+    """which tokens a longer text keeps: head, tail or head+tail (`sdbert.data.tokenization`)"""
+
+    def __post_init__(self) -> None:
+        from sdbert.data.tokenization import TRUNCATIONS
+
+        if self.truncation not in TRUNCATIONS:
+            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"max_length must be positive, got {self.max_length}")
+
+    @classmethod
+    def from_config_dict(cls, data: dict[str, Any]) -> InferenceSettings:
+        """The settings recorded in our `config.json`; a Hugging Face folder's gets the defaults (its
+        `max_length`, where present, is a generation setting)."""
+        if data.get("model_type") != "sdbert":
+            return cls()
+        return cls(max_length=data.get("max_length"), truncation=data.get("truncation") or cls.truncation)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike[str]) -> InferenceSettings:
+        try:
+            return cls.from_config_dict(json.loads((Path(folder) / "config.json").read_text()))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read {Path(folder) / 'config.json'}: {exc}") from None
+
+    def to_config_dict(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "truncation": self.truncation}
+
+    def tokens_per_text(self, positions: int, requested: int | None = None) -> int:
+        """`requested` (at most `positions`), else the trained length, else all `positions`."""
+        if requested is not None and requested > positions:
+            raise ConfigError(f"--max-length {requested} exceeds the model's {positions} positions")
+        return min(requested or self.max_length or positions, positions)
+
+
+@dataclass
+class Classifier:
+    """Text in, labels out: a model with the tokenizer and settings it was trained with."""
+
+    model: Any
+    """an `SDBertForSequenceClassification` or an `OnnxClassifier`: `model(ids, attention_mask=m).logits`"""
+    tokenizer: Any
+    """a `tokenizers.Tokenizer` without truncation or padding of its own (ours decide those)"""
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
+
+    @property
+    def config(self):
+        """The model's `SDBertConfig`: its architecture and labels."""
+        return self.model.config
+
+    @property
+    def backend(self) -> str:
+        return getattr(self.model, "backend", "torch")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], *, backend: str = "auto", threads: int | None = None,
+                        revision: str | None = None) -> Classifier:
+        """The classifier in `path` (a local folder or file, or a hub name `org/name` at `revision`): ONNX when
+        it holds `model.onnx` (or is an `.onnx` file) or `backend="onnx"`, else the PyTorch model folder in
+        eval mode. It must have a tokenizer (`tokenizer.json`, or a `spiece.model` / `vocab.txt` beside a
+        Hugging Face model)."""
+        from sdbert.hub import resolve_model_dir
+        from sdbert.onnx_runtime import OnnxClassifier, is_onnx_model
+
+        if backend not in ("auto", "torch", "onnx"):
+            raise CheckpointError(f"backend must be auto, torch or onnx, got {backend!r}")
+        path = resolve_model_dir(path, revision=revision)
+        if backend == "onnx" or (backend == "auto" and is_onnx_model(path)):
+            model = OnnxClassifier.from_pretrained(path, threads=threads)
+            folder = model.path.parent
+        else:
+            from sdbert.model import SDBertForSequenceClassification
+
+            if threads:
+                torch.set_num_threads(threads)
+            model, folder = SDBertForSequenceClassification.from_pretrained(path).eval(), Path(path)
+        from sdbert.data.tokenization import load_tokenizer
+
+        return cls(model, load_tokenizer(folder), InferenceSettings.from_folder(folder))
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """The model folder: `config.json` (architecture and settings), weights and `tokenizer.json`."""
+        if self.backend != "torch":
+            raise ConfigError("only a PyTorch classifier can be saved; an ONNX one is written by `sdbert export`")
+        self.model.save_pretrained(path, tokenizer=self.tokenizer, settings=self.settings)
+
+    def max_length(self, requested: int | None = None) -> int:
+        """Tokens per text: `requested`, else the trained length, within the model's positions."""
+        return self.settings.tokens_per_text(self.config.max_position_embeddings, requested)
+
+    def encode(self, texts: Sequence[str], *, max_length: int | None = None,
+               truncation: str | None = None) -> list[list[int]]:
+        """Token ids per text, special tokens included, cut as the model was trained unless told otherwise."""
+        from sdbert.data.tokenization import encode
+
+        return encode(self.tokenizer, list(texts), self.max_length(max_length), truncation or self.settings.truncation)
+
+    def logits(self, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False,
+               desc: str = "predict") -> torch.Tensor:
+        """Logits `(N, num_labels)` of token-id lists, in their order (see `inference.predict_logits`)."""
+        from sdbert.inference import predict_logits
+
+        return predict_logits(self.model, ids, batch_size=batch_size, progress=progress, desc=desc)
+
+    def __call__(self, texts: Sequence[str], *, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
+        """`[{"label", "score", "probabilities": {label: p}}]` per text."""
+        probabilities = self.logits(self.encode(texts, max_length=max_length), batch_size=batch_size).softmax(-1)
+        labels = self.config.id2label
+        results = []
+        for probs in probabilities.tolist():
+            best = max(range(len(probs)), key=probs.__getitem__)
+            results.append({"label": labels[best], "score": probs[best],
+                            "probabilities": {labels[i]: p for i, p in enumerate(probs)}})
+        return results
+
