@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from sdbert.bench.compare import compare, main, ratio
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -40,4 +42,20 @@ def test_a_rerun_inside_the_reference_range_reproduces_and_one_outside_does_not(
 def test_the_committed_run_reproduces_itself_and_a_folder_without_ratios_fails(tmp_path):
     assert main([str(BENCHMARKS), str(BENCHMARKS)]) == 0
     assert main([str(BENCHMARKS), str(tmp_path)]) == 1  # nothing compared is no evidence
-    assert main([str(BENCHMARKS)]) == 2
+    with pytest.raises(SystemExit):
+        main([str(BENCHMARKS)])
+
+
+def test_output_writes_a_reproduction_section_that_verify_accepts(tmp_path, capsys):
+    from sdbert.bench.verify import check
+
+    reference = attention_run(tmp_path / "ref", [280.0, 290.0, 300.0])
+    rerun = attention_run(tmp_path / "rerun", [600.0, 620.0, 650.0])
+    assert main([str(reference), str(rerun), "--output", str(rerun)]) == 1
+    result = json.loads((rerun / "reproduction.json").read_text())
+    assert result["command"] == f"python -m sdbert.bench.compare {reference} {rerun} --output {rerun}"
+    assert [r["inside"] for r in result["rows"]] == [True, False]
+    section = (rerun / "BENCHMARKS.md").read_text()
+    assert "| attention: hf/sparse_proj forward 4096 | 2.04x | 1.87-2.14 | 4.37x | **no** |" in section
+    assert "1 of 2 speed-ups reproduced." in section
+    assert check(rerun) == []

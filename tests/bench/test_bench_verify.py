@@ -49,3 +49,16 @@ def test_a_changed_json_or_a_missing_one_is_reported(encoder_run):
 def test_the_committed_benchmarks_match_their_json():
     """Every number in a generated section of benchmarks/BENCHMARKS.md comes from the JSON beside it."""
     assert check(BENCHMARKS) == []
+
+
+def test_the_readme_benchmark_tables_are_copied_from_benchmarks_md():
+    """README's tables, calibration and fault lines stand verbatim in BENCHMARKS.md's generated sections."""
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    section = readme.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    copied = [line for line in section.splitlines()
+              if line.startswith(("| ", "GEMM calibration", "Minor page faults"))
+              or line.startswith("HTTP service (section")]
+    assert len(copied) > 30
+    benchmarks = (BENCHMARKS / "BENCHMARKS.md").read_text()
+    missing = [line for line in copied if line.split("): ", 1)[-1] not in benchmarks]
+    assert missing == []

@@ -639,8 +639,10 @@ def markdown_report(result: dict) -> str:
         f"{cfg['random_blocks']} random blocks, fp32. Methods: "
         + "; ".join(f"{METHODS[m]}" for m in cfg["methods"]) + ". Times are medians (min-max) of at least "
         f"{cfg['repeats']} interleaved rounds in one process (more for short lengths, about "
-        f"{cfg.get('min_seconds', 0):g} s per length); memory is the peak resident memory "
-        "above the inputs, one fresh process per case (glibc's default allocator). Up to "
+        f"{cfg.get('min_seconds', 0):g} s per length)"
+        + ("; memory is the peak resident memory above the inputs, one fresh process per case (glibc's "
+           "default allocator)" if cfg["memory"] else "; memory not measured (`--no-memory`)")
+        + ". Up to "
         f"{dense_fallback_blocks(cfg['random_blocks']) * cfg['block_size']} tokens our kernel runs dense attention; "
         "HF BigBird is measured only above that length (its model switches to full attention below) "
         f"and up to {cfg.get('hf_max_length', 8192)} tokens (`--hf-max-length`).",

@@ -1,6 +1,7 @@
 """Does a rerun reproduce the speed-ups of a committed run? Every ratio, side by side.
 
     python -m sdbert.bench.compare benchmarks /tmp/clone/benchmarks   # exit 1 if any ratio falls outside
+    python -m sdbert.bench.compare benchmarks/previous_run benchmarks --output benchmarks   # + reproduction.json
 
 For each speed-up the README quotes (dense/ours and HF/ours+proj attention, full/block-sparse encoders,
 teacher/student models, HF/ours training loops), the reference run gives its median ratio and its
@@ -10,7 +11,9 @@ The rerun reproduces a ratio when its median ratio falls inside that range.
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -76,21 +79,69 @@ def compare(reference: Path, rerun: Path) -> list[tuple[str, Ratio, float, bool]
     """(name, reference ratio, rerun's median ratio, inside the reference's round range) per shared ratio."""
     ref, new = ratios(reference), ratios(rerun)
     return [(name, ref[name], new[name][0], ref[name][1] <= new[name][0] <= ref[name][2])
-            for name in sorted(ref) if name in new]
+            for name in sorted(ref, key=by_length) if name in new]
+
+
+def by_length(name: str) -> tuple[str, int]:
+    """Order `FILE: what LENGTH` names by what, then by length as a number (512 before 2048)."""
+    what, _, length = name.rpartition(" ")
+    return what, int(length) if length.isdigit() else 0
+
+
+def result_of(reference: Path, rerun: Path, command: str) -> dict:
+    """The comparison as a benchmark JSON (`reproduction.json`), rendered by `markdown_report`."""
+    rows = [{"ratio": name, "median": median, "low": low, "high": high, "rerun": value, "inside": inside}
+            for name, (median, low, high), value, inside in compare(reference, rerun)]
+    return {"benchmark": "compare", "name": "reproduction", "command": command,
+            "reference": str(reference), "rerun": str(rerun), "rows": rows}
+
+
+def markdown_report(result: dict) -> str:
+    from sdbert.bench.report import markdown_table
+
+    rows = [(r["ratio"], f"{r['median']:.2f}x", f"{r['low']:.2f}-{r['high']:.2f}", f"{r['rerun']:.2f}x",
+             "yes" if r["inside"] else "**no**") for r in result["rows"]]
+    inside = sum(r["inside"] for r in result["rows"])
+    return "\n".join([
+        "## Reproduction: a rerun's speed-ups against a reference run (`python -m sdbert.bench.compare`)", "",
+        f"Command: `{result['command']}`", "",
+        f"Reference: `{result['reference']}`; rerun: `{result['rerun']}`. A speed-up reproduces when the rerun's "
+        "median ratio lies within the range the reference's rounds allow (its slowest round of one case over "
+        "the fastest of the other, and the other way round).", "",
+        markdown_table(("speed-up", "reference", "reference rounds allow", "rerun", "reproduced"), rows), "",
+        f"{inside} of {len(rows)} speed-ups reproduced."])
+
+
+def print_rows(result: dict) -> None:
+    for r in result["rows"]:
+        print(f"{r['ratio']}: {r['median']:.2f}x (rounds {r['low']:.2f}-{r['high']:.2f}), rerun {r['rerun']:.2f}x"
+              + ("" if r["inside"] else "  OUTSIDE"))
+    inside = sum(r["inside"] for r in result["rows"])
+    print(f"{inside} of {len(result['rows'])} ratios inside the reference's round range")
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdbert.bench.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("reference", type=Path, help="folder of the reference run's benchmark JSONs")
+    parser.add_argument("rerun", type=Path, help="folder of the rerun's benchmark JSONs")
+    parser.add_argument("--output", type=Path, help="write reproduction.json and its BENCHMARKS.md section here")
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m sdbert.bench.compare REFERENCE_DIR RERUN_DIR", file=sys.stderr)
-        return 2
-    rows = compare(Path(argv[0]), Path(argv[1]))
-    for name, (median, low, high), rerun, inside in rows:
-        print(f"{name}: {median:.2f}x (rounds {low:.2f}-{high:.2f}), rerun {rerun:.2f}x"
-              + ("" if inside else "  OUTSIDE"))
-    outside = sum(not inside for *_, inside in rows)
-    print(f"{len(rows) - outside} of {len(rows)} ratios inside the reference's round range")
-    return 1 if outside or not rows else 0
+    args = parser.parse_args(argv)
+    command = "python -m sdbert.bench.compare " + shlex.join(argv)
+    result = result_of(args.reference, args.rerun, command)
+    print_rows(result)
+    if args.output is not None:
+        write_report(result, args.output)
+    return 1 if not result["rows"] or not all(r["inside"] for r in result["rows"]) else 0
+
+
+def write_report(result: dict, folder: Path) -> None:
+    from sdbert.bench.report import update_markdown_section
+    from sdbert.io import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "reproduction.json", result)
+    update_markdown_section(folder / "BENCHMARKS.md", "reproduction", markdown_report(result))
 
 
 if __name__ == "__main__":
