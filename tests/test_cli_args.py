@@ -74,3 +74,25 @@ def test_a_missing_optional_package_names_the_extra_that_installs_it():
         require("onnxruntime", "ONNX inference")
     except MissingDependency as exc:
         assert "pip install 'sdbert[onnx]'" in str(exc)
+
+
+@pytest.mark.parametrize("command, config", [
+    (["bench", "attention"], "sdbert.bench.attention:AttentionBenchConfig"),
+    (["bench", "encoder"], "sdbert.bench.encoder:EncoderBenchConfig"),
+    (["bench", "serve", "--preset", "quick"], "sdbert.bench.serve:ServeBenchConfig"),
+    (["bench", "model", "--preset", "quick"], "sdbert.bench.model:ModelBenchConfig"),
+    (["serve", "--model", "m"], "sdbert.serve_settings:ServeSettings"),
+])
+def test_a_command_without_flags_gives_its_config_defaults(command, config):
+    """The flags are built from the config, so no default can drift between the two."""
+    import importlib
+
+    from sdbert.cli import build_parser
+
+    module, name = config.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    args = build_parser().parse_args(command)
+    given = {"preset": "quick"} if "--preset" in command else {}
+    if cls.__name__ == "ModelBenchConfig":
+        given = {"presets": ("quick",)}
+    assert config_from_args(cls, args) == cls(**given)

@@ -42,6 +42,11 @@ non_negative_float = ranged(float, 0.0, what="a number >= 0")
 non_negative_int = ranged(int, 0, what="an integer >= 0")
 
 
+def name_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated names ("full,block_sparse"); the config checks which are allowed."""
+    return tuple(a for a in text.split(",") if a)
+
+
 def arg(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, negate: bool = False,
         default_factory: Any = dataclasses.MISSING, **argparse_kw) -> Any:
     """A dataclass field that is also a flag. `flag` renames it (default `--field-name`); `negate` makes a
@@ -91,17 +96,20 @@ def _argparse_options(f: dataclasses.Field, hint, default) -> dict:
     base = _base_type(hint)
     if f.metadata["negate"]:
         return {"action": "store_false", "default": default, "help": help_text}
-    if base is bool:
-        action = argparse.BooleanOptionalAction if default is None else "store_true"
-        return {"action": action, "default": default, "help": help_text}
+    if base is bool:  # --x/--no-x where the default is on or unset
+        action = "store_true" if default is False else argparse.BooleanOptionalAction
+        return {"action": action, "default": default, "help": help_text + (" (default on)" if default else "")}
+    if options.get("action") == "append":  # repeatable: argparse appends to a copy of the default list
+        default = list(default or ())
     if typing.get_origin(base) is Literal:
         options.setdefault("choices", list(typing.get_args(base)))
     elif base in (int, float, str):
         options.setdefault("type", base)
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
         options["required"] = True
-    elif default is not None and not isinstance(default, bool):
-        help_text = f"{help_text} (default {default})" if help_text else f"default {default}"
+    elif default not in (None, (), []) and not isinstance(default, bool):
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{help_text} (default {shown})" if help_text else f"default {shown}"
     return {**options, "default": default, "help": help_text}
 
 

@@ -37,32 +37,31 @@ class SDBertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = 0
-    # "block_sparse": BigBird ITC pattern (global + window + random blocks); "full": dense SDPA.
     attention_type: AttentionType = "block_sparse"
-    # 64 is BigBird's default; sequences are padded to a multiple of it inside the kernel.
+    """"block_sparse": BigBird's ITC pattern (global + window + random blocks); "full": dense SDPA"""
     block_size: int = 64
+    """BigBird's default; sequences are padded to a multiple of it inside the kernel"""
     num_random_blocks: int = 3
-    # Seed of the fixed random-block pattern; layer `i` uses `attention_seed + i`.
     attention_seed: int = 0
-    # False: each layer keeps one random pattern for training and evaluation (reproducible).
-    # True: a new pattern is drawn at every training step (BigBird's original behaviour).
+    """seed of the fixed random-block pattern; layer `i` uses `attention_seed + i`"""
     resample_random_blocks: bool = False
-    # Activation between pooler dense and classifier: "tanh" for BERT/RoBERTa heads; BigBird's
-    # classification head uses its hidden_act instead.
+    """False: each layer keeps one random pattern for training and evaluation (reproducible); True: a new
+    pattern at every training step (BigBird's original behaviour)"""
     pooler_activation: str = "tanh"
-    # What the pooler reads: the first token ("cls", BERT's) or the mean over real tokens ("mean",
-    # what sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to produce).
+    """between pooler dense and classifier: "tanh" for BERT/RoBERTa heads; BigBird's head uses hidden_act"""
     classifier_pooling: str = "cls"
+    """what the pooler reads: the first token ("cls", BERT's) or the mean over real tokens ("mean", what
+    sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to produce)"""
     classifier_dropout: float | None = None
     num_labels: int = 2
     id2label: dict[int, str] = field(default_factory=lambda: {0: "neg", 1: "pos"})
     problem_type: str = "single_label_classification"
     gradient_checkpointing: bool = False
-    # Where the weights came from (e.g. "bert", "roberta", "big_bird"); informational.
     source_model_type: str | None = None
-    # The checkpoint folder these weights were fine-tuned from (set by `train --init`); `distill --init
-    # pretrained` starts the student from it, so no fine-tuned weight reaches the student.
+    """where the weights came from (e.g. "bert", "roberta", "big_bird"); informational"""
     init_checkpoint: str | None = None
+    """the folder these weights were fine-tuned from (set by `train --init`); `distill --init pretrained`
+    starts the student from it, so no fine-tuned weight reaches the student"""
 
     def __post_init__(self) -> None:
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sdbert.errors import ConfigError, MissingDependency, missing_hint, require
+from sdbert.serve_settings import ServeSettings  # noqa: F401  (public here; defined without fastapi for --help)
 
 try:  # the [serve] extra: without it, importing this module is a one-line user error, not a traceback
     import prometheus_client
@@ -67,39 +68,6 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("sdbert.serve.access")
 OPEN_PATHS = frozenset({"/healthz"})  # reachable without the API key: load balancers probe it
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-@dataclass
-class ServeSettings:
-    """Limits and batching of the service."""
-
-    # Texts per request; more is a 413.
-    max_texts: int = 64
-    # Characters per text; longer is a 413 (texts are truncated to the model's max_length anyway,
-    # so this only bounds the tokeniser's work and the request size).
-    max_chars: int = 100_000
-    # Texts per model call; one request is never split, so a call may hold up to max_texts more.
-    max_batch_texts: int = 64
-    # After the first waiting request, how long to wait for others to join its batch.
-    max_wait_ms: float = 5.0
-    # Requests waiting for the model; beyond this the service answers 503.
-    max_queue: int = 256
-    # Forward-pass batch inside a model call (texts of one block count per batch).
-    batch_size: int = 32
-    # Tokens per text (default: the model's training length).
-    max_length: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_texts", "max_chars", "max_batch_texts", "max_queue", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive")
-        if self.max_wait_ms < 0:
-            raise ConfigError("max_wait_ms must be >= 0")
-
-    @property
-    def max_body_bytes(self) -> int:
-        # A JSON-escaped character takes at most 6 bytes (\uXXXX); plus room for the envelope.
-        return self.max_texts * (self.max_chars * 6 + 16) + 65536
 
 
 # --- micro-batching -----------------------------------------------------------------------------------

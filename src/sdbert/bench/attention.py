@@ -43,7 +43,8 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -58,8 +59,9 @@ from sdbert.attention import (
 )
 from sdbert.bench import allocator
 from sdbert.bench.allocator import ALLOCATORS, minor_faults
-from sdbert.bench.report import PeakRSS, load_average, machine_info, run_isolated
+from sdbert.bench.report import PeakRSS, int_list, load_average, machine_info, run_isolated
 from sdbert.bench.timing import gemm_calibration, overlap, percent_of_peak
+from sdbert.cli_args import arg, name_list, non_negative_float, non_negative_int, positive_int
 from sdbert.config import dense_fallback_blocks
 from sdbert.errors import ConfigError
 
@@ -81,34 +83,32 @@ MODES = ("forward", "forward_backward")
 class AttentionBenchConfig:
     """What to measure. Defaults: the shapes of issue 6 (BigBird-base attention, block 64, r = 3)."""
 
-    lengths: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
-    batch: int = 1
-    heads: int = 12
-    head_dim: int = 64
-    block_size: int = 64
-    random_blocks: int = 3
-    repeats: int = 5
-    """timed rounds per case; the median is reported"""
-    warmup: int = 1
-    """untimed runs per case before the timed rounds (first-call costs, plan caches)"""
-    backward: bool = True
-    """also time forward + backward"""
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    memory: bool = True
-    """measure peak memory (one fresh process per case: slower)"""
-    min_seconds: float = 3.0
-    """short lengths get extra timed rounds until about this much time per length is spent"""
+    lengths: tuple[int, ...] = arg((512, 1024, 2048, 4096, 8192), "comma-separated sequence lengths", type=int_list)
+    batch: int = arg(1, "batch size", type=positive_int)
+    heads: int = arg(12, "attention heads", type=positive_int)
+    head_dim: int = arg(64, "width of a head", type=positive_int)
+    block_size: int = arg(64, "sparse attention block", type=positive_int)
+    random_blocks: int = arg(3, "random blocks per query block", type=non_negative_int)
+    repeats: int = arg(5, "timed rounds per case at least (median reported)", type=positive_int)
+    warmup: int = arg(1, "untimed runs per case first (first-call costs, plan caches)", type=non_negative_int)
+    backward: bool = arg(True, "also time forward + backward")
+    methods: tuple[str, ...] = arg(DEFAULT_METHODS, f"comma-separated subset of {','.join(METHODS)} (flex, which "
+                                   "compiles once per shape, only when named)", type=name_list)
+    memory: bool = arg(True, "measure peak memory, one fresh process per case (slower)")
+    min_seconds: float = arg(3.0, "extra rounds for short lengths until about this many seconds per length",
+                             type=non_negative_float)
     max_repeats: int = 50
     """cap on those extra rounds"""
-    hf_max_length: int = 8192
-    """longest sequence to run Hugging Face BigBird at (it needs ~15 GB and ~20 s a step at 16384)"""
-    threads: int = field(default_factory=torch.get_num_threads)
+    hf_max_length: int = arg(8192, "longest length to run Hugging Face BigBird at (it needs many GB at 16384)",
+                             type=positive_int)
+    threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)
     seed: int = 0
-    allocator: str = "reuse"
-    """"reuse": glibc keeps freed memory for the next round, so no case is timed on page faults;
-    "default": glibc's own (see `sdbert.bench.allocator`)"""
+    allocator: Literal["reuse", "default"] = arg(
+        "reuse", "reuse: glibc keeps freed memory for the next round, so no case is timed on page faults; "
+        "default: glibc's own behaviour (see sdbert.bench.allocator)")
 
     def __post_init__(self):
+        self.threads = self.threads or torch.get_num_threads()
         self.lengths = tuple(int(n) for n in self.lengths)
         self.methods = tuple(self.methods)
         unknown = set(self.methods) - set(METHODS)

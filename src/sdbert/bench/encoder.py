@@ -8,8 +8,9 @@ rounds, medians), in fp32 under `torch.inference_mode()` on random ids without p
 
 Beside each measured speed-up we print the arithmetic bound: the ratio of the two forward passes'
 floating-point operations (matrix products only), the speed-up a kernel running every product at the
-same rate would give. Sparse attention cannot beat it, since the projections and feed-forward layers
-are common to both. For BERT-base shapes at 4,096 tokens it is about 1.7x; it grows with length.
+same rate would give. The projections and feed-forward layers are common to both, so sparse attention
+beats the bound only by what full attention spends outside products (the softmax over its n x n
+scores). The bound grows with length.
 
 Weights are random (timing does not depend on their values): `--model DIR` takes only the folder's
 config (hidden size, layers, heads, block size, ...), `--size` one of the built-in shapes.
@@ -18,13 +19,12 @@ config (hidden size, layers, heads, block size, ...), `--size` one of the built-
 from __future__ import annotations
 
 import gc
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 
 from sdbert.bench.report import int_list
-from sdbert.cli_args import non_negative_int, positive_int
+from sdbert.cli_args import arg, non_negative_int, positive_int
 from sdbert.config import SDBertConfig
 from sdbert.errors import ConfigError
 from sdbert.model import SDBertForSequenceClassification
@@ -38,21 +38,23 @@ SIZES = {
 
 @dataclass
 class EncoderBenchConfig:
-    model: str | None = None
-    """a model folder whose config is used (weights are random); else `size`"""
-    size: str = "base"
-    lengths: tuple[int, ...] = (4096,)
-    batch: int = 1
-    block_size: int | None = None
-    """override the config's block size"""
-    random_blocks: int | None = None
-    """override the config's number of random blocks"""
-    repeats: int = 5
-    """timed rounds per length, the cases interleaved within each"""
-    warmup: int = 1
-    threads: int = field(default_factory=torch.get_num_threads)
+    """What to measure; every field is also a flag of `sdbert bench encoder`."""
+
+    model: str | None = arg(None, "model folder whose config (shape, block size) is used; weights are random",
+                            metavar="DIR")
+    size: str = arg("base", "built-in shape when --model is not given: base (BERT/BigBird-base, the paper's "
+                    "teacher) or minilm (all-MiniLM-L6-v2)", choices=sorted(SIZES))
+    lengths: tuple[int, ...] = arg((4096,), "comma-separated lengths", type=int_list)
+    batch: int = arg(1, "batch size", type=positive_int)
+    block_size: int | None = arg(None, "override the config's block size", type=positive_int)
+    random_blocks: int | None = arg(None, "override the config's random blocks", type=non_negative_int)
+    repeats: int = arg(5, "timed rounds per length, the cases interleaved within each (median reported)",
+                       type=positive_int)
+    warmup: int = arg(1, "untimed rounds first", type=non_negative_int)
+    threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)
 
     def __post_init__(self):
+        self.threads = self.threads or torch.get_num_threads()
         if self.model is None and self.size not in SIZES:
             raise ConfigError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}")
         if not self.lengths or min(self.lengths) < 1 or self.batch < 1 or self.repeats < 1 or self.warmup < 0:
@@ -156,37 +158,17 @@ def command_line(cfg: EncoderBenchConfig) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="model folder whose config (shape, block size) is used; weights are random")
-    p.add_argument("--size", choices=sorted(SIZES), default="base",
-                   help="built-in shape when --model is not given: base (BERT/BigBird-base, the paper's teacher) "
-                        "or minilm (all-MiniLM-L6-v2) (default base)")
-    p.add_argument("--lengths", type=int_list, default=(4096,), help="comma-separated lengths (default 4096)")
-    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
-    p.add_argument("--block-size", type=positive_int, default=None, help="override the config's block size")
-    p.add_argument("--random-blocks", type=non_negative_int, default=None, help="override the config's random blocks")
-    p.add_argument("--repeats", type=positive_int, default=5,
-                   help="timed rounds per length (median reported; default 5)")
-    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--output", type=Path, default=Path("benchmarks"),
-                   help="folder for encoder.json and BENCHMARKS.md (default benchmarks)")
-    p.add_argument("--name", default="encoder",
-                   help="file stem and BENCHMARKS.md section of this run (default encoder), e.g. encoder_minilm")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from sdbert.bench.report import add_output_arguments
+    from sdbert.cli_args import add_config_arguments
+
+    add_config_arguments(p, EncoderBenchConfig)
+    add_output_arguments(p, "encoder")
 
 
 def run_from_args(args) -> dict:
-    try:
-        cfg = EncoderBenchConfig(model=args.model, size=args.size, lengths=args.lengths, batch=args.batch,
-                                 block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
-                                 warmup=args.warmup, threads=args.threads or torch.get_num_threads())
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    result = run_encoder_bench(cfg, progress=args.progress)
-    if args.name != "encoder":
-        result["command"] += f" --name {args.name}"
-    return result
+    from sdbert.bench.report import bench_config
+
+    return run_encoder_bench(bench_config(EncoderBenchConfig, args), progress=args.progress)
 
 
 def _seconds(stats: dict) -> str:

@@ -28,15 +28,15 @@ the shapes, not on fine-tuned values, so a fresh clone can measure them without 
 
 from __future__ import annotations
 
-import argparse
 import gc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from sdbert.bench.report import int_list
-from sdbert.cli_args import non_negative_int, positive_int
+from sdbert.cli_args import arg, non_negative_int, positive_int
 from sdbert.errors import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -46,26 +46,27 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 class ModelBenchConfig:
     """What to measure. Defaults: issue 4's comparison (batch 1 and 32, lengths 512 and 4096)."""
 
-    models: tuple[str, ...] = ()
-    """model folders, optionally `label=path`; speed-ups are relative to the first"""
-    presets: tuple[str, ...] = ()
-    """`sdbert reproduce` presets whose sparse teacher and student architectures are added"""
-    lengths: tuple[int, ...] = (512, 4096)
-    batch_sizes: tuple[int, ...] = (1, 32)
-    repeats: int = 5
-    """timed rounds per case, the models interleaved within each; the median is reported"""
-    warmup: int = 1
-    """untimed forward passes per model and case first"""
-    attention: str | None = None
-    """override every model's attention type ("full" or "block_sparse"); None keeps each one's"""
-    extend_positions: bool = True
-    """tile position tables up to the longest length; False reports longer cases as n/a"""
-    threads: int = field(default_factory=torch.get_num_threads)
+    models: tuple[str, ...] = arg((), "model folder (ours, a Hugging Face BERT/RoBERTa/BigBird one, or an ONNX "
+                                  "export run by onnxruntime), optionally LABEL=DIR; repeat to compare; speed-ups "
+                                  "are relative to the first", flag="--model", action="append", metavar="[LABEL=]DIR")
+    presets: tuple[str, ...] = arg((), "add this reproduce preset's sparse teacher and student architectures, built "
+                                   "from its teacher checkpoint (speed does not depend on fine-tuning); repeatable",
+                                   flag="--preset", action="append", choices=["quick", "standard"])
+    lengths: tuple[int, ...] = arg((512, 4096), "comma-separated lengths", type=int_list)
+    batch_sizes: tuple[int, ...] = arg((1, 32), "comma-separated batch sizes", type=int_list)
+    repeats: int = arg(5, "timed rounds per case, the models interleaved within each (median reported)",
+                       type=positive_int)
+    warmup: int = arg(1, "untimed forward passes per model and case first", type=non_negative_int)
+    attention: Literal["full", "block_sparse"] | None = arg(
+        None, "run every model with this attention (default: each model's own)")
+    extend_positions: bool = arg(True, "tile position tables up to the longest length; off: longer cases are n/a")
+    threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)
     seed: int = 0
     name: str = "model"
-    """section of BENCHMARKS.md and stem of the JSON file (e.g. `onnx` keeps the `model` section)"""
+    """section of BENCHMARKS.md and stem of the JSON file (`--name`; e.g. `onnx` keeps the `model` section)"""
 
     def __post_init__(self) -> None:
+        self.threads = self.threads or torch.get_num_threads()
         self.models, self.presets = tuple(self.models), tuple(self.presets)
         self.lengths = tuple(int(n) for n in self.lengths)
         self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
@@ -324,44 +325,17 @@ def speedup(found: dict, label: str, base: str, length: int, batch: int) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]DIR",
-                   help="model folder (ours, a Hugging Face BERT/RoBERTa/BigBird one, or an ONNX export run by "
-                        "onnxruntime); repeat to compare; speed-ups are relative to the first")
-    p.add_argument("--preset", dest="presets", action="append", default=[], choices=["quick", "standard"],
-                   help="add this reproduce preset's sparse teacher and student architectures, built from its "
-                        "teacher checkpoint (speed does not depend on fine-tuning); repeatable")
-    p.add_argument("--lengths", type=int_list, default=(512, 4096), help="comma-separated lengths (default 512,4096)")
-    p.add_argument("--batch-sizes", type=int_list, default=(1, 32), help="comma-separated batch sizes (default 1,32)")
-    p.add_argument("--repeats", type=positive_int, default=5,
-                   help="timed rounds per case, models interleaved (default 5)")
-    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes per model and case first")
-    p.add_argument("--attention", choices=["full", "block_sparse"], default=None,
-                   help="run every model with this attention (default: each model's own)")
-    p.add_argument("--extend-positions", action=argparse.BooleanOptionalAction, default=True,
-                   help="tile position tables up to the longest length (default on); off: longer cases are n/a")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--output", type=Path, default=Path("benchmarks"),
-                   help="folder for model.json and BENCHMARKS.md (default benchmarks)")
-    p.add_argument("--name", default="model", type=_section_name,
-                   help="name of the JSON file and BENCHMARKS.md section (default model), e.g. onnx")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from sdbert.bench.report import add_output_arguments
+    from sdbert.cli_args import add_config_arguments
 
-
-def _section_name(text: str) -> str:
-    if not text.replace("_", "").replace("-", "").isalnum():
-        raise argparse.ArgumentTypeError(f"expected letters, digits, - or _, got {text!r}")
-    return text
+    add_config_arguments(p, ModelBenchConfig)
+    add_output_arguments(p, "model")
 
 
 def run_from_args(args) -> dict:
-    try:
-        cfg = ModelBenchConfig(
-            models=tuple(args.models), presets=tuple(args.presets), lengths=args.lengths,
-            batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup, attention=args.attention,
-            extend_positions=args.extend_positions, threads=args.threads or torch.get_num_threads(), name=args.name)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    return run_model_bench(cfg, progress=args.progress)
+    from sdbert.bench.report import bench_config
+
+    return run_model_bench(bench_config(ModelBenchConfig, args, name=args.name), progress=args.progress)
 
 
 def text_report(result: dict) -> str:

@@ -89,6 +89,36 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def add_output_arguments(p, name: str, *, progress: bool = True) -> None:
+    """The flags every `sdbert bench` command shares: where results go, under which name, progress bars."""
+    p.add_argument("--output", type=Path, default=Path("benchmarks"),
+                   help="folder for NAME.json and BENCHMARKS.md (default benchmarks)")
+    p.add_argument("--name", default=name, type=section_name,
+                   help=f"file stem and BENCHMARKS.md section of this run (default {name}), e.g. {name}_batch8")
+    if progress:
+        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def section_name(text: str) -> str:
+    """argparse type of `--name`: a plain file stem (it names NAME.json and a BENCHMARKS.md section)."""
+    import argparse
+
+    if not text or not re.fullmatch(r"[\w-]+", text):
+        raise argparse.ArgumentTypeError(f"expected a plain file stem (letters, digits, _ and -), got {text!r}")
+    return text
+
+
+def bench_config(cls, args, **overrides):
+    """A benchmark's config from its flags (`sdbert.cli_args`); an impossible one is a `ConfigError`."""
+    from sdbert.cli_args import config_from_args
+    from sdbert.errors import ConfigError
+
+    try:
+        return config_from_args(cls, args, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # --- peak memory -------------------------------------------------------------------------------
 
 def _proc_status_kb(field: str) -> int | None:

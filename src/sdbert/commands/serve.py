@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from sdbert.cli_args import non_negative_float, positive_int, ranged
+from sdbert.cli_args import add_config_arguments, config_from_args, non_negative_float, positive_int, ranged
 from sdbert.errors import ConfigError
 from sdbert.hub import add_revision_argument, resolve_flag
 
@@ -17,6 +17,8 @@ _port = ranged(int, 0, 65535, what="a port in 0..65535")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sdbert.serve_settings import ServeSettings
+
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="model folder: sdbert/Hugging Face weights, or an ONNX export (model.onnx); or a hub "
                              "name org/name")
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: onnxruntime when the folder holds model.onnx, else PyTorch")
     parser.add_argument("--threads", type=positive_int, help="intra-op threads of the model (default: all cores)")
     _add_security_arguments(parser.add_argument_group("access"))
-    _add_limit_arguments(parser.add_argument_group("limits and batching"))
+    add_config_arguments(parser.add_argument_group("limits and batching"), ServeSettings)
     parser.add_argument("--access-log", action="store_true",
                         help="log one JSON line per request on stdout (method, path, status, latency, texts, id)")
     parser.add_argument("--graceful-timeout", type=non_negative_float, default=30.0,
@@ -40,20 +42,6 @@ def _add_security_arguments(group) -> None:
                             "/healthz needs 'Authorization: Bearer <key>'")
     group.add_argument("--insecure", action="store_true",
                        help="allow a --host other than this machine without an API key")
-
-
-def _add_limit_arguments(limits) -> None:
-    limits.add_argument("--max-texts", type=positive_int, default=64, help="texts per request (default 64; 413 above)")
-    limits.add_argument("--max-chars", type=positive_int, default=100_000,
-                        help="characters per text (default 100000; 413 above)")
-    limits.add_argument("--max-length", type=positive_int, help="tokens per text (default: as trained)")
-    limits.add_argument("--max-batch-texts", type=positive_int, default=64,
-                        help="texts gathered into one model call (default 64)")
-    limits.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
-                        help="how long a request waits for others to join its batch (default 5 ms)")
-    limits.add_argument("--max-queue", type=positive_int, default=256,
-                        help="requests waiting for the model before answering 503 (default 256)")
-    limits.add_argument("--batch-size", type=positive_int, default=32, help="forward-pass batch (default 32)")
 
 
 def read_api_key(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -83,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     api_key = read_api_key(args.api_key_file)
     check_bind(args.host, api_key, args.insecure)  # before loading anything
-    settings = ServeSettings(max_texts=args.max_texts, max_chars=args.max_chars, max_batch_texts=args.max_batch_texts,
-                             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, batch_size=args.batch_size,
-                             max_length=args.max_length)
+    settings = config_from_args(ServeSettings, args)
     serve(resolve_flag(args.model, args.revision, "--model"), host=args.host, port=args.port, settings=settings,
           backend=args.backend, threads=args.threads, access_log=args.access_log,
           timeout_graceful_shutdown=args.graceful_timeout, log_level="debug" if args.verbose else "info",
