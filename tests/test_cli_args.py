@@ -76,14 +76,15 @@ def test_a_missing_optional_package_names_the_extra_that_installs_it():
         assert "pip install 'sdbert[onnx]'" in str(exc)
 
 
-@pytest.mark.parametrize("command, config", [
-    (["bench", "attention"], "sdbert.bench.attention:AttentionBenchConfig"),
-    (["bench", "encoder"], "sdbert.bench.encoder:EncoderBenchConfig"),
-    (["bench", "serve", "--preset", "quick"], "sdbert.bench.serve:ServeBenchConfig"),
-    (["bench", "model", "--preset", "quick"], "sdbert.bench.model:ModelBenchConfig"),
-    (["serve", "--model", "m"], "sdbert.serve_settings:ServeSettings"),
+@pytest.mark.parametrize("command, config, given", [
+    (["bench", "attention"], "sdbert.bench.attention:AttentionBenchConfig", {}),
+    (["bench", "encoder"], "sdbert.bench.encoder:EncoderBenchConfig", {}),
+    (["bench", "serve", "--preset", "quick"], "sdbert.bench.serve:ServeBenchConfig", {"preset": "quick"}),
+    (["bench", "model", "--preset", "quick"], "sdbert.bench.model:ModelBenchConfig", {"presets": ("quick",)}),
+    (["serve", "--model", "m"], "sdbert.serve_settings:ServeSettings", {}),
+    (["evaluate", "--model", "m"], "sdbert.evaluation:EvaluateConfig", {"model": "m"}),
 ])
-def test_a_command_without_flags_gives_its_config_defaults(command, config):
+def test_a_command_without_flags_gives_its_config_defaults(command, config, given):
     """The flags are built from the config, so no default can drift between the two."""
     import importlib
 
@@ -91,8 +92,4 @@ def test_a_command_without_flags_gives_its_config_defaults(command, config):
 
     module, name = config.split(":")
     cls = getattr(importlib.import_module(module), name)
-    args = build_parser().parse_args(command)
-    given = {"preset": "quick"} if "--preset" in command else {}
-    if cls.__name__ == "ModelBenchConfig":
-        given = {"presets": ("quick",)}
-    assert config_from_args(cls, args) == cls(**given)
+    assert config_from_args(cls, build_parser().parse_args(command)) == cls(**given)

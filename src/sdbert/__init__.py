@@ -9,7 +9,8 @@ The shape of the package, library first:
   `InferenceSettings` (tokens per text, truncation), loaded and saved as one folder; training
   workflows build one, and predict, evaluate and serve read one.
 * Workflows are functions of one typed config: `sdbert.finetune.finetune(FinetuneConfig)`,
-  `sdbert.distillation.distill(DistillConfig)`, `sdbert.reproduce.reproduce(ReproduceConfig)` and the
+  `sdbert.distillation.distill(DistillConfig)`, `sdbert.reproduce.reproduce(ReproduceConfig)`,
+  `sdbert.evaluation.evaluate(EvaluateConfig)` and the
   `sdbert.bench` runners. `sdbert.train` is the one training loop they share.
 * `sdbert.commands` is the CLI: each command builds its flags from those configs (`sdbert.cli_args`)
   and calls the workflow; user errors are `sdbert.errors.SDBertError`s (one line, exit status 2).
