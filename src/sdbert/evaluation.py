@@ -53,7 +53,6 @@ def evaluate(config: EvaluateConfig) -> tuple[dict, Path]:
 
 def _metrics(classifier, config: EvaluateConfig) -> dict:
     from sdbert.data import load_split, stratified_subset
-    from sdbert.data.encoded import encode_dataset
     from sdbert.train import evaluate as evaluate_examples
 
     data = config.data
@@ -65,7 +64,7 @@ def _metrics(classifier, config: EvaluateConfig) -> dict:
         dataset = stratified_subset(dataset, config.limit, seed=config.seed)
     max_length = classifier.max_length(config.max_length)
     truncation = data.truncation if data.truncation != "head+tail" else classifier.settings.truncation
-    encoded = encode_dataset(classifier.tokenizer, dataset, max_length, truncation)
+    encoded = classifier.encode_dataset(dataset, max_length=max_length, truncation=truncation)
     metrics = evaluate_examples(classifier.model, encoded, batch_size=config.batch_size, progress=config.progress,
                                 desc="evaluate")
     metrics.update(split=config.split, model=str(config.model), max_length=max_length, truncation=truncation,

@@ -16,7 +16,7 @@ from typing import Literal
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_int
 from sdbert.io import write_json
 from sdbert.model_card import write_model_card
-from sdbert.pipeline import DataSettings, PreparedData, build_model, data_record, encode, prepare_data
+from sdbert.pipeline import DataSettings, PreparedData, build_model, data_record, prepare_data
 from sdbert.train import TrainingArguments, TrainResult, prepare_output_dir, setup_distributed, train
 
 
@@ -51,7 +51,7 @@ def finetune(config: FinetuneConfig) -> dict:
     data = prepare_data(config.data)
     classifier = start_model(config, data)
     model = classifier.model
-    train_set, val_set = (encode(classifier, split) for split in (data.train, data.validation))
+    train_set, val_set = (classifier.encode_dataset(split) for split in (data.train, data.validation))
     if distributed.is_main:
         print(f"model: {model.num_parameters():,} parameters, {model.config.attention_type} attention; "
               f"train {len(train_set):,} / validation {len(val_set):,} examples")

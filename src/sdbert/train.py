@@ -181,10 +181,10 @@ def prepare_output_dir(path: str, *, resume: bool, overwrite: bool) -> Path:
 # --- evaluation ------------------------------------------------------------------------------
 
 
-def predict_logits(model, examples: EncodedDataset, *, batch_size: int = 64, progress: bool = False,
+def dataset_logits(model, examples: EncodedDataset, *, batch_size: int = 64, progress: bool = False,
                    desc: str = "eval") -> torch.Tensor:
-    """Logits `(N, num_labels)` in the examples' order. Batches hold one block count each, so an
-    example's logits never depend on what it is batched with (see `sdbert.inference`)."""
+    """Logits `(N, num_labels)` of an encoded dataset, in its order: `inference.predict_logits` on its ids,
+    in eval mode (batches hold one block count each, so an example's logits never depend on its batch)."""
     from sdbert.inference import predict_logits as predict_ids
 
     was_training = model.training
@@ -199,7 +199,7 @@ def evaluate(model, examples: EncodedDataset, *, batch_size: int = 64, progress:
              desc: str = "eval") -> dict:
     """Accuracy, macro F1, confusion matrix and throughput of `model` on labelled `examples`."""
     start = time.perf_counter()
-    logits = predict_logits(model, examples, batch_size=batch_size, progress=progress, desc=desc)
+    logits = dataset_logits(model, examples, batch_size=batch_size, progress=progress, desc=desc)
     seconds = time.perf_counter() - start
     metrics = classification_metrics(logits.argmax(-1).numpy(), examples.labels, model.config.num_labels)
     metrics.update(examples=len(examples), seconds=round(seconds, 3),

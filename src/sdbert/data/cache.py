@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sdbert.io import atomic_open as atomic_write  # noqa: F401  (older import path)
-
 CACHE_ENV = "SDBERT_CACHE"
 
 

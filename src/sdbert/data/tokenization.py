@@ -21,9 +21,9 @@ from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from sdbert.data.cache import atomic_write
 from sdbert.data.progress import progress_bar
 from sdbert.errors import CheckpointError, ConfigError, require
+from sdbert.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _do_lower_case(model_dir: Path) -> bool:
 def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike[str]) -> Path:
     """Write `tokenizer.json` into `directory` atomically; returns its path."""
     path = Path(directory) / "tokenizer.json"
-    with atomic_write(path, "w") as f:
+    with atomic_open(path, "w") as f:
         f.write(_plain(tokenizer).to_str(pretty=True))
     return path
 
