@@ -10,14 +10,17 @@ from sdbert.bench.compare import compare, main, ratio
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def attention_run(folder: Path, hf_times: list[float]) -> Path:
+MACHINE = {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "torch": "2.13.0+cpu"}
+
+
+def attention_run(folder: Path, hf_times: list[float], machine: dict = MACHINE) -> Path:
     folder.mkdir()
     rows = [{"length": 4096, "method": "dense", "mode": "forward", "times_ms": [300.0, 310.0, 320.0]},
             {"length": 4096, "method": "sparse", "mode": "forward", "times_ms": [60.0, 62.0, 64.0]},
             {"length": 4096, "method": "sparse_proj", "mode": "forward", "times_ms": [140.0, 142.0, 150.0]},
             {"length": 4096, "method": "hf", "mode": "forward", "times_ms": hf_times},
             {"length": 8192, "method": "hf", "mode": "forward", "skipped": "above hf_max_length"}]
-    (folder / "attention.json").write_text(json.dumps({"benchmark": "attention", "rows": rows}))
+    (folder / "attention.json").write_text(json.dumps({"benchmark": "attention", "machine": machine, "rows": rows}))
     (folder / "table1_quick.json").write_text(json.dumps({"preset": "quick"}))  # no speed-up to compare
     return folder
 
@@ -57,5 +60,19 @@ def test_output_writes_a_reproduction_section_that_verify_accepts(tmp_path, caps
     assert [r["inside"] for r in result["rows"]] == [True, False]
     section = (rerun / "BENCHMARKS.md").read_text()
     assert "| attention: hf/sparse_proj forward 4096 | 2.04x | 1.87-2.14 | 4.37x | **no** |" in section
-    assert "1 of 2 speed-ups reproduced." in section
+    assert "Both runs: AMD EPYC, 2 cores, 2 torch threads, torch 2.13.0+cpu." in section
+    assert "1 of 2 speed-ups inside the reference's range." in section
     assert check(rerun) == []
+
+
+def test_a_run_on_another_machine_is_listed_but_never_a_reproduction(tmp_path, capsys):
+    from sdbert.bench.compare import result_of
+
+    reference = attention_run(tmp_path / "ref", [280.0, 290.0, 300.0])
+    intel = attention_run(tmp_path / "intel", [285.0, 295.0, 305.0], {**MACHINE, "cpu": "Intel Xeon"})
+    assert all(inside for *_, inside in compare(reference, intel))
+    assert main([str(reference), str(intel)]) == 1
+    assert "Intel Xeon, 2 cores, 2 torch threads, torch 2.13.0+cpu. Different (or unknown) machines" in (
+        capsys.readouterr().out)
+    assert result_of(reference, intel, "cmd")["same_machine"] is False
+    assert main([str(reference), str(attention_run(tmp_path / "same", [285.0, 295.0, 305.0]))]) == 0

@@ -6,7 +6,9 @@
 For each speed-up the README quotes (dense/ours and HF/ours+proj attention, full/block-sparse encoders,
 teacher/student models, HF/ours training loops), the reference run gives its median ratio and its
 round range: the slowest round of one case over the fastest of the other, and the other way round.
-The rerun reproduces a ratio when its median ratio falls inside that range.
+The rerun reproduces a ratio when its median ratio falls inside that range. Runs on different
+machines (CPU model, cores, threads, torch) are listed side by side but never count as a reproduction:
+the same kernel's speed-up over dense SDPA differs between CPU families.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ def ratios(folder: Path) -> dict[str, Ratio]:
     return out
 
 
+def machines(folder: Path) -> list[str]:
+    """The distinct machines the speed-up JSONs in `folder` ran on: CPU, cores, threads and torch."""
+    found = set()
+    for path in folder.glob("*.json"):
+        result = json.loads(path.read_text())
+        m = result.get("machine")
+        if result.get("benchmark") in READERS and isinstance(m, dict):
+            found.add(f"{m.get('cpu')}, {m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads, "
+                      f"torch {m.get('torch')}")
+    return sorted(found)
+
+
 def compare(reference: Path, rerun: Path) -> list[tuple[str, Ratio, float, bool]]:
     """(name, reference ratio, rerun's median ratio, inside the reference's round range) per shared ratio."""
     ref, new = ratios(reference), ratios(rerun)
@@ -92,8 +106,25 @@ def result_of(reference: Path, rerun: Path, command: str) -> dict:
     """The comparison as a benchmark JSON (`reproduction.json`), rendered by `markdown_report`."""
     rows = [{"ratio": name, "median": median, "low": low, "high": high, "rerun": value, "inside": inside}
             for name, (median, low, high), value, inside in compare(reference, rerun)]
+    ref_machines, rerun_machines = machines(reference), machines(rerun)
     return {"benchmark": "compare", "name": "reproduction", "command": command,
-            "reference": str(reference), "rerun": str(rerun), "rows": rows}
+            "reference": str(reference), "rerun": str(rerun), "rows": rows,
+            "reference_machines": ref_machines, "rerun_machines": rerun_machines,
+            "same_machine": len(ref_machines) == 1 and ref_machines == rerun_machines}
+
+
+def machine_sentence(result: dict) -> str:
+    """Where the two runs ran, and whether that allows calling them a reproduction."""
+    ref, new = "; ".join(result["reference_machines"]), "; ".join(result["rerun_machines"])
+    if result["same_machine"]:
+        return f"Both runs: {ref}."
+    return (f"Reference: {ref or 'unknown machine'}; rerun: {new or 'unknown machine'}. Different (or unknown) "
+            "machines: the ratios are listed, but this is not a reproduction.")
+
+
+def reproduced(result: dict) -> bool:
+    """Every ratio inside the reference's range, on the same machine, with at least one ratio."""
+    return bool(result["rows"]) and result["same_machine"] and all(r["inside"] for r in result["rows"])
 
 
 def markdown_report(result: dict) -> str:
@@ -107,9 +138,11 @@ def markdown_report(result: dict) -> str:
         f"Command: `{result['command']}`", "",
         f"Reference: `{result['reference']}`; rerun: `{result['rerun']}`. A speed-up reproduces when the rerun's "
         "median ratio lies within the range the reference's rounds allow (its slowest round of one case over "
-        "the fastest of the other, and the other way round).", "",
-        markdown_table(("speed-up", "reference", "reference rounds allow", "rerun", "reproduced"), rows), "",
-        f"{inside} of {len(rows)} speed-ups reproduced."])
+        "the fastest of the other, and the other way round).", "", machine_sentence(result), "",
+        markdown_table(("speed-up", "reference", "reference rounds allow", "rerun", "inside"), rows), "",
+        f"{inside} of {len(rows)} speed-ups inside the reference's range"
+        + (" (reproduced)." if reproduced(result) else "." if result["same_machine"] else
+           ": different machines, not a reproduction.")])
 
 
 def print_rows(result: dict) -> None:
@@ -118,6 +151,8 @@ def print_rows(result: dict) -> None:
               + ("" if r["inside"] else "  OUTSIDE"))
     inside = sum(r["inside"] for r in result["rows"])
     print(f"{inside} of {len(result['rows'])} ratios inside the reference's round range")
+    if not result["same_machine"]:
+        print(machine_sentence(result))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     print_rows(result)
     if args.output is not None:
         write_report(result, args.output)
-    return 1 if not result["rows"] or not all(r["inside"] for r in result["rows"]) else 0
+    return 0 if reproduced(result) else 1
 
 
 def write_report(result: dict, folder: Path) -> None:
