@@ -89,7 +89,7 @@ class AttentionBenchConfig:
     head_dim: int = arg(64, "width of a head", type=positive_int)
     block_size: int = arg(64, "sparse attention block", type=positive_int)
     random_blocks: int = arg(3, "random blocks per query block", type=non_negative_int)
-    repeats: int = arg(5, "timed rounds per case at least (median reported)", type=positive_int)
+    repeats: int = arg(9, "timed rounds per case at least (median reported)", type=positive_int)
     warmup: int = arg(1, "untimed runs per case first (first-call costs, plan caches)", type=non_negative_int)
     backward: bool = arg(True, "also time forward + backward")
     methods: tuple[str, ...] = arg(DEFAULT_METHODS, f"comma-separated subset of {','.join(METHODS)} (flex, which "

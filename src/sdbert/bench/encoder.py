@@ -48,7 +48,7 @@ class EncoderBenchConfig:
     batch: int = arg(1, "batch size", type=positive_int)
     block_size: int | None = arg(None, "override the config's block size", type=positive_int)
     random_blocks: int | None = arg(None, "override the config's random blocks", type=non_negative_int)
-    repeats: int = arg(5, "timed rounds per length, the cases interleaved within each (median reported)",
+    repeats: int = arg(9, "timed rounds per length, the cases interleaved within each (median reported)",
                        type=positive_int)
     warmup: int = arg(1, "untimed rounds first", type=non_negative_int)
     threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)

@@ -54,7 +54,7 @@ class ModelBenchConfig:
                                    flag="--preset", action="append", choices=["quick", "standard"])
     lengths: tuple[int, ...] = arg((512, 4096), "comma-separated lengths", type=int_list)
     batch_sizes: tuple[int, ...] = arg((1, 32), "comma-separated batch sizes", type=int_list)
-    repeats: int = arg(5, "timed rounds per case, the models interleaved within each (median reported)",
+    repeats: int = arg(9, "timed rounds per case, the models interleaved within each (median reported)",
                        type=positive_int)
     warmup: int = arg(1, "untimed forward passes per model and case first", type=non_negative_int)
     attention: Literal["full", "block_sparse"] | None = arg(
