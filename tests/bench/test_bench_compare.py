@@ -66,7 +66,7 @@ def test_output_writes_a_reproduction_section_that_verify_accepts(tmp_path, caps
 
 
 def test_a_run_on_another_machine_is_listed_but_never_a_reproduction(tmp_path, capsys):
-    from sdbert.bench.compare import result_of
+    from sdbert.bench.compare import result_of, same_machine
 
     reference = attention_run(tmp_path / "ref", [280.0, 290.0, 300.0])
     intel = attention_run(tmp_path / "intel", [285.0, 295.0, 305.0], {**MACHINE, "cpu": "Intel Xeon"})
@@ -74,5 +74,5 @@ def test_a_run_on_another_machine_is_listed_but_never_a_reproduction(tmp_path, c
     assert main([str(reference), str(intel)]) == 1
     assert "Intel Xeon, 2 cores, 2 torch threads, torch 2.13.0+cpu. Different (or unknown) machines" in (
         capsys.readouterr().out)
-    assert result_of(reference, intel, "cmd")["same_machine"] is False
+    assert same_machine(result_of(reference, intel, "cmd")) is False
     assert main([str(reference), str(attention_run(tmp_path / "same", [285.0, 295.0, 305.0]))]) == 0

@@ -66,32 +66,37 @@ def train_ratios(result: dict) -> dict[str, Ratio]:
 READERS = {"attention": attention_ratios, "encoder": encoder_ratios, "model": model_ratios, "train": train_ratios}
 
 
-def ratios(folder: Path) -> dict[str, Ratio]:
-    """Every speed-up of every benchmark JSON in `folder` that has one, named `FILE_STEM: what length`."""
-    out: dict[str, Ratio] = {}
+def speedup_runs(folder: Path) -> dict[str, dict]:
+    """The benchmark JSONs in `folder` that hold speed-ups, by file stem, each read once."""
+    runs = {}
     for path in sorted(folder.glob("*.json")):
         result = json.loads(path.read_text())
-        reader = READERS.get(result.get("benchmark"))
-        if reader is not None:
-            out.update({f"{path.stem}: {name}": value for name, value in reader(result).items()})
-    return out
+        if result.get("benchmark") in READERS:
+            runs[path.stem] = result
+    return runs
 
 
-def machines(folder: Path) -> list[str]:
-    """The distinct machines the speed-up JSONs in `folder` ran on: CPU, cores, threads and torch."""
-    found = set()
-    for path in folder.glob("*.json"):
-        result = json.loads(path.read_text())
-        m = result.get("machine")
-        if result.get("benchmark") in READERS and isinstance(m, dict):
-            found.add(f"{m.get('cpu')}, {m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads, "
-                      f"torch {m.get('torch')}")
+def ratios(runs: dict[str, dict]) -> dict[str, Ratio]:
+    """Every speed-up of every run, named `FILE_STEM: what length`."""
+    return {f"{stem}: {name}": value for stem, result in runs.items()
+            for name, value in READERS[result["benchmark"]](result).items()}
+
+
+def machines(runs: dict[str, dict]) -> list[str]:
+    """The distinct machines the runs ran on: CPU, cores, threads and torch (not the allocator, which a
+    benchmark may set for itself)."""
+    found = {f"{m.get('cpu')}, {m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads, "
+             f"torch {m.get('torch')}" for m in (result.get("machine") for result in runs.values())
+             if isinstance(m, dict)}
     return sorted(found)
 
 
 def compare(reference: Path, rerun: Path) -> list[tuple[str, Ratio, float, bool]]:
     """(name, reference ratio, rerun's median ratio, inside the reference's round range) per shared ratio."""
-    ref, new = ratios(reference), ratios(rerun)
+    return matched(ratios(speedup_runs(reference)), ratios(speedup_runs(rerun)))
+
+
+def matched(ref: dict[str, Ratio], new: dict[str, Ratio]) -> list[tuple[str, Ratio, float, bool]]:
     return [(name, ref[name], new[name][0], ref[name][1] <= new[name][0] <= ref[name][2])
             for name in sorted(ref, key=by_length) if name in new]
 
@@ -104,19 +109,23 @@ def by_length(name: str) -> tuple[str, int]:
 
 def result_of(reference: Path, rerun: Path, command: str) -> dict:
     """The comparison as a benchmark JSON (`reproduction.json`), rendered by `markdown_report`."""
+    ref_runs, new_runs = speedup_runs(reference), speedup_runs(rerun)
     rows = [{"ratio": name, "median": median, "low": low, "high": high, "rerun": value, "inside": inside}
-            for name, (median, low, high), value, inside in compare(reference, rerun)]
-    ref_machines, rerun_machines = machines(reference), machines(rerun)
+            for name, (median, low, high), value, inside in matched(ratios(ref_runs), ratios(new_runs))]
     return {"benchmark": "compare", "name": "reproduction", "command": command,
             "reference": str(reference), "rerun": str(rerun), "rows": rows,
-            "reference_machines": ref_machines, "rerun_machines": rerun_machines,
-            "same_machine": len(ref_machines) == 1 and ref_machines == rerun_machines}
+            "reference_machines": machines(ref_runs), "rerun_machines": machines(new_runs)}
+
+
+def same_machine(result: dict) -> bool:
+    """Both runs on one and the same machine (a folder that mixes machines is not one)."""
+    return len(result["reference_machines"]) == 1 and result["reference_machines"] == result["rerun_machines"]
 
 
 def machine_sentence(result: dict) -> str:
     """Where the two runs ran, and whether that allows calling them a reproduction."""
     ref, new = "; ".join(result["reference_machines"]), "; ".join(result["rerun_machines"])
-    if result["same_machine"]:
+    if same_machine(result):
         return f"Both runs: {ref}."
     return (f"Reference: {ref or 'unknown machine'}; rerun: {new or 'unknown machine'}. Different (or unknown) "
             "machines: the ratios are listed, but this is not a reproduction.")
@@ -124,7 +133,7 @@ def machine_sentence(result: dict) -> str:
 
 def reproduced(result: dict) -> bool:
     """Every ratio inside the reference's range, on the same machine, with at least one ratio."""
-    return bool(result["rows"]) and result["same_machine"] and all(r["inside"] for r in result["rows"])
+    return bool(result["rows"]) and same_machine(result) and all(r["inside"] for r in result["rows"])
 
 
 def markdown_report(result: dict) -> str:
@@ -141,7 +150,7 @@ def markdown_report(result: dict) -> str:
         "the fastest of the other, and the other way round).", "", machine_sentence(result), "",
         markdown_table(("speed-up", "reference", "reference rounds allow", "rerun", "inside"), rows), "",
         f"{inside} of {len(rows)} speed-ups inside the reference's range"
-        + (" (reproduced)." if reproduced(result) else "." if result["same_machine"] else
+        + (" (reproduced)." if reproduced(result) else "." if same_machine(result) else
            ": different machines, not a reproduction.")])
 
 
@@ -151,7 +160,7 @@ def print_rows(result: dict) -> None:
               + ("" if r["inside"] else "  OUTSIDE"))
     inside = sum(r["inside"] for r in result["rows"])
     print(f"{inside} of {len(result['rows'])} ratios inside the reference's round range")
-    if not result["same_machine"]:
+    if not same_machine(result):
         print(machine_sentence(result))
 
 
