@@ -91,13 +91,13 @@ def machines(runs: dict[str, dict]) -> list[str]:
     return sorted(found)
 
 
-def compare(reference: Path, rerun: Path) -> list[tuple[str, Ratio, float, bool]]:
-    """(name, reference ratio, rerun's median ratio, inside the reference's round range) per shared ratio."""
+def compare(reference: Path, rerun: Path) -> list[tuple[str, Ratio, Ratio, bool]]:
+    """(name, reference ratio, rerun ratio, rerun's median inside the reference's round range) per shared ratio."""
     return matched(ratios(speedup_runs(reference)), ratios(speedup_runs(rerun)))
 
 
-def matched(ref: dict[str, Ratio], new: dict[str, Ratio]) -> list[tuple[str, Ratio, float, bool]]:
-    return [(name, ref[name], new[name][0], ref[name][1] <= new[name][0] <= ref[name][2])
+def matched(ref: dict[str, Ratio], new: dict[str, Ratio]) -> list[tuple[str, Ratio, Ratio, bool]]:
+    return [(name, ref[name], new[name], ref[name][1] <= new[name][0] <= ref[name][2])
             for name in sorted(ref, key=by_length) if name in new]
 
 
@@ -110,8 +110,10 @@ def by_length(name: str) -> tuple[str, int]:
 def result_of(reference: Path, rerun: Path, command: str) -> dict:
     """The comparison as a benchmark JSON (`reproduction.json`), rendered by `markdown_report`."""
     ref_runs, new_runs = speedup_runs(reference), speedup_runs(rerun)
-    rows = [{"ratio": name, "median": median, "low": low, "high": high, "rerun": value, "inside": inside}
-            for name, (median, low, high), value, inside in matched(ratios(ref_runs), ratios(new_runs))]
+    rows = [{"ratio": name, "median": median, "low": low, "high": high, "rerun": rerun_median,
+             "rerun_low": rerun_low, "rerun_high": rerun_high, "inside": inside}
+            for name, (median, low, high), (rerun_median, rerun_low, rerun_high), inside
+            in matched(ratios(ref_runs), ratios(new_runs))]
     return {"benchmark": "compare", "name": "reproduction", "command": command,
             "reference": str(reference), "rerun": str(rerun), "rows": rows,
             "reference_machines": machines(ref_runs), "rerun_machines": machines(new_runs)}
@@ -140,15 +142,18 @@ def markdown_report(result: dict) -> str:
     from sdbert.bench.report import markdown_table
 
     rows = [(r["ratio"], f"{r['median']:.2f}x", f"{r['low']:.2f}-{r['high']:.2f}", f"{r['rerun']:.2f}x",
-             "yes" if r["inside"] else "**no**") for r in result["rows"]]
+             f"{r['rerun_low']:.2f}-{r['rerun_high']:.2f}", "yes" if r["inside"] else "**no**")
+            for r in result["rows"]]
     inside = sum(r["inside"] for r in result["rows"])
     return "\n".join([
         "## Reproduction: a rerun's speed-ups against a reference run (`python -m sdbert.bench.compare`)", "",
         f"Command: `{result['command']}`", "",
         f"Reference: `{result['reference']}`; rerun: `{result['rerun']}`. A speed-up reproduces when the rerun's "
         "median ratio lies within the range the reference's rounds allow (its slowest round of one case over "
-        "the fastest of the other, and the other way round).", "", machine_sentence(result), "",
-        markdown_table(("speed-up", "reference", "reference rounds allow", "rerun", "inside"), rows), "",
+        "the fastest of the other, and the other way round); the rerun's own range is shown beside it.", "",
+        machine_sentence(result), "",
+        markdown_table(("speed-up", "reference", "reference rounds allow", "rerun", "rerun rounds allow", "inside"),
+                       rows), "",
         f"{inside} of {len(rows)} speed-ups inside the reference's range"
         + (" (reproduced)." if reproduced(result) else "." if same_machine(result) else
            ": different machines, not a reproduction.")])
