@@ -28,10 +28,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 install: $(VENV)/.installed  ## create .venv and install sdbert with its dev extras
 
 lint: install  ## ruff
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools
 
 test: install  ## ruff + the whole test suite
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools
 	SDBERT_REQUIRE_NATIVE=1 SDBERT_DATA=$${SDBERT_DATA:-../shared/data/aclImdb_v1.tar.gz} $(BIN)/pytest -q
 
 demo: install  ## the main job: the paper's Table 1, quick preset (about 15 min on a 2-core CPU)

@@ -143,7 +143,8 @@ def test_torchrun_distill_two_processes_equal_one_process(tmp_path):
                      env_extra=env)
     assert teacher.returncode == 0, teacher.stderr
     common = ["distill", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--layers", "1", "--heads", "1",
-              "--epochs", "2", "--batch-size", "8", "--no-progress", "--seed", "5", "--dropout", "0"]
+              "--epochs", "2", "--batch-size", "8", "--no-progress", "--seed", "5", "--dropout", "0",
+              "--precision", "fp32"]
     one = sdbert(*common, "--output", str(tmp_path / "one"), env_extra=env)
     assert one.returncode == 0, one.stderr
     launcher = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sdbert"]

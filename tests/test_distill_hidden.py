@@ -186,7 +186,7 @@ def teacher_dir(tmp_path_factory):
 def distill_args(root, output, *extra):
     return ["distill", "--teacher", str(root / "teacher"), "--data", str(root / "reviews.csv"), "--output",
             str(output), "--layers", "1", "--heads", "1", "--hidden", "32", "--batch-size", "8", "--no-progress",
-            "--dropout", "0", *extra]
+            "--dropout", "0", "--precision", "fp32", *extra]
 
 
 def test_distill_command_with_hidden_loss_writes_a_plain_student(teacher_dir, tmp_path, capsys, monkeypatch):

@@ -277,7 +277,7 @@ def test_predict_accepts_onnx_export(onnx_export, tmp_path, capsys, tokenizer):
         files[-1].write_text(text)
     outputs = {}
     for name, args in (("onnx", [str(folder), "--backend", "onnx", "--threads", "1"]),
-                       ("torch", [str(tmp_path / "torch")])):
+                       ("torch", [str(tmp_path / "torch"), "--precision", "fp32"])):
         assert main(["predict", "--model", *args, *map(str, files)]) == 0
         outputs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for a, b in zip(outputs["onnx"], outputs["torch"], strict=True):

@@ -191,7 +191,7 @@ def test_pipeline_labels_equal_sdbert_predict(exported, tiny_tokenizer, tmp_path
         files[-1].write_text(text)
     predicted = {}
     for name, path in (("sdbert", tmp_path / "model"), ("export", folder)):
-        assert main(["predict", "--model", str(path), *map(str, files)]) == 0
+        assert main(["predict", "--model", str(path), "--precision", "fp32", *map(str, files)]) == 0
         predicted[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert predicted["sdbert"] == predicted["export"]
     for scores, line, expected in zip(got, predicted["sdbert"], ours(texts), strict=True):

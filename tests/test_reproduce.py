@@ -21,10 +21,12 @@ def _run_files(out: Path) -> list[Path]:
 def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
     monkeypatch.setenv("SDBERT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    tiny = ["reproduce", "--preset", "tiny", "--data", str(imdb_archive), "--output", str(out), "--no-progress"]
+    tiny = ["reproduce", "--preset", "tiny", "--data", str(imdb_archive), "--output", str(out), "--no-progress",
+            "--attention-dropout", "0.1", "--precision", "fp32"]  # the pins' recipe (see test_pinned.py)
     assert main(tiny) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["preset"] == "tiny" and results["settings"]["student_init"] == "pretrained"
+    assert results["precision"]["precision"] == "fp32" and results["settings"]["attention_dropout"] == 0.1
     assert {"cpu", "torch", "torch_threads"} <= set(results["hardware"])
     rows = {row["system"]: row for row in results["rows"]}
     assert [row["system"] for row in results["rows"]][:4] == list(SYSTEMS)
@@ -68,8 +70,7 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
 
     # Other settings into the same folder: one line and exit 2, never a table that mixes two settings.
     capsys.readouterr()
-    assert main(["reproduce", "--preset", "tiny", "--data", str(imdb_archive), "--output", str(out), "--no-progress",
-                 "--alpha", "0.3"]) == 2
+    assert main([*tiny, "--alpha", "0.3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a finished run with other settings (loss)" in err
 

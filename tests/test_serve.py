@@ -202,7 +202,9 @@ def test_full_queue_is_503():
 def server(model_dir):
     from sdbert.bench.serve import running_server
 
-    with running_server(model_dir, server_args=["--max-texts", "8", "--threads", "1"], startup_timeout=120) as url:
+    # fp32: the answers are compared with an fp32 classifier to 1e-5 (auto may pick bf16 on this CPU)
+    with running_server(model_dir, server_args=["--max-texts", "8", "--threads", "1", "--precision", "fp32"],
+                        startup_timeout=120) as url:
         yield url
 
 
@@ -221,6 +223,7 @@ def test_real_server_classifies_and_batches_concurrent_requests(server, classifi
         assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-5
     batching = httpx.get(f"{server}/v1/model").json()["batching"]
     assert batching["max_requests_per_batch"] > 1  # concurrent requests shared a model call
+    assert httpx.get(f"{server}/v1/model").json()["precision"] == "fp32"
     too_many = httpx.post(f"{server}/v1/classify", json={"texts": ["a"] * 9})
     assert too_many.status_code == 413 and too_many.json()["error"]["code"] == 413
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from sdbert.errors import CheckpointError, ConfigError
+from sdbert.precision import PrecisionChoice, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Classifier:
     tokenizer: Any
     """a `tokenizers.Tokenizer` without truncation or padding of its own (ours decide those)"""
     settings: InferenceSettings = field(default_factory=InferenceSettings)
+    precision: str | PrecisionChoice = "fp32"
+    """the format `logits` and `__call__` run in: fp32, bf16, or auto (resolved once, on first use)"""
 
     @property
     def config(self):
@@ -87,11 +90,11 @@ class Classifier:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], *, backend: str = "auto", threads: int | None = None,
-                        revision: str | None = None) -> Classifier:
+                        revision: str | None = None, precision: str = "fp32") -> Classifier:
         """The classifier in `path` (a local folder or file, or a hub name `org/name` at `revision`): ONNX when
         it holds `model.onnx` (or is an `.onnx` file) or `backend="onnx"`, else the PyTorch model folder in
         eval mode. It must have a tokenizer (`tokenizer.json`, or a `spiece.model` / `vocab.txt` beside a
-        Hugging Face model)."""
+        Hugging Face model). `precision` (fp32, bf16 or auto) is the format it predicts in."""
         from sdbert.hub import resolve_model_dir
         from sdbert.onnx_runtime import OnnxClassifier, is_onnx_model
 
@@ -109,7 +112,7 @@ class Classifier:
             model, folder = SDBertForSequenceClassification.from_pretrained(path).eval(), Path(path)
         from sdbert.data.tokenization import load_tokenizer
 
-        return cls(model, load_tokenizer(folder), InferenceSettings.from_folder(folder))
+        return cls(model, load_tokenizer(folder), InferenceSettings.from_folder(folder), precision)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """The model folder: `config.json` (architecture and settings), weights and `tokenizer.json`."""
@@ -141,7 +144,15 @@ class Classifier:
         """Logits `(N, num_labels)` of token-id lists, in their order (see `inference.predict_logits`)."""
         from sdbert.inference import predict_logits
 
-        return predict_logits(self.model, ids, batch_size=batch_size, progress=progress, desc=desc)
+        return predict_logits(self.model, ids, batch_size=batch_size, progress=progress, desc=desc,
+                              precision=self.resolved_precision())
+
+    def resolved_precision(self) -> PrecisionChoice:
+        """The format this classifier predicts in (`auto` measured once, logged once)."""
+        if not isinstance(self.precision, PrecisionChoice):
+            device = next(self.model.parameters()).device if self.backend == "torch" else "cpu"
+            self.precision = resolve_precision(self.precision if self.backend == "torch" else "fp32", device)
+        return self.precision
 
     def __call__(self, texts: Sequence[str], *, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
         """`[{"label", "score", "probabilities": {label: p}}]` per text."""

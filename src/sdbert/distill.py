@@ -147,8 +147,10 @@ def starting_checkpoint(teacher, init_from: str | None = None):
 
 
 def teacher_logits_key(teacher_fingerprint: str, data_fingerprint: str, tokenizer_digest: str, max_length: int,
-                       truncation: str) -> str:
-    spec = json.dumps([1, teacher_fingerprint, data_fingerprint, tokenizer_digest, max_length, truncation])
+                       truncation: str, precision: str = "fp32") -> str:
+    """The cache key of one teacher-logit pass; bf16 logits differ from fp32 ones, so the format is part of it."""
+    spec = [1, teacher_fingerprint, data_fingerprint, tokenizer_digest, max_length, truncation]
+    spec = json.dumps(spec if precision == "fp32" else [*spec, precision])
     return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
 
@@ -160,9 +162,11 @@ def cached_teacher_logits(
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    precision=None,
 ) -> tuple[torch.Tensor, float, bool]:
     """Teacher logits `(N, C)` for `examples`: read from `<cache>/teacher_logits/<key>.npy` or computed
-    once in eval mode and stored atomically. Returns (logits, seconds spent, whether it was cached)."""
+    once in eval mode (in `precision`, a resolved `PrecisionChoice` or a name; None: fp32) and stored
+    atomically. Returns (logits, seconds spent, whether it was cached)."""
     from sdbert.data.cache import cache_dir as default_cache_dir
     from sdbert.io import atomic_open
     from sdbert.train import dataset_logits
@@ -174,7 +178,8 @@ def cached_teacher_logits(
             logger.info("teacher logits for %d examples read from %s", len(examples), path)
             return torch.from_numpy(logits), 0.0, True
     start = time.perf_counter()
-    logits = dataset_logits(teacher, examples, batch_size=batch_size, progress=progress, desc="teacher logits")
+    logits = dataset_logits(teacher, examples, batch_size=batch_size, progress=progress, desc="teacher logits",
+                            precision=precision or "fp32")
     seconds = time.perf_counter() - start
     try:
         with atomic_open(path) as f:

@@ -19,6 +19,7 @@ from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, p
 from sdbert.errors import ConfigError
 from sdbert.io import write_json
 from sdbert.pipeline import DataSettings
+from sdbert.precision import resolve_precision
 from sdbert.train import TrainingArguments
 
 
@@ -51,8 +52,10 @@ class DistillConfig:
                                 metavar="SRC|SPLIT")
     unlabeled_limit: int | None = arg(None, "use N unlabelled texts", type=positive_int, metavar="N")
     max_length: int | None = arg(None, "tokens per text (default: the teacher's)", type=positive_int)
-    dropout: float | None = arg(None, "student hidden and attention dropout (default: the teacher's)",
-                                type=fraction)
+    dropout: float | None = arg(None, "student hidden-state dropout (default: the teacher's)", type=fraction)
+    attention_dropout: float = arg(0.0, "student dropout on the attention probabilities; 0 (the default) lets "
+                                        "every fused attention kernel run, 0.1 is BERT's original recipe",
+                                   type=fraction)
     teacher_mode: Literal["cached", "online"] | None = arg(
         None, "cached: the teacher's logits are computed once and stored on disk (the default); online: the "
               "teacher runs on every batch (eval mode, no gradient), slower but needed for --hidden-weight, "
@@ -179,10 +182,12 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
         fingerprint += extra.fingerprint
     transfer = Transfer(train_set, val_set, max_length)
     if not config.online:
+        precision = resolve_precision(config.training.precision, next(teacher.model.parameters()).device)
         key = teacher_logits_key(weights_fingerprint(config.teacher), fingerprint, tokenizer_hash(teacher.tokenizer),
-                                 max_length, truncation)
+                                 max_length, truncation, precision.precision)
         transfer.logits, transfer.teacher_seconds, transfer.cached = cached_teacher_logits(
-            teacher.model, train_set, key=key, batch_size=config.training.eval_batch_size, progress=progress)
+            teacher.model, train_set, key=key, batch_size=config.training.eval_batch_size, progress=progress,
+            precision=precision)
     return transfer
 
 
@@ -195,9 +200,9 @@ def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | No
 
     student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden)
     student_cfg = student_cfg.replace(gradient_checkpointing=config.gradient_checkpointing)
+    student_cfg = student_cfg.replace(attention_probs_dropout_prob=config.attention_dropout)
     if config.dropout is not None:
-        student_cfg = student_cfg.replace(hidden_dropout_prob=config.dropout,
-                                          attention_probs_dropout_prob=config.dropout)
+        student_cfg = student_cfg.replace(hidden_dropout_prob=config.dropout)
     student = SDBertForSequenceClassification(student_cfg)
     if config.init == "teacher":
         init_student_from_teacher(student, teacher.model, layer_map)
@@ -234,7 +239,9 @@ def distill_summary(config: DistillConfig, result, student, transfer: Transfer, 
     summary = {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
                "teacher_mode": "online" if config.online else "cached", "wall_seconds": round(wall, 2),
                "examples_per_second": round(result.examples_per_second, 2), "steps": result.final_step,
-               "parameters": student.num_parameters(), "alpha": config.alpha, "kind": config.kind}
+               "parameters": student.num_parameters(), "alpha": config.alpha, "kind": config.kind,
+               "precision": result.precision, "dropout": {"hidden": student.config.hidden_dropout_prob,
+                                                          "attention": student.config.attention_probs_dropout_prob}}
     if config.online:
         summary.update(hidden_weight=config.hidden_weight, hidden_layer_map=hidden_map)
     else:

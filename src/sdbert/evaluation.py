@@ -14,6 +14,7 @@ from typing import Literal
 from sdbert.cli_args import arg, positive_int
 from sdbert.errors import ConfigError
 from sdbert.pipeline import DataSettings
+from sdbert.precision import PRECISION_HELP, Precision
 
 
 @dataclass
@@ -29,6 +30,7 @@ class EvaluateConfig:
     seed: int = arg(42, "seed of the --limit subset")
     max_length: int | None = arg(None, "tokens per text (default: as trained)", type=positive_int)
     batch_size: int = arg(64, "texts per forward pass", type=positive_int)
+    precision: Precision = arg("auto", PRECISION_HELP)
     output_json: str | None = arg(None, "where to write the metrics (default: MODEL/eval_<split>.json; for a hub "
                                   "name ./eval_<split>.json)", metavar="FILE")
     progress: bool = arg(True, "no progress bar", negate=True)
@@ -44,7 +46,7 @@ def evaluate(config: EvaluateConfig) -> tuple[dict, Path]:
     from sdbert.io import write_json
 
     classifier = Classifier.from_pretrained(config.model, backend=config.backend, threads=config.threads,
-                                            revision=config.revision)
+                                            revision=config.revision, precision=config.precision)
     metrics = _metrics(classifier, config)
     out = Path(config.output_json or _results_folder(config.model) / f"eval_{config.split}.json")
     write_json(out, metrics)
@@ -65,10 +67,11 @@ def _metrics(classifier, config: EvaluateConfig) -> dict:
     max_length = classifier.max_length(config.max_length)
     truncation = data.truncation if data.truncation != "head+tail" else classifier.settings.truncation
     encoded = classifier.encode_dataset(dataset, max_length=max_length, truncation=truncation)
+    precision = classifier.resolved_precision()
     metrics = evaluate_examples(classifier.model, encoded, batch_size=config.batch_size, progress=config.progress,
-                                desc="evaluate")
+                                desc="evaluate", precision=precision)
     metrics.update(split=config.split, model=str(config.model), max_length=max_length, truncation=truncation,
-                   backend=classifier.backend)
+                   backend=classifier.backend, precision=precision.record())
     if getattr(classifier.model, "quantization", None):
         metrics["quantization"] = classifier.model.quantization
     return metrics

@@ -36,7 +36,10 @@ class FinetuneConfig:
     max_length: int = arg(512, "tokens per text", type=positive_int)
     block_size: int = arg(64, "sparse attention block", type=positive_int)
     random_blocks: int = arg(3, "random blocks per query block", type=non_negative_int)
-    dropout: float | None = arg(None, "override hidden and attention dropout", type=fraction)
+    dropout: float | None = arg(None, "hidden-state dropout (default: the checkpoint's, BERT's 0.1)", type=fraction)
+    attention_dropout: float = arg(0.0, "dropout on the attention probabilities; 0 (the default, as in ModernBERT) "
+                                        "lets every fused attention kernel run, 0.1 is BERT's original recipe and "
+                                        "takes the slower unfused paths", type=fraction)
     gradient_checkpointing: bool = arg(False, "trade compute for memory")
 
 
@@ -72,14 +75,17 @@ def start_model(config: FinetuneConfig, data: PreparedData):
         init=config.init, size=config.size, attention_type=config.attention, block_size=config.block_size,
         num_random_blocks=config.random_blocks, max_length=config.max_length, truncation=config.data.truncation,
         id2label=data.id2label, tokenizer_texts=data.train.texts, vocab_size=config.vocab_size,
-        dropout=config.dropout, gradient_checkpointing=config.gradient_checkpointing,
+        dropout=config.dropout, attention_dropout=config.attention_dropout,
+        gradient_checkpointing=config.gradient_checkpointing,
     )
 
 
 def run_summary(result: TrainResult, model, *, wall_seconds: float) -> dict:
     return {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
             "wall_seconds": round(wall_seconds, 2), "examples_per_second": round(result.examples_per_second, 2),
-            "steps": result.final_step, "parameters": model.num_parameters(), "stopped_early": result.stopped_early}
+            "steps": result.final_step, "parameters": model.num_parameters(), "stopped_early": result.stopped_early,
+            "precision": result.precision, "dropout": {"hidden": model.config.hidden_dropout_prob,
+                                                       "attention": model.config.attention_probs_dropout_prob}}
 
 
 def print_done(result: TrainResult, output_dir: str) -> None:

@@ -12,9 +12,12 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+from sdbert.precision import PrecisionChoice, resolve_precision
 
 
 def batch_groups(lengths: Sequence[int], *, batch_size: int, block_size: int | None) -> list[list[int]]:
@@ -31,8 +34,9 @@ def batch_groups(lengths: Sequence[int], *, batch_size: int, block_size: int | N
 
 
 def predict_logits(model, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False,
-                   desc: str = "predict") -> torch.Tensor:
-    """Logits `(N, num_labels)` of token-id lists, in their order (float32, CPU)."""
+                   desc: str = "predict", precision: str | PrecisionChoice | None = "fp32") -> torch.Tensor:
+    """Logits `(N, num_labels)` of token-id lists, in their order (float32, CPU). `precision` (fp32, bf16,
+    auto or a resolved `PrecisionChoice`) sets the autocast of a PyTorch model; ONNX runs as exported."""
     from tqdm.auto import tqdm
 
     config = model.config
@@ -41,6 +45,8 @@ def predict_logits(model, ids: Sequence[Sequence[int]], *, batch_size: int = 32,
     lengths = [len(x) for x in ids]
     groups = batch_groups(lengths, batch_size=batch_size, block_size=config.block_size if sparse else None)
     device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    autocast = resolve_precision(precision, device, log=False).autocast(device) \
+        if isinstance(model, torch.nn.Module) else nullcontext()
     for group in tqdm(groups, desc=desc, disable=not progress, leave=False, unit="batch"):
         width = max(len(ids[i]) for i in group)
         if sparse:
@@ -51,7 +57,7 @@ def predict_logits(model, ids: Sequence[Sequence[int]], *, batch_size: int = 32,
         for row, i in enumerate(group):
             input_ids[row, : len(ids[i])] = torch.as_tensor(ids[i], dtype=torch.long)
             mask[row, : len(ids[i])] = 1
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             logits = model(input_ids.to(device), attention_mask=mask.to(device)).logits
         out[torch.as_tensor(group)] = logits.float().cpu()
     return out

@@ -126,11 +126,25 @@ def training(config: dict[str, Any], run: dict[str, Any]) -> list[str]:
                      f"{data.get('validation_examples')} validation texts")
     lines += [f"- {key.replace('_', ' ').capitalize()}: {value}" for key, value in run.get("settings", {}).items()]
     spec = run.get("run_spec", {})
-    lines += [f"- {key.replace('_', ' ').capitalize()}: {spec[key]}" for key in ("loss", "epochs", "learning_rate",
-                                                                                 "max_steps", "seed") if key in spec]
+    lines += [f"- {key.replace('_', ' ').capitalize()}: {spec[key]}" for key in (
+        "loss", "epochs", "learning_rate", "max_steps", "seed", "precision", "attention_dropout") if key in spec]
+    lines += recipe(run)
     if "alpha" in run:
         lines.append(f"- Loss: alpha * cross-entropy + (1 - alpha) * {run.get('kind')} distillation, "
                      f"alpha = {run['alpha']}")
+    return lines
+
+
+def recipe(run: dict[str, Any]) -> list[str]:
+    """The number format the steps ran in (and why) and the dropout, from a train/distill summary."""
+    lines = []
+    choice = run.get("precision")
+    if isinstance(choice, dict) and "precision" in choice:
+        lines.append(f"- Precision: {choice['precision']} ({choice.get('reason', 'asked for')})")
+    dropout = run.get("dropout")
+    if isinstance(dropout, dict):
+        lines.append(f"- Dropout: hidden states {dropout.get('hidden')}, attention probabilities "
+                     f"{dropout.get('attention')}")
     return lines
 
 

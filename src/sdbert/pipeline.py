@@ -132,6 +132,7 @@ def build_model(
     tokenizer_texts: list[str] | None = None,
     vocab_size: int = 16000,
     dropout: float | None = None,
+    attention_dropout: float | None = None,
     gradient_checkpointing: bool = False,
 ) -> Classifier:
     """A classifier to train, from `init` (ours or a HF BERT/RoBERTa/BigBird folder) or from a size preset,
@@ -142,7 +143,9 @@ def build_model(
                      id2label=id2label, gradient_checkpointing=gradient_checkpointing)
     settings = InferenceSettings(max_length=max_length, truncation=truncation)
     if dropout is not None:
-        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        overrides.update(hidden_dropout_prob=dropout)
+    if attention_dropout is not None:
+        overrides.update(attention_probs_dropout_prob=attention_dropout)
     if init is not None:
         tokenizer = load_tokenizer(init)
         positions = max(load_config(init).max_position_embeddings, max_length)

@@ -49,6 +49,7 @@ from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
 from sdbert.pipeline import DataSettings, build_model, data_record, load_unlabeled, prepare_data, with_unlabeled
+from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.stats import wilson_interval
 from sdbert.table1 import SYSTEMS, aggregate, compare
 from sdbert.train import TrainingArguments, dataset_logits, train
@@ -97,6 +98,11 @@ class Preset:
     batch_size: int = 16
     eval_batch_size: int = 64
     seed: int = 42
+    attention_dropout: float = 0.0
+    """Dropout on the attention probabilities of every system: 0 keeps the fused kernels (0.1 is BERT's; on
+    the quick preset both gave the same accuracy, benchmarks/attention_dropout)."""
+    precision: str = "auto"
+    """fp32, bf16 or auto (bf16 where this machine runs it faster): training, teacher logits and scoring."""
     baseline: bool = True
     """Add the TF-IDF + logistic regression row (needs scikit-learn), trained on the full train split."""
     notes: list[str] = field(default_factory=list)
@@ -110,6 +116,10 @@ class Preset:
             raise ConfigError(f"student seeds must be >= 1, got {self.student_seeds}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ConfigError(f"attention dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def make_preset(name: str, teacher_init: str | None = None, **overrides) -> Preset:
@@ -211,6 +221,9 @@ class ReproduceConfig:
     kd_kind: Literal["mse", "kl"] | None = arg(None, "distillation term: the paper's squared L2 of logits "
                                                      "(default) or Hinton's KL")
     temperature: float | None = arg(None, "KL temperature (default 2)", type=positive_float)
+    attention_dropout: float | None = arg(None, "dropout on the attention probabilities of every system "
+                                                "(default 0: the fused kernels run; 0.1 is BERT's)", type=fraction)
+    precision: Precision = arg("auto", PRECISION_HELP)
     publish: str | None = arg(None, "also copy results.json and the plot into DIR as table1_<preset>.* and "
                                     "render its section of DIR/BENCHMARKS.md (e.g. benchmarks)", metavar="DIR")
     progress: bool = arg(True, "no progress bars", negate=True)
@@ -219,7 +232,8 @@ class ReproduceConfig:
         return make_preset(self.preset, self.teacher_init, student_seeds=self.student_seeds,
                            student_init=self.student_init, student_epochs=self.student_epochs,
                            student_lr=self.student_lr, alpha=self.alpha, kd_kind=self.kd_kind,
-                           temperature=self.temperature, teacher_revision=self.revision)
+                           temperature=self.temperature, teacher_revision=self.revision,
+                           attention_dropout=self.attention_dropout, precision=self.precision)
 
 
 def reproduce(config: ReproduceConfig) -> dict:
@@ -244,6 +258,7 @@ class Runner:
         self.progress = progress
         self.settings = DataSettings(source=data_source, train_limit=preset.train_limit, eval_limit=preset.test_limit,
                                      val_max=preset.val_max, seed=preset.seed, progress=progress)
+        self.precision = resolve_precision(preset.precision, "cuda" if torch.cuda.is_available() else "cpu")
 
     def run(self) -> dict:
         p = self.preset
@@ -255,7 +270,8 @@ class Runner:
         full_teacher = build_model(init=init, size=p.teacher_size, attention_type="full",
                                    tokenizer_texts=data.train.texts, vocab_size=p.vocab_size,
                                    block_size=p.block_size, num_random_blocks=p.num_random_blocks,
-                                   max_length=p.max_length, truncation=p.truncation, id2label=data.id2label)
+                                   max_length=p.max_length, truncation=p.truncation, id2label=data.id2label,
+                                   attention_dropout=p.attention_dropout)
         self.tokenizer = full_teacher.tokenizer
         encoded = {name: self._encode(split) for name, split in
                    (("train", data.train), ("validation", data.validation), ("test", data.test))}
@@ -270,11 +286,12 @@ class Runner:
                 rows.append(baseline)
         wall = self._wall_seconds(time.perf_counter() - started)
         machine = machine_info() | {"load_average_start": load_start, "load_average_end": load_average()}
-        return {"preset": p.name, "settings": asdict(p), "hardware": machine,
+        return {"preset": p.name, "settings": asdict(p), "hardware": machine, "precision": self.precision.record(),
                 "data": {"source": str(self.settings.source), "train_examples": len(data.train),
                          "student_train_examples": self.student_train_examples,
                          "validation_examples": len(data.validation), "test_examples": len(data.test),
-                         "unlabeled_examples": p.unlabeled_limit},
+                         "unlabeled_examples": p.unlabeled_limit,
+                         "test_labels": encoded["test"].labels.tolist()},  # pairs runs of two reproductions
                 "wall_seconds": wall["total"], "wall_calls": wall["calls"], "rows": rows,
                 "comparisons": compare(runs, encoded["test"].labels)}
 
@@ -311,6 +328,7 @@ class Runner:
         student_data = dict(encoded, train=self._encode(labelled))
         transfer, logits, logit_seconds = self._transfer_logits(teacher, labelled, student_data["train"])
         config = student_config(teacher.config, layers=p.student_layers, heads=p.student_heads)
+        config = config.replace(attention_probs_dropout_prob=p.attention_dropout)
         # The same optimizer steps for both students: unlabelled reviews widen what the KD student
         # sees within that budget instead of making its training longer.
         steps = -(-len(student_data["train"]) // p.batch_size) * p.student_epochs
@@ -351,9 +369,9 @@ class Runner:
             transfer = with_unlabeled(transfer, self._encode(extra))
             fingerprint += extra.fingerprint
         key = teacher_logits_key(weights_fingerprint(self.output / "sparse_teacher"), fingerprint,
-                                 tokenizer_hash(self.tokenizer), p.max_length, p.truncation)
+                                 tokenizer_hash(self.tokenizer), p.max_length, p.truncation, self.precision.precision)
         logits, seconds, cached = cached_teacher_logits(teacher, transfer, key=key, batch_size=p.eval_batch_size,
-                                                        progress=self.progress)
+                                                        progress=self.progress, precision=self.precision)
         if cached:  # a user without that cache pays the pass: report what it cost when it ran
             seconds = teacher_logits_cost(key)
             if seconds is None:
@@ -372,19 +390,20 @@ class Runner:
         p, model = self.preset, classifier.model
         spec = {"system": system, "seed": seed, "epochs": epochs, "learning_rate": lr, "max_steps": max_steps,
                 "loss": "cross_entropy" if loss_fn is None else f"kd {p.kd_kind} alpha={p.alpha} T={p.temperature}",
-                "train_examples": len(encoded["train"]), "initial_weights_sha256": state_sha256(model.state_dict())}
+                "train_examples": len(encoded["train"]), "initial_weights_sha256": state_sha256(model.state_dict()),
+                "attention_dropout": model.config.attention_probs_dropout_prob, "precision": self.precision.precision}
         result_file = out / "result.json"
         if result_file.exists():
             return self._finished(out, spec)
         logger.info("%s (seed %d): training %s parameters", system, seed, f"{model.num_parameters():,}")
         args = TrainingArguments(output_dir=str(out), epochs=epochs, batch_size=p.batch_size, learning_rate=lr,
                                  seed=seed, eval_batch_size=p.eval_batch_size, resume=True, max_steps=max_steps,
-                                 progress=self.progress).for_model(classifier)
+                                 progress=self.progress, precision=self.precision.precision).for_model(classifier)
         trained = train(classifier, encoded["train"], encoded["validation"], args,
                         **({} if loss_fn is None else {"loss_fn": loss_fn}))
         best = SDBertForSequenceClassification.from_pretrained(out)
         run = score_run(best, encoded["test"], batch_size=p.eval_batch_size, progress=self.progress,
-                        desc=f"test {system}")
+                        desc=f"test {system}", precision=self.precision)
         run.update(system=system, seed=seed, initial_weights_sha256=spec["initial_weights_sha256"], run_spec=spec,
                    train_seconds=round(trained.train_seconds, 1), train_examples=len(encoded["train"]),
                    validation_accuracy=round(trained.best_metrics.get("accuracy", float("nan")), 4),
@@ -423,10 +442,11 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def score_run(model, test, *, batch_size: int, progress: bool, desc: str) -> dict:
+def score_run(model, test, *, batch_size: int, progress: bool, desc: str, precision="fp32") -> dict:
     """Accuracy with its Wilson interval, F1, throughput and each test review's prediction."""
     start = time.perf_counter()
-    predictions = dataset_logits(model, test, batch_size=batch_size, progress=progress, desc=desc).argmax(-1)
+    predictions = dataset_logits(model, test, batch_size=batch_size, progress=progress, desc=desc,
+                                 precision=precision).argmax(-1)
     seconds = time.perf_counter() - start
     correct = int((predictions.numpy() == test.labels).sum())
     metrics = classification_metrics(predictions.numpy(), test.labels, model.config.num_labels)

@@ -294,6 +294,7 @@ def model_description(state) -> dict:
     return {
         "name": state.name,
         "backend": classifier.backend,
+        "precision": classifier.resolved_precision().precision,
         "quantization": getattr(classifier.model, "quantization", None),  # "int8-dynamic": a quantised ONNX graph
         "labels": [config.id2label[i] for i in range(config.num_labels)],
         "parameters": classifier.model.num_parameters(),
@@ -517,7 +518,9 @@ def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, settings
     from sdbert.classifier import Classifier
     from sdbert.inference import model_name
 
-    classifier = Classifier.from_pretrained(model_dir, backend=backend, threads=threads)
+    settings = settings or ServeSettings()
+    classifier = Classifier.from_pretrained(model_dir, backend=backend, threads=threads, precision=settings.precision)
+    classifier.resolved_precision()  # measure (and log) before the first request, not during it
     app = create_app(classifier, settings, name=model_name(model_dir), api_key=api_key)
     _configure_access_log(access_log)
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level=log_level,

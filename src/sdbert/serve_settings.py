@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sdbert.cli_args import arg, non_negative_float, positive_int
 from sdbert.errors import ConfigError
+from sdbert.precision import PRECISION_HELP, Precision
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ServeSettings:
     max_queue: int = arg(256, "requests waiting for the model before the service answers 503", type=positive_int)
     batch_size: int = arg(32, "forward-pass batch inside a model call (texts of one block count per batch)",
                           type=positive_int)
+    precision: Precision = arg("auto", PRECISION_HELP)
 
     def __post_init__(self) -> None:
         for name in ("max_texts", "max_chars", "max_batch_texts", "max_queue", "batch_size"):

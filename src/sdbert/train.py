@@ -1,6 +1,7 @@
 """One training loop for fine-tuning and distillation.
 
-AdamW, linear warm-up then decay, gradient clipping and accumulation, bf16 autocast on CUDA,
+AdamW, linear warm-up then decay, gradient clipping and accumulation, bf16 autocast where it is faster
+(`sdbert.precision`),
 evaluation on the validation split, best-model selection, early stopping, atomic checkpoints and
 exact resume, DistributedDataParallel under `torchrun`.
 
@@ -36,6 +37,7 @@ from sdbert.data.batching import LengthBucketedBatchSampler, collate
 from sdbert.data.encoded import EncodedDataset
 from sdbert.errors import ConfigError
 from sdbert.metrics import classification_metrics
+from sdbert.precision import PRECISION_HELP, Precision, PrecisionChoice, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class TrainingArguments:
     keep_checkpoints: int = arg(2, "checkpoints kept in output/checkpoints", type=positive_int)
     early_stopping_patience: int | None = arg(None, "stop after N validations without a better accuracy",
                                               flag="--patience", type=positive_int, metavar="N")
-    bf16: bool | None = arg(None, "bf16 autocast (default: on for CUDA, off on CPU, where bf16 is slow)")
+    precision: Precision = arg("auto", PRECISION_HELP)
     resume: bool = arg(False, "continue from the last checkpoint in --output")
     overwrite: bool = arg(False, "replace an existing model in --output")
     progress: bool = arg(True, "no progress bars", negate=True)
@@ -182,7 +184,7 @@ def prepare_output_dir(path: str, *, resume: bool, overwrite: bool) -> Path:
 
 
 def dataset_logits(model, examples: EncodedDataset, *, batch_size: int = 64, progress: bool = False,
-                   desc: str = "eval") -> torch.Tensor:
+                   desc: str = "eval", precision: str | PrecisionChoice | None = "fp32") -> torch.Tensor:
     """Logits `(N, num_labels)` of an encoded dataset, in its order: `inference.predict_logits` on its ids,
     in eval mode (batches hold one block count each, so an example's logits never depend on its batch)."""
     from sdbert.inference import predict_logits as predict_ids
@@ -190,16 +192,17 @@ def dataset_logits(model, examples: EncodedDataset, *, batch_size: int = 64, pro
     was_training = model.training
     model.eval()
     ids = [examples.sequence(i) for i in range(len(examples))]
-    out = predict_ids(model, ids, batch_size=batch_size, progress=progress, desc=desc)
+    out = predict_ids(model, ids, batch_size=batch_size, progress=progress, desc=desc, precision=precision)
     model.train(was_training)
     return out
 
 
 def evaluate(model, examples: EncodedDataset, *, batch_size: int = 64, progress: bool = False,
-             desc: str = "eval") -> dict:
+             desc: str = "eval", precision: str | PrecisionChoice | None = "fp32") -> dict:
     """Accuracy, macro F1, confusion matrix and throughput of `model` on labelled `examples`."""
     start = time.perf_counter()
-    logits = dataset_logits(model, examples, batch_size=batch_size, progress=progress, desc=desc)
+    logits = dataset_logits(model, examples, batch_size=batch_size, progress=progress, desc=desc,
+                            precision=precision)
     seconds = time.perf_counter() - start
     metrics = classification_metrics(logits.argmax(-1).numpy(), examples.labels, model.config.num_labels)
     metrics.update(examples=len(examples), seconds=round(seconds, 3),
@@ -216,11 +219,6 @@ LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
 def cross_entropy_loss(model, batch: dict) -> torch.Tensor:
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
-
-
-def _autocast(device: torch.device, bf16: bool | None):
-    use = (device.type == "cuda") if bf16 is None else bf16
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use else nullcontext()
 
 
 def _set_seed(seed: int) -> None:
@@ -297,6 +295,8 @@ class TrainResult:
     train_seconds: float
     examples_seen: int
     stopped_early: bool
+    precision: dict = field(default_factory=dict)
+    """`PrecisionChoice.record()`: the format the steps ran in and why"""
 
     @property
     def examples_per_second(self) -> float:
@@ -454,7 +454,7 @@ class Trainer:
             return False
         state = self.state
         metrics = evaluate(self.model, self.val_examples, batch_size=self.args.eval_batch_size,
-                           progress=self.args.progress and self.is_main, desc="validate")
+                           progress=self.args.progress and self.is_main, desc="validate", precision=self.precision)
         if metrics["accuracy"] > state.best_accuracy:
             state.best_accuracy, state.best_metrics, state.evals_without_gain = metrics["accuracy"], metrics, 0
             if self.is_main:
@@ -540,7 +540,8 @@ class Trainer:
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.autocast = _autocast(self.device, self.args.bf16)
+        self.precision = resolve_precision(self.args.precision, self.device, log=self.is_main)
+        self.autocast = self.precision.autocast(self.device)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -592,8 +593,9 @@ class Trainer:
             self.classifier.save_pretrained(self.output_dir)  # nothing to select on: the last weights are the model
         result = TrainResult(best_metrics=state.best_metrics, final_step=state.step,
                              train_seconds=state.train_seconds, examples_seen=state.examples_seen,
-                             stopped_early=stopped_early)
-        self.log({"summary": True, "final_step": result.final_step, "train_seconds": round(result.train_seconds, 2),
+                             stopped_early=stopped_early, precision=self.precision.record())
+        self.log({"summary": True, "precision": self.precision.precision, "final_step": result.final_step,
+                  "train_seconds": round(result.train_seconds, 2),
                   "examples_per_second": round(result.examples_per_second, 2), "best": result.best_metrics,
                   "stopped_early": stopped_early})
         return result

@@ -95,7 +95,9 @@ def test_bench_errors_are_one_line(tmp_path, capsys, hf_folder):
 
 TRAIN_ARGS = ["--lengths", "32,160", "--tokens-per-step", "160", "--fill-lengths", "160", "--steps-per-round", "2",
               "--rounds", "5", "--warmup", "1", "--block-size", "16", "--random-blocks", "1", "--threads", "1",
-              "--no-progress"]
+              "--no-progress", "--precision", "bf16"]
+CASES = ["hf", "hf_same_recipe", "sdbert_full", "sdbert_block_sparse", "sdbert_full_bert_recipe",
+         "sdbert_block_sparse_bert_recipe"]
 
 
 def _spy_steps_and_sparse_kernel(monkeypatch) -> tuple[list[str], list[tuple[str, int]]]:
@@ -135,10 +137,11 @@ def test_bench_train_interleaves_cases_and_writes_its_section(tmp_path, monkeypa
     assert "speed-up vs HF" in capsys.readouterr().out
 
     # Per length: 1 warm-up + 5 timed rounds, each case two steps in turn.
-    one_length = ["hf", "hf", "sdbert_full", "sdbert_full", "sdbert_block_sparse", "sdbert_block_sparse"] * 6
+    one_length = [case for case in CASES for _ in range(2)] * 6
     assert steps == one_length * 2
-    # Our sparse kernel ran, only in the block-sparse case and only at the long length (past 112 tokens).
-    assert sparse_calls and {case for case, _ in sparse_calls} == {"sdbert_block_sparse"}
+    # Our sparse kernel ran, only in the block-sparse cases and only at the long length (past 112 tokens).
+    assert sparse_calls and {case for case, _ in sparse_calls} == {"sdbert_block_sparse",
+                                                                   "sdbert_block_sparse_bert_recipe"}
     assert {n for _, n in sparse_calls} == {160}
 
     result = json.loads((out / "train.json").read_text())
@@ -158,25 +161,34 @@ def _check_train_json(result: dict, hf_folder) -> None:
     assert result["command"].startswith(f"sdbert bench train --init {hf_folder}")
     assert "--lengths 32,160" in result["command"] and "--fill-lengths 160" in result["command"]
     assert result["config"]["warmup"] == 1 and result["config"]["rounds"] == 5
-    assert result["calibration"]["square_gflops"] > 0
+    assert result["calibration"]["square_gflops"] > 0 and result["calibration"]["square_gflops_bf16"] > 0
+    assert result["precision"]["precision"] == "bf16" and "--precision bf16" in result["command"]
     short, long = result["lengths"]
     assert (short["length"], short["filled"], long["length"], long["filled"]) == (32, False, 160, True)
     assert 0 < short["mean_real_tokens_per_example"] <= 32 and long["mean_real_tokens_per_example"] == 160
     for section in (short, long):
         cases = {c["case"]: c for c in section["cases"]}
-        assert list(cases) == ["hf", "sdbert_full", "sdbert_block_sparse"]
+        assert list(cases) == CASES
         for c in cases.values():
             assert len(c["times_s"]) == 5 and c["min_s"] <= c["median_s"] <= c["max_s"]
             assert c["examples_per_second"] > 0 and c["round_examples"] == 2 * section["batch_size"]
             assert c["real_tokens_per_example"] <= c["padded_tokens_per_example"] <= section["length"]
             assert c["model_gflops"] > 0 and c["percent_of_peak"] > 0
         assert cases["hf"]["speedup_vs_hf"] is None
+        # HF's defaults (checkpoint dropout, fp32), HF with our recipe, ours, ours with BERT's recipe.
+        recipes = {name: (c["precision"], c["attention_dropout"]) for name, c in cases.items()}
+        assert recipes == {"hf": ("fp32", 0.1), "hf_same_recipe": ("bf16", 0.0), "sdbert_full": ("bf16", 0.0),
+                           "sdbert_block_sparse": ("bf16", 0.0), "sdbert_full_bert_recipe": ("fp32", 0.1),
+                           "sdbert_block_sparse_bert_recipe": ("fp32", 0.1)}
         for name in ("sdbert_full", "sdbert_block_sparse"):
             assert set(cases[name]["speedup_vs_hf"]) == {"ratio", "within_noise"}
+            assert set(cases[name]["speedup_vs_hf_same_recipe"]) == {"ratio", "within_noise"}
+            assert set(cases[name]["speedup_vs_bert_recipe"]) == {"ratio", "within_noise"}
         assert cases["sdbert_full"]["attention_path"] == "dense SDPA"
-    assert short["cases"][2]["attention_path"].startswith("dense SDPA (fallback")
-    assert long["cases"][2]["attention_path"].startswith("block-sparse")
-    assert "128 -> 160" in long["cases"][0]["note"] and "tiling" in long["cases"][1]["note"]
+    assert short["cases"][3]["attention_path"].startswith("dense SDPA (fallback")
+    assert long["cases"][3]["attention_path"].startswith("block-sparse, native kernel")
+    assert long["cases"][5]["attention_path"].startswith("block-sparse, pure PyTorch (the native kernel takes no")
+    assert "128 -> 160" in long["cases"][0]["note"] and "tiling" in long["cases"][2]["note"]
 
 
 def _fabricated_result(hf_times, ours_times) -> dict:
@@ -209,7 +221,7 @@ def test_train_report_says_within_noise_when_rounds_overlap():
     assert "1.38x (within noise: rounds overlap)" in text_report(overlapping)
     report = markdown_report(separate)
     for expected in ("load average (1 min) at start / end: 0.1 / 0.2", "`sdbert bench train`", "100.0 GFLOP/s",
-                     "### 512 tokens", "10.0 (10%)", "2.00, 2.20, 2.40, 2.10, 2.30", "1.50-1.70"):
+                     "### 512 tokens", "10.0 (10%)", "2.00-2.40", "1.50-1.70"):
         assert expected in report
     assert markdown_report(separate) == report  # a pure function of the JSON
 

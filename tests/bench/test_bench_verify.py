@@ -64,3 +64,11 @@ def test_the_readme_benchmark_tables_are_copied_from_benchmarks_md():
     benchmarks = (BENCHMARKS / "BENCHMARKS.md").read_text()
     missing = [line for line in copied if line.split("): ", 1)[-1] not in benchmarks]
     assert missing == []
+
+
+def test_render_rewrites_a_stale_section_from_its_json(encoder_run, capsys):
+    markdown = encoder_run / "BENCHMARKS.md"
+    markdown.write_text(markdown.read_text().replace("| ", "|  ", 1))  # a section a renderer change made stale
+    assert check(encoder_run)
+    assert main([str(encoder_run), "--render"]) == 0
+    assert "re-rendered sections: encoder" in capsys.readouterr().out and check(encoder_run) == []

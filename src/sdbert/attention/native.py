@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "block_sparse_cpu.cpp"
 _DTYPES = (torch.float32, torch.float64)
+_LOW = (torch.bfloat16, torch.float16)  # under autocast: computed in fp32 (attention is a small share of the FLOPs)
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool once a load was attempted; "error": why not; "detail": how it loaded
 _enabled = [True]
@@ -170,8 +171,9 @@ def _cpu_signature() -> str:
 
 
 def supported(q: torch.Tensor, dropout_p: float) -> bool:
-    """Whether these inputs can take the native kernel (fp32/fp64 on the CPU, no dropout)."""
-    return (_enabled[0] and q.device.type == "cpu" and q.dtype in _DTYPES and dropout_p == 0.0
+    """Whether these inputs can take the native kernel (fp32/fp64, or bf16/fp16 computed in fp32, on the
+    CPU, no dropout)."""
+    return (_enabled[0] and q.device.type == "cpu" and q.dtype in (*_DTYPES, *_LOW) and dropout_p == 0.0
             and available())
 
 
@@ -260,12 +262,16 @@ def _groups(layout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def native_attention(q, k, v, block_size: int, plan: SparsePlan, key_padding_mask: torch.Tensor | None):
     """Block-sparse attention through the native kernel. `q, k, v`: `(B, H, nb * bs, D)`, unit
     stride in `D`. Returns `(B, H, S, D)` laid out as `(B, S, H, D)`; padding query rows are not
-    zeroed here; a row that sees no key gives zeros."""
+    zeroed here; a row that sees no key gives zeros. bf16/fp16 inputs are computed in fp32 (the upcast
+    keeps the strides) and the result is cast back."""
     runs = plan_runs(plan)
+    dtype = q.dtype
+    if dtype in _LOW:
+        q, k, v = (t.float() for t in (q, k, v))
     kmask = None
     if key_padding_mask is not None:
         kmask = torch.zeros(key_padding_mask.shape, dtype=q.dtype).masked_fill_(~key_padding_mask, float("-inf"))
-    return _NativeAttention.apply(q, k, v, kmask, runs, block_size)
+    return _NativeAttention.apply(q, k, v, kmask, runs, block_size).to(dtype)
 
 
 class _NativeAttention(torch.autograd.Function):

@@ -67,16 +67,24 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def gemm_calibration(tile: tuple[int, int, int, int] | None = None, *, size: int = 1024,
                      rounds: int = 7) -> dict:
-    """Measured fp32 GFLOP/s (2 FLOPs per multiply-add) of a square `size` matmul and, if given, of a
-    batched `(count, m, k) @ (count, k, n)` tile: the shape a block-sparse kernel multiplies."""
+    """Measured GFLOP/s (2 FLOPs per multiply-add) of a square `size` matmul in fp32 and bf16 and, if given,
+    of a batched fp32 `(count, m, k) @ (count, k, n)` tile: the shape a block-sparse kernel multiplies.
+    A case that ran in bf16 is measured against the bf16 rate (`peak_key`)."""
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
     out = {"square_size": size, "square_gflops": _gflops(lambda: a @ b, 2.0 * size**3, rounds)}
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    out["square_gflops_bf16"] = _gflops(lambda: a16 @ b16, 2.0 * size**3, rounds)
     if tile is not None:
         count, m, k, n = tile
         x, y = torch.randn(count, m, k, generator=generator), torch.randn(count, k, n, generator=generator)
         out.update(tile_shape=list(tile), tile_gflops=_gflops(lambda: x @ y, 2.0 * count * m * k * n, rounds))
     return out
+
+
+def peak_key(precision: str | None) -> str:
+    """The calibration entry a case's "% of peak" divides by: the rate of the format it ran in."""
+    return "square_gflops_bf16" if precision == "bf16" else "square_gflops"
 
 
 def percent_of_peak(gflops: float | None, calibration: dict, key: str = "square_gflops") -> float | None:

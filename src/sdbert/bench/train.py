@@ -1,15 +1,21 @@
 """Training-throughput benchmark: our loop's model and batches against a plain Hugging Face loop.
 
 Every case fine-tunes the same checkpoint (all-MiniLM-L6-v2 by default) on the same reviews with
-the same batch size, optimiser (AdamW over all parameters, constant learning rate), gradient
-clipping and precision (fp32); only the model code and the batching differ:
+the same batch size, optimiser (AdamW over all parameters, constant learning rate) and gradient
+clipping; the model code, the batching and the recipe (attention dropout, precision) differ:
 
 * `hf`                  `transformers.BertForSequenceClassification` + its tokenizer (head
                         truncation), seeded random batches padded to their longest review by
-                        `DataCollatorWithPadding`: the loop of the Hugging Face course.
+                        `DataCollatorWithPadding`, with the checkpoint's dropout and fp32: the loop
+                        of the Hugging Face course, what a user gets.
+* `hf_same_recipe`      the same HF loop with our recipe: our attention dropout and precision
+                        (like for like: what is left is the model code and the batching).
 * `sdbert_full`         `sdbert.pipeline.build_model` with full attention, fed exactly what
 * `sdbert_block_sparse` `sdbert.train.train` feeds: length-bucketed `global_batches`, each padded
-                        to the smallest block multiple by `collate_padded`.
+                        to the smallest block multiple by `collate_padded`, with our recipe
+                        (`--attention-dropout`, default 0; `--precision`, default auto).
+* `sdbert_*_bert_recipe` (with `--bert-recipe`) our model and batches with BERT's recipe, attention
+                        dropout 0.1 in fp32: what `sdbert train` did before issue 20.
 
 Each case is built once per length (tokenisation and collation happen before the clock starts),
 then the cases take turns round by round (`sdbert.bench.timing.interleaved_rounds`), so background
@@ -42,9 +48,10 @@ import torch
 
 from sdbert.bench.report import int_list
 from sdbert.checkpoint import minilm_path
-from sdbert.cli_args import arg, name_list, non_negative_int, positive_float, positive_int
+from sdbert.cli_args import arg, fraction, name_list, non_negative_int, positive_float, positive_int
 from sdbert.config import dense_fallback_blocks
 from sdbert.errors import ConfigError, require
+from sdbert.precision import PRECISION_HELP, Precision, PrecisionChoice, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +96,10 @@ class TrainBenchConfig:
                                                            "gives every case the same tokens)")
     seed: int = arg(42, "seed of the sample and of the models' heads")
     threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)
+    precision: Precision = arg("auto", PRECISION_HELP)
+    attention_dropout: float = arg(0.0, "attention-probability dropout of our cases and hf_same_recipe",
+                                   type=fraction)
+    bert_recipe: bool = arg(True, "no cases with BERT's recipe (attention dropout 0.1, fp32)", negate=True)
 
     def __post_init__(self) -> None:
         self.init = self.init or minilm_path()
@@ -142,6 +153,8 @@ class Case:
     note: str | None = None
     lr: float = 5e-5
     weight_decay: float = 0.01
+    precision: PrecisionChoice = PrecisionChoice("fp32", "fp32", "asked for")
+    attention_dropout: float = 0.0
     position: int = 0
     """index of the next batch; the list is cycled"""
 
@@ -153,7 +166,8 @@ class Case:
         """One optimizer step on the next batch of this case's list (cycling)."""
         batch = self.batches[self.position % len(self.batches)]
         self.position += 1
-        loss = self.loss(self.model, batch)
+        with self.precision.autocast("cpu"):
+            loss = self.loss(self.model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
@@ -170,15 +184,21 @@ def _hf_loss(model, batch: dict) -> torch.Tensor:
     return model(**batch).loss
 
 
-def build_hf_case(cfg: TrainBenchConfig, texts, length: int) -> Case:
-    """The plain Hugging Face setup: its tokenizer, seeded random batches, `DataCollatorWithPadding`."""
+FP32 = PrecisionChoice("fp32", "fp32", "BERT's recipe")
+
+
+def build_hf_case(cfg: TrainBenchConfig, texts, length: int, precision: PrecisionChoice | None = None) -> Case:
+    """The plain Hugging Face setup: its tokenizer, seeded random batches, `DataCollatorWithPadding`; with the
+    checkpoint's dropout in fp32, or (given our `precision`) with our attention dropout and that precision."""
     from transformers import AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding
 
-    extra, note = {}, None
+    extra, note, same_recipe = {}, None, precision is not None
+    if same_recipe:
+        extra["attention_probs_dropout_prob"] = cfg.attention_dropout
     positions = _hf_positions(cfg.init)
     if positions is not None and length > positions:
         # Longer than the checkpoint's table: HF can only start the positions afresh.
-        extra = dict(max_position_embeddings=length, ignore_mismatched_sizes=True)
+        extra.update(max_position_embeddings=length, ignore_mismatched_sizes=True)
         note = f"HF position table resized {positions} -> {length} (re-initialised, ignore_mismatched_sizes)"
     torch.manual_seed(cfg.seed)
     with quiet_transformers():
@@ -189,20 +209,26 @@ def build_hf_case(cfg: TrainBenchConfig, texts, length: int) -> Case:
     sampler = torch.utils.data.RandomSampler(features, generator=torch.Generator().manual_seed(cfg.seed))
     loader = torch.utils.data.DataLoader(features, batch_size=cfg.batch_size(length), sampler=sampler,
                                          collate_fn=DataCollatorWithPadding(tokenizer))
-    return Case("hf", HF_LABEL, model, list(loader), _hf_loss, cfg.max_grad_norm,
+    name, label = ("hf_same_recipe", f"{HF_LABEL}, our recipe") if same_recipe else ("hf", f"{HF_LABEL}, defaults")
+    return Case(name, label, model, list(loader), _hf_loss, cfg.max_grad_norm,
                 f"HF {model.config._attn_implementation or 'eager'} attention", note,
-                lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+                lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                precision=precision or FP32,
+                attention_dropout=model.config.attention_probs_dropout_prob)
 
 
-def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str) -> Case:
-    """Our model with the batches `sdbert.train.train` would feed it in its first epoch."""
+def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str,
+                      precision: PrecisionChoice | None = None) -> Case:
+    """Our model with the batches `sdbert.train.train` would feed it in its first epoch: with our recipe in
+    `precision`, or without one, BERT's recipe (attention dropout 0.1 in fp32)."""
+    bert_recipe = precision is None
     from sdbert.pipeline import build_model
     from sdbert.train import collate_padded, cross_entropy_loss, global_batches, padded_length
 
     torch.manual_seed(cfg.seed)
     classifier = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
                              num_random_blocks=cfg.random_blocks, max_length=length, truncation=cfg.truncation,
-                             id2label=texts.id2label)
+                             id2label=texts.id2label, attention_dropout=0.1 if bert_recipe else cfg.attention_dropout)
     model, examples = classifier.model, classifier.encode_dataset(texts, progress=False)
     batches = []
     for indices in global_batches(examples.lengths, cfg.batch_size(length), cfg.seed, 0):
@@ -214,8 +240,11 @@ def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str)
     note = None if positions is None or length <= positions else \
         f"sdbert position table extended {positions} -> {length} by tiling the learned one (build_model)"
     label = f"sdbert, length-bucketed batches padded to multiples of {cfg.block_size}, {attention} attention"
-    return Case(f"sdbert_{attention}", label, model, batches, cross_entropy_loss, cfg.max_grad_norm,
-                attention_path(model, batches, cfg), note, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    name = f"sdbert_{attention}" + ("_bert_recipe" if bert_recipe else "")
+    return Case(name, label + (", BERT's recipe" if bert_recipe else ""), model, batches, cross_entropy_loss,
+                cfg.max_grad_norm, attention_path(model, batches, cfg), note, lr=cfg.learning_rate,
+                weight_decay=cfg.weight_decay, precision=precision or FP32,
+                attention_dropout=model.config.attention_probs_dropout_prob)
 
 
 def attention_path(model, batches: list[dict], cfg: TrainBenchConfig) -> str:
@@ -303,17 +332,22 @@ def fill_texts(subset, pool, length: int):
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def build_cases(cfg: TrainBenchConfig, texts, length: int) -> list[Case]:
-    return [build_hf_case(cfg, texts, length)] + [build_sdbert_case(cfg, texts, length, a) for a in cfg.attention]
+def build_cases(cfg: TrainBenchConfig, texts, length: int, precision: PrecisionChoice) -> list[Case]:
+    cases = [build_hf_case(cfg, texts, length), build_hf_case(cfg, texts, length, precision)]
+    cases += [build_sdbert_case(cfg, texts, length, a, precision) for a in cfg.attention]
+    if cfg.bert_recipe:
+        cases += [build_sdbert_case(cfg, texts, length, a) for a in cfg.attention]
+    return cases
 
 
-def run_length(cfg: TrainBenchConfig, texts, length: int, calibration: dict, progress: bool = False) -> dict:
+def run_length(cfg: TrainBenchConfig, texts, length: int, calibration: dict, precision: PrecisionChoice,
+               progress: bool = False) -> dict:
     """Build every case at `length`, time them in interleaved rounds and summarise each."""
     from tqdm.auto import tqdm
 
     from sdbert.bench.timing import interleaved_rounds, speedup
 
-    cases = build_cases(cfg, texts, length)
+    cases = build_cases(cfg, texts, length, precision)
     bar = tqdm(total=len(cases) * (cfg.warmup + cfg.rounds), desc=f"bench train {length}", disable=not progress)
 
     def timed(case: Case) -> Callable[[], None]:
@@ -325,6 +359,11 @@ def run_length(cfg: TrainBenchConfig, texts, length: int, calibration: dict, pro
     rows = [case_row(c, times[c.name], cfg, calibration) for c in cases]
     for row in rows[1:]:
         row["speedup_vs_hf"] = speedup(times["hf"], times[row["case"]])
+        if row["case"].startswith("sdbert"):
+            row["speedup_vs_hf_same_recipe"] = speedup(times["hf_same_recipe"], times[row["case"]])
+        legacy = f"{row['case']}_bert_recipe"
+        if legacy in times:
+            row["speedup_vs_bert_recipe"] = speedup(times[legacy], times[row["case"]])
     real = [r["real_tokens_per_example"] for r in rows]
     return {"length": length, "batch_size": cfg.batch_size(length), "examples": len(texts),
             "filled": length in cfg.fill_lengths, "mean_real_tokens_per_example": round(sum(real) / len(real), 1),
@@ -340,7 +379,7 @@ def round_batches(cfg: TrainBenchConfig, count: int) -> list[list[int]]:
 
 def case_row(case: Case, times: list[float], cfg: TrainBenchConfig, calibration: dict) -> dict:
     """A case's JSON row: every round's time, median and spread, examples/s, tokens, FLOP rate."""
-    from sdbert.bench.timing import percent_of_peak, spread
+    from sdbert.bench.timing import peak_key, percent_of_peak, spread
 
     rounds = round_batches(cfg, len(case.batches))
     timed = [case.batches[i] for r in rounds for i in r]
@@ -350,7 +389,9 @@ def case_row(case: Case, times: list[float], cfg: TrainBenchConfig, calibration:
     s = spread(times)
     weights = non_embedding_parameters(case.model)
     gflops = 6 * weights * padded / len(rounds) / s["median"] / 1e9
+    precision = case.precision.precision
     return {"case": case.name, "label": case.label, "attention_path": case.attention_path,
+            "precision": precision, "attention_dropout": case.attention_dropout,
             "parameters": sum(p.numel() for p in case.model.parameters()), "non_embedding_parameters": weights,
             "batches": len(case.batches), "round_examples": examples // len(rounds),
             "times_s": [round(t, 4) for t in times], "median_s": round(s["median"], 4),
@@ -358,7 +399,8 @@ def case_row(case: Case, times: list[float], cfg: TrainBenchConfig, calibration:
             "examples_per_second": round(examples / len(rounds) / s["median"], 3),
             "padded_tokens_per_example": round(padded / examples, 1),
             "real_tokens_per_example": round(real / examples, 1),
-            "model_gflops": round(gflops, 2), "percent_of_peak": percent_of_peak(gflops, calibration),
+            "model_gflops": round(gflops, 2),
+            "percent_of_peak": percent_of_peak(gflops, calibration, peak_key(precision)),
             "speedup_vs_hf": None, "note": case.note}
 
 
@@ -377,12 +419,14 @@ def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = False) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        result = {"benchmark": "train", **provenance(command_line(cfg)), "config": asdict(cfg)}
+        precision = resolve_precision(cfg.precision, "cpu")
+        result = {"benchmark": "train", **provenance(command_line(cfg)), "config": asdict(cfg),
+                  "precision": precision.record()}
         texts = load_texts(cfg)
         result["data"] = _data_summary(texts, cfg)
         result["calibration"] = gemm_calibration()
-        result["lengths"] = [run_length(cfg, texts_for_length(cfg, texts, n), n, result["calibration"], progress)
-                             for n in cfg.lengths]
+        result["lengths"] = [run_length(cfg, texts_for_length(cfg, texts, n), n, result["calibration"], precision,
+                                        progress) for n in cfg.lengths]
     finally:
         torch.set_num_threads(threads)
     return finish(result)
@@ -407,19 +451,22 @@ def command_line(cfg: TrainBenchConfig) -> str:
     parts += [f"--lengths {joined(cfg.lengths)}", f"--tokens-per-step {cfg.tokens_per_step}",
               f"--fill-lengths {joined(cfg.fill_lengths)}", f"--attention {joined(cfg.attention)}",
               f"--steps-per-round {cfg.steps_per_round}", f"--rounds {cfg.rounds}", f"--warmup {cfg.warmup}",
-              f"--threads {cfg.threads}"]
+              f"--threads {cfg.threads}", f"--precision {cfg.precision}"]
     for flag, value, default in (("--block-size", cfg.block_size, 64), ("--random-blocks", cfg.random_blocks, 3),
                                  ("--truncation", cfg.truncation, "head"), ("--lr", cfg.learning_rate, 5e-5),
-                                 ("--seed", cfg.seed, 42)):
+                                 ("--seed", cfg.seed, 42), ("--attention-dropout", cfg.attention_dropout, 0.0)):
         if value != default:
             parts.append(f"{flag} {value}")
+    if not cfg.bert_recipe:
+        parts.append("--no-bert-recipe")
     return " ".join(parts)
 
 
 # --- reports: pure functions of the JSON ----------------------------------------------------------
 
-HEADER = ["case", "attention", "examples/s", "median s/round", "min-max s", "rounds (s)", "padded tokens/example",
-          "real tokens/example", "model GFLOP/s (% of peak)", "speed-up vs HF"]
+HEADER = ["case", "attention", "precision", "attention dropout", "examples/s", "median s/round", "min-max s",
+          "padded tokens/example", "real tokens/example", "model GFLOP/s (% of peak)", "speed-up vs HF",
+          "vs HF, our recipe", "vs our model, BERT's recipe"]
 
 
 def length_rows(section: dict) -> list[list]:
@@ -428,10 +475,13 @@ def length_rows(section: dict) -> list[list]:
     rows = []
     for r in section["cases"]:
         peak = "-" if r["percent_of_peak"] is None else f"{r['model_gflops']:.1f} ({r['percent_of_peak']:.0f}%)"
-        rows.append([r["case"], r["attention_path"], f"{r['examples_per_second']:.2f}", f"{r['median_s']:.2f}",
-                     f"{r['min_s']:.2f}-{r['max_s']:.2f}", ", ".join(f"{t:.2f}" for t in r["times_s"]),
+        rows.append([r["case"], r["attention_path"], r.get("precision", "fp32"), r.get("attention_dropout", "-"),
+                     f"{r['examples_per_second']:.2f}", f"{r['median_s']:.2f}",
+                     f"{r['min_s']:.2f}-{r['max_s']:.2f}",
                      r["padded_tokens_per_example"], r["real_tokens_per_example"], peak,
-                     "baseline" if r["speedup_vs_hf"] is None else speedup_text(r["speedup_vs_hf"])])
+                     "baseline" if r["speedup_vs_hf"] is None else speedup_text(r["speedup_vs_hf"]),
+                     *(speedup_text(r[k]) if r.get(k) else "-"
+                       for k in ("speedup_vs_hf_same_recipe", "speedup_vs_bert_recipe"))])
     return rows
 
 
@@ -443,7 +493,9 @@ def length_title(section: dict) -> str:
 
 def setup_line(result: dict) -> str:
     cfg = result["config"]
-    return (f"{result['data']['reviews']} reviews from {result['data']['source']}, fp32, AdamW lr "
+    choice = result.get("precision", {"precision": "fp32", "reason": "asked for"})
+    return (f"{result['data']['reviews']} reviews from {result['data']['source']}; our recipe in "
+            f"{choice['precision']} ({choice['reason']}), HF's defaults in fp32; AdamW lr "
             f"{cfg['learning_rate']:g} (constant), clipping {cfg['max_grad_norm']:g}; {cfg['warmup']} untimed + "
             f"{cfg['rounds']} timed rounds of {cfg['steps_per_round']} optimizer steps per case, cases interleaved "
             f"round by round; block {cfg['block_size']}, {cfg['random_blocks']} random blocks (dense fallback up "
@@ -452,8 +504,10 @@ def setup_line(result: dict) -> str:
 
 def calibration_line(result: dict) -> str:
     c = result["calibration"]
-    return (f"GEMM calibration (same run): fp32 {c['square_size']}x{c['square_size']} matmul at "
-            f"{c['square_gflops']:.1f} GFLOP/s (2 FLOPs per multiply-add). Model GFLOP/s count 6 x non-embedding "
+    bf16 = f", bf16 at {c['square_gflops_bf16']:.1f}" if "square_gflops_bf16" in c else ""
+    return (f"GEMM calibration (same run): {c['square_size']}x{c['square_size']} matmul in fp32 at "
+            f"{c['square_gflops']:.1f} GFLOP/s{bf16} (2 FLOPs per multiply-add); a case's % of peak divides by "
+            "the rate of the format it ran in. Model GFLOP/s count 6 x non-embedding "
             "parameters x padded tokens per step (attention's own products left out), per median round.")
 
 

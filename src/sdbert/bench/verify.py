@@ -7,6 +7,7 @@ this commit must give the section byte for byte, so no number in it can be typed
 or from another run.
 
     python -m sdbert.bench.verify benchmarks        # exit 1 and one line per problem
+    python -m sdbert.bench.verify benchmarks --render   # after a change of a renderer: re-render every section
 """
 
 from __future__ import annotations
@@ -63,8 +64,28 @@ def check(folder: Path, markdown_name: str = "BENCHMARKS.md") -> list[str]:
     return problems
 
 
+def render_all(folder: Path, markdown_name: str = "BENCHMARKS.md") -> list[str]:
+    """Re-render every generated section of `folder/markdown_name` from its JSON (numbers never change: a
+    section is a pure function of its JSON); returns the names of the sections that changed."""
+    from sdbert.bench.report import update_markdown_section
+
+    markdown = folder / markdown_name
+    changed = []
+    for name, body in sections(markdown.read_text()).items():
+        expected = render(json.loads((folder / f"{name}.json").read_text()))
+        if expected != body.strip():
+            update_markdown_section(markdown, name, expected)
+            changed.append(name)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
-    folder = Path((argv if argv is not None else sys.argv[1:] or ["benchmarks"])[0])
+    args = list(argv if argv is not None else sys.argv[1:])
+    rerender = "--render" in args
+    args = [a for a in args if a != "--render"]
+    folder = Path((args or ["benchmarks"])[0])
+    if rerender:
+        print(f"re-rendered sections: {', '.join(render_all(folder)) or 'none'}")
     problems = check(folder)
     for problem in problems:
         print(problem, file=sys.stderr)

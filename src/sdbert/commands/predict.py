@@ -10,6 +10,7 @@ from pathlib import Path
 from sdbert.commands.common import positive_int
 from sdbert.errors import DataError
 from sdbert.hub import add_revision_argument
+from sdbert.precision import PRECISION_HELP, PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: onnxruntime when the folder holds model.onnx, else PyTorch")
     parser.add_argument("--threads", type=positive_int, help="intra-op threads of the model (default: all cores)")
     parser.add_argument("--max-length", type=positive_int, help="tokens per text (default: as trained)")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default 32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
 
 
 def read_inputs(files: list[str]) -> list[tuple[str, str]]:
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     # a PyTorch model folder or an ONNX export; must have a tokenizer
     classifier = Classifier.from_pretrained(args.model, backend=args.backend, threads=args.threads,
-                                            revision=args.revision)
+                                            revision=args.revision, precision=args.precision)
     inputs = read_inputs(args.files)
     if not inputs:
         raise DataError("no input text (give files, or lines on stdin)")
