@@ -36,8 +36,9 @@ from typing import Literal
 import torch
 
 from sdbert.bench.report import int_list
-from sdbert.cli_args import arg, non_negative_int, positive_int
+from sdbert.cli_args import arg, name_list, non_negative_int, positive_int
 from sdbert.errors import ConfigError
+from sdbert.precision import resolve_precision
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -61,6 +62,9 @@ class ModelBenchConfig:
         None, "run every model with this attention (default: each model's own)")
     extend_positions: bool = arg(True, "tile position tables up to the longest length; off: longer cases are n/a")
     threads: int | None = arg(None, "torch threads (default: torch's)", type=positive_int)
+    precisions: tuple[str, ...] = arg(("fp32",), "comma-separated formats each PyTorch model runs in: fp32, bf16 "
+                                      "(autocast; a row labelled '<model> bf16')", flag="--precision",
+                                      type=name_list)
     seed: int = 0
     name: str = "model"
     """section of BENCHMARKS.md and stem of the JSON file (`--name`; e.g. `onnx` keeps the `model` section)"""
@@ -78,6 +82,9 @@ class ModelBenchConfig:
             raise ConfigError(f"batch sizes must be positive, got {list(self.batch_sizes)}")
         if self.repeats < 1 or self.warmup < 0 or self.threads < 1:
             raise ConfigError("repeats and threads must be >= 1, warmup >= 0")
+        self.precisions = tuple(self.precisions)
+        if not self.precisions or set(self.precisions) - {"fp32", "bf16"}:
+            raise ConfigError(f"precisions must be among fp32, bf16, got {list(self.precisions)}")
         if self.attention not in (None, "full", "block_sparse"):
             raise ConfigError(f"attention must be full or block_sparse, got {self.attention!r}")
 
@@ -212,6 +219,7 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
     try:
         loaded = [load_for_bench(label, path, cfg) for label, path in _labels(cfg.models)]
         loaded += [pair for name in cfg.presets for pair in preset_models(name, cfg)]
+        loaded = with_precisions(loaded, cfg.precisions)
         rows = []
         for length, batch in tqdm(cfg.cases, desc="bench model", unit="case", disable=not progress):
             rows += _time_case(loaded, length, batch, cfg)
@@ -227,11 +235,28 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
     return finish(record)
 
 
+def with_precisions(loaded: list[tuple], precisions: tuple[str, ...]) -> list[tuple]:
+    """Each PyTorch model once per format (a bf16 row's label ends in ' bf16'); ONNX graphs run as
+    exported, once."""
+    out = []
+    for model, info in loaded:
+        formats = precisions if info.get("backend", "torch") == "torch" else ("fp32",)
+        for precision in dict.fromkeys(formats):
+            label = info["label"] if precision == "fp32" else f"{info['label']} {precision}"
+            out.append((model, {**info, "label": label, "precision": precision}))
+    return out
+
+
 def _inputs(model, length: int, batch: int, generator: torch.Generator):
     vocab = model.config.vocab_size
     low = 1000 if vocab > 2000 else 1  # ids above the first 1,000 avoid BERT-style special tokens
     ids = torch.randint(low, vocab, (batch, length), generator=generator)
     return ids, torch.ones_like(ids)
+
+
+def _forward(model, ids, mask, autocast):
+    with autocast:
+        return model(ids, attention_mask=mask)
 
 
 def _time_case(loaded, length: int, batch: int, cfg: ModelBenchConfig) -> list[dict]:
@@ -245,7 +270,8 @@ def _time_case(loaded, length: int, batch: int, cfg: ModelBenchConfig) -> list[d
             rows[info["label"]]["skipped"] = f"n/a: {model.config.max_position_embeddings} positions"
             continue
         ids, mask = _inputs(model, length, batch, generator)
-        steps[info["label"]] = lambda m=model, i=ids, a=mask: m(i, attention_mask=a)
+        autocast = resolve_precision(info.get("precision", "fp32"), "cpu", log=False).autocast("cpu")
+        steps[info["label"]] = lambda m=model, i=ids, a=mask, c=autocast: _forward(m, i, a, c)
     with torch.inference_mode():
         times = interleaved_rounds(steps, rounds=cfg.repeats, warmup=cfg.warmup) if steps else {}
     del steps
@@ -269,6 +295,8 @@ def command_line(cfg: ModelBenchConfig) -> str:
         parts.append(f"--attention {cfg.attention}")
     if not cfg.extend_positions:
         parts.append("--no-extend-positions")
+    if cfg.precisions != ("fp32",):
+        parts.append("--precision " + ",".join(cfg.precisions))
     if cfg.name != "model":
         parts.append(f"--name {cfg.name}")
     return " ".join(parts)

@@ -286,12 +286,14 @@ def _model_info(url: str) -> dict:
 
 
 def reference_answers(info: dict, folder: str, texts: list[str]) -> dict[str, dict]:
-    """Each text's answer from the served model run in this process, with the service's length and backend."""
+    """Each text's answer from the served model run in this process, with the service's length, backend and
+    precision."""
     import gc
 
     from sdbert.classifier import Classifier
 
-    classifier = Classifier.from_pretrained(folder, backend="onnx" if info.get("backend") == "onnxruntime" else "torch")
+    classifier = Classifier.from_pretrained(folder, backend="onnx" if info.get("backend") == "onnxruntime" else "torch",
+                                            precision=info.get("precision") or "fp32")
     unique = list(dict.fromkeys(texts))
     batch_size = info.get("batching", {}).get("batch_size", 32)
     answers = dict(zip(unique, classifier(unique, max_length=info["max_length"], batch_size=batch_size), strict=True))
