@@ -26,6 +26,15 @@ def run_records(folder: Path, system: str) -> list[dict]:
     return [json.loads(f.read_text()) for f in files]
 
 
+def b_minus_a(a: list[dict], b: list[dict], labels: list[int]) -> dict:
+    """`paired_comparison` with B as the first system, its fields named for A and B as given."""
+    c = paired_comparison(b, a, labels)
+    verdict = {"A better": "B better", "B better": "A better"}.get(c["verdict"], c["verdict"])
+    return {"difference_points": c["difference_points"], "interval_points": c["interval_points"],
+            "only_a_correct": c["only_b_correct"], "only_b_correct": c["only_a_correct"],
+            "mcnemar_p": c["mcnemar_p"], "verdict": verdict}
+
+
 def compare(folder_a: Path, folder_b: Path) -> dict:
     results = [json.loads((f / "results.json").read_text()) for f in (folder_a, folder_b)]
     labels = [r["data"].get("test_labels") for r in results]
@@ -42,7 +51,7 @@ def compare(folder_a: Path, folder_b: Path) -> dict:
         systems[system] = {"seeds": [r["seed"] for r in a],
                            "accuracy": [[r["accuracy"] for r in a], [r["accuracy"] for r in b]],
                            "train_seconds": [[r["train_seconds"] for r in a], [r["train_seconds"] for r in b]],
-                           "b_minus_a": paired_comparison(b, a, labels[0])}
+                           "b_minus_a": b_minus_a(a, b, labels[0])}
     return {"a": str(folder_a), "b": str(folder_b), "preset": results[0]["preset"], "settings_differ": differ,
             "precision": [r.get("precision") for r in results], "wall_seconds": [r["wall_seconds"] for r in results],
             "hardware": [r["hardware"] for r in results], "test_examples": len(labels[0]), "systems": systems}

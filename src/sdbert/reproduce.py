@@ -398,7 +398,7 @@ class Runner:
         logger.info("%s (seed %d): training %s parameters", system, seed, f"{model.num_parameters():,}")
         args = TrainingArguments(output_dir=str(out), epochs=epochs, batch_size=p.batch_size, learning_rate=lr,
                                  seed=seed, eval_batch_size=p.eval_batch_size, resume=True, max_steps=max_steps,
-                                 progress=self.progress, precision=self.precision.precision).for_model(classifier)
+                                 progress=self.progress, precision=self.preset.precision).for_model(classifier)
         trained = train(classifier, encoded["train"], encoded["validation"], args,
                         **({} if loss_fn is None else {"loss_fn": loss_fn}))
         best = SDBertForSequenceClassification.from_pretrained(out)
