@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -259,3 +261,19 @@ def test_cached_teacher_logits_remember_what_the_pass_cost(tmp_path):
     again, zero, hit = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
     assert hit and zero == 0.0 and torch.equal(first, again)
     assert teacher_logits_cost("k1", tmp_path) == pytest.approx(seconds, abs=0.01)
+    (tmp_path / "teacher_logits" / "k1.npy").write_bytes(b"\x93NUMPY cut short")  # a corrupt cache entry
+    third, _, hit = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
+    assert not hit and torch.equal(first, third)
+
+
+def test_teacher_identity_covers_its_config(tmp_path):
+    """The same weights with another config (attention, block size) give other logits: another cache key."""
+    from sdbert.checkpoint import weights_fingerprint
+
+    cfg = SDBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=64, block_size=8)
+    SDBertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    before = weights_fingerprint(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "attention_type": "full"}))
+    assert weights_fingerprint(tmp_path) != before

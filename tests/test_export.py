@@ -219,6 +219,12 @@ def test_export_cli_hf(tokenizer, tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--overwrite" in err and len(err.splitlines()) == 1
+    # Exporting over the model it reads is refused, even with --overwrite; the model is untouched.
+    before = (tmp_path / "model" / "model.safetensors").read_bytes()
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--overwrite",
+                 "--output", str(tmp_path / "model")]) == 2
+    assert "is (inside) the --model folder" in capsys.readouterr().err
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == before
     # The HF folder loads back into sdbert with the same logits.
     back = SDBertForSequenceClassification.from_pretrained(out).eval()
     ids, mask = padded(model.config, 64)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,24 @@ def test_a_local_folder_is_returned_as_is_and_takes_no_revision(tmp_path):
         resolve_model_dir(tmp_path / "a" / "b")  # neither a folder nor a hub id (absolute)
 
 
-def test_hub_name_resolves_to_its_cached_snapshot_offline(hub_cache, tmp_path):
+def test_a_missing_local_path_is_never_a_hub_lookup(tmp_path, monkeypatch):
+    """`runs/studnet` (a typo) beside an existing `runs/` is a missing folder, not a hub name to fetch."""
+    import sdbert.hub as hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(hub, "_snapshot", lambda *a: pytest.fail("a local path reached the hub"))
+    for name in ("runs/studnet", "./org/name"):
+        with pytest.raises(CheckpointError, match=f"model folder {re.escape(str(Path(name)))} does not exist"):
+            resolve_model_dir(name)
+    (tmp_path / "runs" / "config.json").write_text("{}")
+    from sdbert.checkpoint import load_config
+
+    with pytest.raises(CheckpointError, match="config.json is a file, not a model folder"):
+        load_config(tmp_path / "runs" / "config.json")
+
+
+def test_hub_name_resolves_to_its_cached_snapshot_offline(hub_cache, tmp_path, caplog):
     files = tmp_path / "files"
     files.mkdir()
     (files / "config.json").write_text('{"model_type": "bert"}')
@@ -93,7 +111,9 @@ def test_hub_name_resolves_to_its_cached_snapshot_offline(hub_cache, tmp_path):
     (files / "config.json").write_text('{"model_type": "big_bird"}')
     new = put_in_hub_cache(hub_cache, "org/name", files, COMMIT)
 
-    assert resolve_model_dir("org/name").resolve() == new.resolve()
+    with caplog.at_level("WARNING", logger="sdbert.hub"):
+        assert resolve_model_dir("org/name").resolve() == new.resolve()
+    assert f"using hub model org/name at commit {COMMIT}" in caplog.text  # what was fetched is never silent
     assert json.loads((resolve_model_dir("org/name") / "config.json").read_text())["model_type"] == "big_bird"
     assert resolve_model_dir("org/name", revision=OLD_COMMIT).resolve() == old.resolve()  # a commit
     assert resolve_model_dir("org/name", revision="v1").resolve() == old.resolve()  # a tag

@@ -5,6 +5,7 @@ that serves and exits cleanly on SIGTERM (the load test: test_bench_serve.py).""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -193,6 +194,70 @@ def test_full_queue_is_503():
         return results
 
     assert asyncio.run(main()) == [["a"], ["b"]]
+
+
+class _SlowClassifier:
+    """A classifier stand-in whose model call takes `seconds` and fails on the text "boom"."""
+
+    def __init__(self, real, seconds: float):
+        self.real, self.seconds, self.calls = real, seconds, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __call__(self, texts, **kwargs):
+        self.calls.append(list(texts))
+        time.sleep(self.seconds)
+        if "boom" in texts:
+            raise RuntimeError("this text breaks the model")
+        return self.real(texts, **kwargs)
+
+
+def _burst(app, bodies, gap: float = 0.05):
+    """POST the bodies to the app concurrently (each `gap` s after the last); the responses, in order."""
+    async def main():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500, as a real server sends
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            async def post(i, body):
+                await asyncio.sleep(i * gap)
+                return await c.post("/v1/classify", json=body)
+            return await asyncio.gather(*(post(i, b) for i, b in enumerate(bodies)))
+    return asyncio.run(main())
+
+
+def test_requests_beyond_the_concurrency_cap_are_503_before_their_body_is_read(classifier):
+    app = create_app(_SlowClassifier(classifier, 0.5), ServeSettings(max_concurrent=1, max_wait_ms=0))
+    first, second = _burst(app, [{"texts": ["fine"]}, {"texts": ["also fine"]}])
+    assert first.status_code == 200
+    assert second.status_code == 503 and "1 requests in flight" in second.json()["error"]["message"]
+    assert second.headers["retry-after"] == "1"
+
+
+def test_one_failing_text_fails_only_its_own_request(classifier):
+    slow = _SlowClassifier(classifier, 0.05)
+    app = create_app(slow, ServeSettings(max_wait_ms=200))  # both requests join one model call
+    good, bad = _burst(app, [{"texts": ["fine"]}, {"texts": ["boom"]}], gap=0.01)
+    assert good.status_code == 200 and good.json()["results"][0]["label"] in LABELS.values()
+    assert bad.status_code == 500
+    assert slow.calls[0] == ["fine", "boom"] and ["fine"] in slow.calls[1:]  # retried one by one
+
+
+def test_a_request_that_waits_too_long_is_504(classifier):
+    app = create_app(_SlowClassifier(classifier, 0.5), ServeSettings(request_timeout_s=0.1, max_wait_ms=0))
+    (response,) = _burst(app, [{"texts": ["fine"]}])
+    assert response.status_code == 504 and "no answer within 0.1 s" in response.json()["error"]["message"]
+
+
+def test_health_is_503_once_draining_and_model_info_has_no_server_paths(classifier, tmp_path):
+    classifier.model.config.init_checkpoint = str(tmp_path / "secret" / "all-MiniLM-L6-v2")
+    app = create_app(classifier, ServeSettings())
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        info = c.get("/v1/model").json()
+        assert info["config"]["init_checkpoint"] == "all-MiniLM-L6-v2" and str(tmp_path) not in json.dumps(info)
+        app.state.draining = True  # what SIGTERM sets, before in-flight requests finish
+        assert c.get("/healthz").status_code == 503
+    classifier.model.config.init_checkpoint = None
 
 
 # --- a real uvicorn process ---------------------------------------------------------------------------

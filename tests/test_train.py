@@ -1,6 +1,7 @@
 """The training loop: it learns, it is deterministic, it resumes exactly, DDP equals one process."""
 
 import csv
+import json
 import os
 import random
 import shutil
@@ -101,6 +102,55 @@ def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
     assert all(torch.equal(expected[k], v) for k, v in weights(resumed).items())
 
 
+class _RunsCode:
+    """A pickle payload that would create a file when unpickled (what a hostile run folder could hold)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    from sdbert.errors import CheckpointError
+
+    data = synthetic_examples(64)
+    train(tiny_model(), data, None, args(tmp_path / "run", max_steps=2))
+    state = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1] / "trainer_state.pt"
+    marker = tmp_path / "ran"
+    torch.save({"rng": _RunsCode(marker)}, state)
+    with pytest.raises(CheckpointError, match="holds objects other than tensors and plain values"):
+        train(tiny_model(), data, None, args(tmp_path / "run", max_steps=4, resume=True))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (dict(learning_rate=1e-2), "--lr 0.003 -> 0.01"), (dict(batch_size=8), "--batch-size 16 -> 8"),
+    (dict(seed=2), "--seed 1 -> 2"), (dict(precision="bf16"), "--precision 'fp32' -> 'bf16'"),
+])
+def test_resume_refuses_other_settings_naming_them(tmp_path, change, named):
+    from sdbert.errors import ConfigError
+
+    data = synthetic_examples(64)
+    train(tiny_model(), data, None, args(tmp_path, max_steps=2))
+    with pytest.raises(ConfigError, match="only --epochs and --max-steps may change") as error:
+        train(tiny_model(), data, None, args(tmp_path, max_steps=4, resume=True, **change))
+    assert named in str(error.value) and "\n" not in str(error.value)
+
+
+def test_resume_refuses_other_data_attention_or_labels_and_accepts_more_steps(tmp_path):
+    from sdbert.errors import ConfigError
+
+    data = synthetic_examples(64)
+    train(tiny_model(), data, None, args(tmp_path, max_steps=2))
+    for model, examples, named in ((tiny_model(), synthetic_examples(48), "training data"),
+                                   (tiny_model(attention_type="full"), data, "--attention 'block_sparse' -> 'full'")):
+        with pytest.raises(ConfigError, match=named):
+            train(model, examples, None, args(tmp_path, max_steps=4, resume=True))
+    assert train(tiny_model(), data, None, args(tmp_path, max_steps=4, resume=True)).final_step == 4
+
+
 def test_batch_size_must_split_over_accumulation(tmp_path):
     from sdbert.errors import ConfigError
 
@@ -198,3 +248,57 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
     acc = [json.loads((tmp_path / d / "summary.json").read_text())["validation"]["accuracy"] for d in ("one", "two")]
     assert acc[0] == acc[1]
+
+
+def _three_class_csv(path: Path, typo: bool = False) -> Path:
+    rng = random.Random(0)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(90):
+            label = ("neg", "neutral", "pos")[i % 3]
+            words = [rng.choice(FILLER) for _ in range(rng.randint(5, 30))] + [label]
+            writer.writerow([" ".join(words), "graet" if typo and i == 7 else label])
+    return path
+
+
+def test_multi_class_from_scratch_prints_the_classes_and_a_rare_class_is_refused(tmp_path, capsys, monkeypatch):
+    from sdbert.cli import main
+
+    monkeypatch.setenv("SDBERT_CACHE", str(tmp_path / "cache"))
+    data = _three_class_csv(tmp_path / "three.csv")
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "m"), *CLI_TRAIN, "--epochs", "1"]) == 0
+    assert "classes (3): neg 27, neutral 27, pos 27" in capsys.readouterr().out
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["num_labels"] == 3 and config["id2label"] == {"0": "neg", "1": "neutral", "2": "pos"}
+
+    typo = _three_class_csv(tmp_path / "typo.csv", typo=True)
+    assert main(["train", "--data", str(typo), "--output", str(tmp_path / "t"), *CLI_TRAIN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "classes with fewer than 5 examples: 'graet' (1)" in err and "--min-class-count" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "t").exists()
+
+
+def test_resume_with_another_lr_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    from sdbert.cli import main
+
+    monkeypatch.setenv("SDBERT_CACHE", str(tmp_path / "cache"))
+    data = write_review_csv(tmp_path / "reviews.csv", 80)
+    base = ["train", "--data", str(data), "--output", str(tmp_path / "run"), *CLI_TRAIN, "--max-steps", "2"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "--resume", "--lr", "0.002"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--lr 0.001 -> 0.002" in err and len(err.splitlines()) == 1
+
+
+def test_resume_falls_back_from_an_unreadable_newest_checkpoint(tmp_path, caplog):
+    data = synthetic_examples(64)
+    train(tiny_model(), data, None, args(tmp_path, max_steps=4, save_every=2))
+    newest = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
+    (newest / "trainer_state.pt").write_bytes(b"PK\x03\x04 cut short by a full disk")
+    with caplog.at_level("WARNING", logger="sdbert.train"):
+        result = train(tiny_model(), data, None, args(tmp_path, max_steps=6, resume=True, save_every=2))
+    assert "step-0000004 is unreadable" in caplog.text and "falling back" in caplog.text
+    assert result.final_step == 6
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))

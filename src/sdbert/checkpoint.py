@@ -94,11 +94,14 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def weights_fingerprint(path: str | Path) -> str:
-    """SHA-256 of a model folder's weights file: the teacher's identity in the logit cache key."""
+    """SHA-256 of a model folder's config and weights file: the teacher's identity in the logit cache key (the
+    same weights with another attention, block size or length give other logits)."""
     path = Path(path)
     for name in (WEIGHTS_NAME, "pytorch_model.bin"):
         if (path / name).is_file():
             digest = hashlib.sha256()
+            if (path / CONFIG_NAME).is_file():
+                digest.update((path / CONFIG_NAME).read_bytes())
             with (path / name).open("rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     digest.update(chunk)
@@ -107,6 +110,8 @@ def weights_fingerprint(path: str | Path) -> str:
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file, not a model folder: give the folder that holds it")
     if not path.is_dir():
         raise CheckpointError(f"model folder {path} does not exist")
     config_file = path / CONFIG_NAME

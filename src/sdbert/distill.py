@@ -173,8 +173,12 @@ def cached_teacher_logits(
 
     path = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.npy"
     if path.is_file():
-        logits = np.load(path)
-        if logits.shape[0] == len(examples):
+        try:
+            logits = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:  # cut short or overwritten: compute them again
+            logger.warning("teacher logits cache %s is unreadable (%s); computing them again", path, exc)
+            logits = None
+        if logits is not None and logits.ndim == 2 and logits.shape[0] == len(examples):
             logger.info("teacher logits for %d examples read from %s", len(examples), path)
             return torch.from_numpy(logits), 0.0, True
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Literal
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_int
 from sdbert.io import write_json
 from sdbert.model_card import write_model_card
-from sdbert.pipeline import DataSettings, PreparedData, build_model, data_record, prepare_data
+from sdbert.pipeline import DataSettings, PreparedData, build_model, class_counts, data_record, prepare_data
 from sdbert.train import TrainingArguments, TrainResult, prepare_output_dir, setup_distributed, train
 
 
@@ -52,6 +52,9 @@ def finetune(config: FinetuneConfig) -> dict:
     distributed = setup_distributed()
     torch.manual_seed(run.seed)
     data = prepare_data(config.data)
+    if distributed.is_main:
+        counts = class_counts(data.train)
+        print(f"classes ({len(counts)}): " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
     classifier = start_model(config, data)
     model = classifier.model
     train_set, val_set = (classifier.encode_dataset(split) for split in (data.train, data.validation))

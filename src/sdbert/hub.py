@@ -14,6 +14,7 @@ files a model folder needs are fetched (config, weights, tokenizer), not other f
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ _HUB_ID = re.compile(rf"^(?!.*(--|\.\.)){_PART}/{_PART}$")
 _FOLDER_FILES = ["*.json", "*.txt", "*.model", "model.safetensors", "model.onnx", "model.onnx.data",
                  "1_Pooling/config.json"]
 _TORCH_WEIGHTS = "pytorch_model.bin"
+logger = logging.getLogger(__name__)
 
 
 class HubError(CheckpointError):
@@ -47,10 +49,19 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str], *, revision: str | N
             raise ConfigError(f"--revision {revision} applies to hub names, but {path} is a local path")
         return path
     name = str(name_or_path)
-    if not is_hub_id(name):
+    if not is_hub_id(name) or looks_local(name):
         raise CheckpointError(f"model folder {path} does not exist")
     hub = require("huggingface_hub", f"loading the hub model {name} ({path} is not a local folder)")
-    return _snapshot(hub, name, revision)
+    folder = _snapshot(hub, name, revision)
+    logger.warning("sdbert: using hub model %s at commit %s (%s)", name, folder.name, folder)
+    return folder
+
+
+def looks_local(name: str) -> bool:
+    """A path meant for this disk, never sent to the hub: it starts with `.`, `/` or `~`, or its first
+    component exists here (a typo in `runs/studnet` must not fetch whatever is published as runs/studnet)."""
+    first = Path(name).parts[0] if Path(name).parts else name
+    return name.startswith((".", "/", "~")) or Path(first).exists()
 
 
 def add_revision_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -61,11 +62,13 @@ class DataSettings:
                                  metavar="N")
     val_fraction: float = arg(0.1, "share of train held out for validation (at most --val-max)", type=fraction)
     val_max: int | None = arg(2000, "largest validation split", type=positive_int)
+    min_class_count: int = arg(5, "refuse to train when a class has fewer examples than this (one mistyped label "
+                                  "would otherwise become a class of its own)", type=positive_int, metavar="N")
     seed: int = 42
     progress: bool | None = None
 
 
-TRAINING_DATA_FIELDS = ("train_limit", "eval_limit", "val_fraction", "val_max")
+TRAINING_DATA_FIELDS = ("train_limit", "eval_limit", "val_fraction", "val_max", "min_class_count")
 """Data flags that only commands which train have."""
 
 
@@ -105,6 +108,7 @@ def prepare_data(settings: DataSettings, *, train: bool = True, test: bool = Fal
                          errors=settings.encoding_errors, progress=settings.progress)
     train_set = val_set = test_set = train_pool = None
     if train:
+        check_class_counts(loaded["train"], settings.min_class_count)
         train_set, val_set = train_validation_split(loaded["train"], fraction=settings.val_fraction,
                                                     max_size=settings.val_max, seed=settings.seed)
         train_pool = train_set
@@ -117,6 +121,22 @@ def prepare_data(settings: DataSettings, *, train: bool = True, test: bool = Fal
         if settings.eval_limit is not None and settings.eval_limit < len(test_set):
             test_set = stratified_subset(test_set, settings.eval_limit, seed=settings.seed)
     return PreparedData(train_set, val_set, test_set, train_pool)
+
+
+def class_counts(dataset: TextDataset) -> dict[str, int]:
+    """Examples per class name, in label-id order."""
+    counts = Counter(dataset.labels)
+    return {name: counts.get(i, 0) for i, name in sorted(dataset.id2label.items())}
+
+
+def check_class_counts(dataset: TextDataset, least: int) -> None:
+    if dataset.labels is None:
+        return
+    rare = {name: n for name, n in class_counts(dataset).items() if n < least}
+    if rare:
+        shown = ", ".join(f"{name!r} ({n})" for name, n in list(rare.items())[:5])
+        raise ConfigError(f"the training data has classes with fewer than {least} examples: {shown}; fix the labels "
+                          "or lower --min-class-count")
 
 
 def build_model(
@@ -159,7 +179,8 @@ def build_model(
     logger.info("training a WordPiece tokenizer (vocabulary %d) on %d texts", vocab_size, len(tokenizer_texts))
     tokenizer = train_wordpiece_tokenizer(tokenizer_texts, vocab_size)
     config = SDBertConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=max_length,
-                          pad_token_id=pad_token_id(tokenizer), **SIZE_PRESETS[size], **overrides)
+                          pad_token_id=pad_token_id(tokenizer), num_labels=len(id2label), **SIZE_PRESETS[size],
+                          **overrides)
     return Classifier(SDBertForSequenceClassification(config), tokenizer, settings)
 
 

@@ -4,7 +4,7 @@ Endpoints:
 
 * `POST /v1/classify` `{"texts": ["...", ...]}` -> `{"model", "results": [{"label", "score",
   "probabilities": {label: p}}]}`, one result per text, in order;
-* `GET /healthz` -> `{"status": "ok"}` (503 once shutting down);
+* `GET /healthz` -> `{"status": "ok"}` (503 as soon as draining starts: load balancers stop sending);
 * `GET /v1/model` -> name, backend (and int8 quantisation), labels, parameter count, config, limits and
   batching counters;
 * `GET /metrics` -> Prometheus text format: requests by route and status, errors by status, request
@@ -12,7 +12,10 @@ Endpoints:
 
 Errors are JSON, `{"error": {"code", "message"}}`: 401 without the API key (when one is set); 413 for
 too many texts, a text longer than `max_chars` or a body above `max_body_bytes` (declared or chunked);
-422 for a malformed body or an empty text; 503 when the queue is full. A limit violation is never a 500.
+422 for a malformed body or an empty text; 503 when `max_concurrent` requests are already in flight
+(answered before the body is read, so memory stays bounded) or the queue is full; 504 after
+`request_timeout_s`. A limit violation is never a 500. When a model call fails, its requests are
+retried one by one, so one bad text fails only its own request.
 
 With an API key, every route but `/healthz` needs `Authorization: Bearer <key>`; the key is checked
 (in constant time) before the body is read. Every request logs one JSON line on the
@@ -49,6 +52,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from sdbert.errors import ConfigError, MissingDependency, missing_hint, require
@@ -168,11 +172,15 @@ class MicroBatcher:
         self._count(len(live), len(texts))
         try:
             results = await loop.run_in_executor(self._executor, self.fn, texts)
-        except Exception as exc:  # the requests get the error; the worker keeps serving
-            logger.exception("model call failed")
+        except Exception as exc:  # one request's text must not fail the others: retry each on its own
+            if len(live) == 1:
+                logger.exception("model call failed")
+                if not live[0].future.done():
+                    live[0].future.set_exception(exc)
+                return
+            logger.warning("a model call of %d requests failed (%s); retrying them one by one", len(live), exc)
             for j in live:
-                if not j.future.done():
-                    j.future.set_exception(exc)
+                await self._execute(loop, [j])
             return
         start = 0
         for j in live:
@@ -247,15 +255,18 @@ async def classify_texts(body: ClassifyRequest, request: Request):
     if problem is not None:
         return error_response(*problem)
     try:
-        results = await state.batcher.submit(texts)
+        results = await asyncio.wait_for(state.batcher.submit(texts), state.settings.request_timeout_s)
     except Busy as exc:
         return error_response(503, f"busy: {exc}", {"Retry-After": "1"})
+    except asyncio.TimeoutError:  # TimeoutError from 3.11; distinct in 3.10
+        return error_response(504, f"no answer within {state.settings.request_timeout_s:g} s")
     return {"model": state.name, "results": results}
 
 
 @router.get("/healthz")
 async def healthz(request: Request):
-    if not request.app.state.batcher.running:
+    state = request.app.state
+    if state.draining or not state.batcher.running:
         return error_response(503, "shutting down")
     return {"status": "ok"}
 
@@ -300,11 +311,19 @@ def model_description(state) -> dict:
         "parameters": classifier.model.num_parameters(),
         "max_length": state.max_length,
         "truncation": classifier.settings.truncation,
-        "config": config.to_dict(),
+        "config": public_config(config),
         "limits": {"max_texts": settings.max_texts, "max_chars": settings.max_chars,
                    "max_body_bytes": settings.max_body_bytes},
         "batching": {**asdict(settings), **state.batcher.stats, "uptime_s": round(time.time() - state.started, 1)},
     }
+
+
+def public_config(config) -> dict:
+    """The model's config without this server's paths (where its weights came from is named, not located)."""
+    out = config.to_dict()
+    if out.get("init_checkpoint"):
+        out["init_checkpoint"] = Path(out["init_checkpoint"]).name
+    return out
 
 
 def error_response(code: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -359,7 +378,7 @@ def create_app(classifier, settings: ServeSettings | None = None, *, name: str =
     state.classifier, state.name, state.api_key = classifier, name, api_key
     state.settings = settings = settings or ServeSettings()
     state.max_length = classifier.max_length(settings.max_length)
-    state.started = time.time()
+    state.started, state.draining = time.time(), False
     state.metrics = _model_metrics(classifier, name)
     state.batcher = MicroBatcher(
         functools.partial(run_model, classifier, max_length=state.max_length, batch_size=settings.batch_size),
@@ -370,8 +389,10 @@ def create_app(classifier, settings: ServeSettings | None = None, *, name: str =
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
-    # The last added runs first: the access log sees every answer, then the key, then the body limit.
+    # The last added runs first: the access log sees every answer, then the key, then the concurrency cap
+    # (before any body is read), then the body limit.
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(_ConcurrencyCap, limit=settings.max_concurrent)
     if api_key is not None:
         app.add_middleware(_BearerAuth, key=api_key)
     app.add_middleware(_AccessLog, metrics=state.metrics)
@@ -424,6 +445,25 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _ConcurrencyCap:
+    """At most `limit` POST requests in flight; the next is a 503 before its body is read (a body is read
+    whole before it is parsed, so this cap is what bounds the memory that bodies take)."""
+
+    def __init__(self, app, *, limit: int):
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            return await _send_error(send, 503, f"busy: {self.limit} requests in flight", ((b"retry-after", b"1"),))
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class _BearerAuth:
@@ -549,6 +589,12 @@ def _graceful_server_class(uvicorn):
     class GracefulServer(uvicorn.Server):
         """uvicorn re-raises a caught SIGTERM/SIGINT once its graceful shutdown is done, so the process
         dies by the signal (status -15). A stop that drained every request is a normal exit here."""
+
+        def handle_exit(self, sig, frame):
+            app = self.config.app
+            if hasattr(app, "state"):
+                app.state.draining = True  # /healthz says 503 at once, while in-flight requests finish
+            super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self):

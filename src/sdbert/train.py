@@ -15,6 +15,7 @@ layouts, which depend on the padded length, are the same however the batch is sp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +36,8 @@ from tqdm.auto import tqdm
 from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
 from sdbert.data.batching import LengthBucketedBatchSampler, collate
 from sdbert.data.encoded import EncodedDataset
-from sdbert.errors import ConfigError
+from sdbert.errors import CheckpointError, ConfigError
+from sdbert.io import atomic_open, fsync_dir
 from sdbert.metrics import classification_metrics
 from sdbert.precision import PRECISION_HELP, Precision, PrecisionChoice, resolve_precision
 
@@ -228,18 +230,52 @@ def _set_seed(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator the loop draws from, as tensors and plain values: a checkpoint must load with
+    `torch.load(weights_only=True)`, which unpickles nothing that could run code."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plain(value):
+    """`value` as JSON types (numpy scalars and arrays, tuples and paths included): what a checkpoint may hold
+    beside tensors."""
+    def default(obj):
+        if isinstance(obj, (np.generic, np.ndarray)):
+            return obj.tolist()
+        return str(obj)
+
+    return json.loads(json.dumps(value, default=default))
+
+
+def dataset_digest(examples: EncodedDataset | None) -> str | None:
+    """A digest of encoded examples (ids, boundaries, labels): equal digests mean the same texts, tokenizer,
+    length and truncation."""
+    if examples is None:
+        return None
+    digest = hashlib.sha256()
+    for array in (examples.ids, examples.offsets, examples.labels):
+        digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+RESUME_FLAGS = {"learning_rate": "--lr", "batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
+                "weight_decay": "--weight-decay", "warmup_ratio": "--warmup", "max_grad_norm": "max_grad_norm",
+                "seed": "--seed", "precision": "--precision"}
+"""TrainingArguments a resumed run must share with its checkpoint (epochs and max steps may grow)."""
 
 
 def _linear_schedule(total_steps: int, warmup_steps: int):
@@ -261,8 +297,33 @@ def _optimizer(modules: list[torch.nn.Module], args: TrainingArguments) -> torch
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A trainer state that would need unpickling more than tensors and plain values."""
+
+
+def _load_trainer_state(path: Path) -> dict:
+    """A checkpoint's trainer state, unpickled with `weights_only=True`: tensors and plain values only, so a
+    run folder from elsewhere cannot run code on `--resume`."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpoint(f"--resume: {path} holds objects other than tensors and plain values; refusing to "
+                               f"unpickle it ({reason})") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"--resume: {path} cannot be read ({type(exc).__name__}: {exc})".splitlines()[0]) \
+            from None
+
+
 class Checkpoints:
-    """`output_dir/checkpoints/step-N/`: weights + trainer state, written to a temp dir and renamed."""
+    """`output_dir/checkpoints/step-N/`: weights + trainer state, written to a temp dir, fsynced and renamed."""
 
     def __init__(self, output_dir: Path, keep: int):
         self.root = output_dir / "checkpoints"
@@ -276,13 +337,17 @@ class Checkpoints:
 
     def save(self, step: int, classifier, state: dict) -> Path:
         final = self.root / f"step-{step:07d}"
+        for stale in self.root.glob(".tmp-step-*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.root / f".tmp-step-{step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         classifier.save_pretrained(tmp)
-        torch.save(state, tmp / STATE_NAME)
+        with atomic_open(tmp / STATE_NAME) as f:
+            torch.save(state, f)
+        fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        fsync_dir(self.root)
         for old in self.list()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -406,17 +471,16 @@ class Trainer:
     # --- resume and checkpoints ---
 
     def resume(self) -> None:
-        """Load the latest checkpoint of `output_dir`, if any: weights, optimizer, schedule, RNG, progress."""
+        """Load the latest checkpoint of `output_dir`, if any: weights, optimizer, schedule, RNG, progress;
+        only if it was written by this same run (same settings, model and data)."""
         found = self.checkpoints.list()
         if not found:
             if self.is_main:
                 logger.info("--resume: no checkpoint in %s, starting fresh", self.checkpoints.root)
             return
-        latest = found[-1]
-        saved = torch.load(latest / STATE_NAME, map_location="cpu", weights_only=False)
-        from sdbert.checkpoint import read_weights
-
-        self.model.load_state_dict(read_weights(latest))
+        latest, saved, weights = self._newest_readable(found)
+        self._check_same_run(saved, latest)
+        self.model.load_state_dict(weights)
         if (self.aux_module is None) != ("aux" not in saved):
             raise ConfigError(f"checkpoint {latest} was written {'with' if 'aux' in saved else 'without'} "
                               "extra trained parameters (e.g. distill --hidden-weight projections); resume "
@@ -430,11 +494,55 @@ class Trainer:
         if self.is_main:
             logger.info("resuming from %s (step %d)", latest, self.state.step)
 
+    def _newest_readable(self, found: list[Path]) -> tuple[Path, dict, dict]:
+        """The newest checkpoint whose state and weights both read (a kill or a full disk can spoil the
+        last one); a state that is not plain data is refused outright, never skipped."""
+        from sdbert.checkpoint import read_weights
+
+        for i, folder in enumerate(reversed(found)):
+            try:
+                return folder, _load_trainer_state(folder / STATE_NAME), read_weights(folder)
+            except UnsafeCheckpoint:
+                raise
+            except CheckpointError as exc:
+                if i == len(found) - 1:
+                    raise
+                logger.warning("--resume: %s is unreadable (%s); falling back to the checkpoint before it",
+                               folder.name, exc)
+        raise AssertionError("unreachable")
+
+    def run_identity(self) -> dict:
+        """What makes a checkpoint this run's: loop settings, model shape and labels, and the data."""
+        config = self.model.config
+        identity = {flag: getattr(self.args, name) for name, flag in RESUME_FLAGS.items()}
+        identity.update({
+            "--attention": config.attention_type, "--block-size": config.block_size,
+            "--random-blocks": config.num_random_blocks, "--dropout": config.hidden_dropout_prob,
+            "--attention-dropout": config.attention_probs_dropout_prob,
+            "model shape": [config.num_hidden_layers, config.num_attention_heads, config.hidden_size],
+            "labels": [config.id2label[i] for i in range(config.num_labels)],
+            "training data": dataset_digest(self.train_examples),
+            "validation data": dataset_digest(self.val_examples)})
+        return plain(identity)
+
+    def _check_same_run(self, saved: dict, latest: Path) -> None:
+        stored = saved.get("identity")
+        if stored is None:
+            raise ConfigError(f"--resume: {latest} does not record the settings it was trained with (written by "
+                              "an older sdbert); start again with --overwrite")
+        current = self.run_identity()
+        differ = [key for key in current if stored.get(key) != current[key]]
+        if differ:
+            changes = "; ".join(f"{key} {_short(stored.get(key))} -> {_short(current[key])}" for key in differ)
+            raise ConfigError(f"--resume: {self.output_dir} was trained with other settings ({changes}); only "
+                              "--epochs and --max-steps may change on resume (or start again with --overwrite)")
+
     def save_checkpoint(self) -> None:
         self.state.last_checkpoint_step = self.state.step
         if self.is_main:
-            trainer_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                             "rng": _rng_state(), "progress": asdict(self.state), "args": asdict(self.args)}
+            trainer_state = {"optimizer": self.optimizer.state_dict(), "scheduler": plain(self.scheduler.state_dict()),
+                             "rng": _rng_state(), "progress": plain(asdict(self.state)),
+                             "args": plain(asdict(self.args)), "identity": self.run_identity()}
             if self.aux_module is not None:
                 trainer_state["aux"] = self.aux_module.state_dict()
             self.checkpoints.save(self.state.step, self.classifier, trainer_state)

@@ -153,8 +153,25 @@ def test_csv_with_bom_and_unlabelled(tmp_path: Path) -> None:
 
 def test_csv_wrong_columns_names_those_found(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "d.csv", "review,sentiment", ["good,pos"])
-    with pytest.raises(DataError, match=r"has columns \['review', 'sentiment'\], expected 'text' and 'label'"):
+    with pytest.raises(DataError, match=r"has columns \['review', 'sentiment'\], expected 'text' and 'label' "
+                                        r"\(name yours with --text-column and --label-column\)"):
         load_split(path)
+
+
+def test_csv_row_with_extra_fields_is_named_not_split(tmp_path: Path) -> None:
+    """An unquoted comma would turn 'loved it' into a new class; the row is refused instead."""
+    path = _write_csv(tmp_path / "d.csv", "text,label", ["fine,pos", "great movie, loved it,pos", "bad,neg"])
+    with pytest.raises(DataError, match=r"d\.csv row 2 has 3 fields but the header has 2: quote texts"):
+        load_split(path)
+
+
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "one\u2028two\u2029three", "label": "pos"}\n{"text": "bad", "label": "neg"}\n',
+                    encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, as JSON allows
+    ds = load_split(path)
+    assert ds.texts == ["one\u2028two\u2029three", "bad"] and ds.labels == [1, 0]
 
 
 def test_csv_empty_text_rows_named(tmp_path: Path) -> None:
@@ -259,7 +276,8 @@ def test_folder_of_split_files_shares_label_ids(tmp_path: Path) -> None:
     train = load_split(tmp_path, "train")
     test = load_split(tmp_path, "test", id2label=train.id2label)
     assert test.labels == [2] and test.id2label == train.id2label
-    assert load_split(tmp_path, "test").labels == [0]  # on its own, 'pos' would be id 0
+    # Read on its own, the test file still takes train's ids ('pos' would otherwise be id 0).
+    assert load_split(tmp_path, "test").labels == [2] and load_split(tmp_path, "test").id2label == train.id2label
     with pytest.raises(DataError, match="unknown split 'validation'.*has test, train"):
         load_split(tmp_path, "validation")
     (tmp_path / "test.jsonl").write_text('{"text": "great", "label": "wow"}\n')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sdbert.cli_args import positive_int
 from sdbert.hub import add_revision_argument
@@ -37,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quantize and args.format != "onnx":
         raise ConfigError("--quantize applies to --format onnx only")
+    source, output = Path(args.model).resolve(), Path(args.output).resolve()
+    if source.exists() and (output == source or source in output.parents):
+        raise ConfigError(f"--output {args.output} is (inside) the --model folder: the export would replace the "
+                          "model it reads; choose another folder")
     model, tokenizer, settings = load_for_export(args.model, revision=args.revision)
     if args.format == "hf":
         result = export_hf(model, args.output, tokenizer=tokenizer, settings=settings,

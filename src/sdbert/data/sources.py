@@ -132,12 +132,16 @@ def load_splits(
                 )
         return {split: read_table(src.path, **table_args) for split in splits}
     files = split_files(src.path)
-    result = {}
     for split in splits:
         if split not in files:
             raise DataError(f"unknown split {split!r}: {src.path} has {', '.join(sorted(files))}")
-        result[split] = read_table(files[split], **table_args)
-    return result
+    read = {}
+    if id2label is None and "train" in files and label_column is not None:
+        # The train split's names -> ids is the only mapping: a test file that lacks a class must not
+        # renumber the others.
+        read["train"] = read_table(files["train"], **table_args)
+        table_args["id2label"] = read["train"].id2label
+    return {split: read.get(split) or read_table(files[split], **table_args) for split in splits}
 
 
 def load_split(

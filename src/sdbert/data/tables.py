@@ -67,7 +67,8 @@ def _check_columns(found: list[str], text_column: str, label_column: str | None,
     needed = [c for c in (text_column, label_column) if c is not None]
     if any(c not in found for c in needed):
         expected = " and ".join(repr(c) for c in needed)
-        raise DataError(f"{path} has columns {found}, expected {expected}")
+        raise DataError(f"{path} has columns {found}, expected {expected} (name yours with --text-column and "
+                        "--label-column)")
 
 
 def _read_csv(path: Path, text_column: str, label_column: str | None) -> _Columns:
@@ -88,6 +89,9 @@ def _read_csv(path: Path, text_column: str, label_column: str | None) -> _Column
         for row in reader:
             if not row:
                 continue  # a blank line, which csv reports as an empty row
+            if len(row) != len(header):  # an unquoted comma shifts the label: never guess which field is which
+                raise DataError(f"{path} row {len(texts) + 1} has {len(row)} fields but the header has "
+                                f"{len(header)}: quote texts that contain commas")
             texts.append(row[ti] if ti < len(row) else None)
             if li is not None:
                 labels.append(row[li] if li < len(row) else None)
@@ -100,7 +104,8 @@ def _read_jsonl(path: Path, text_column: str, label_column: str | None) -> _Colu
     content = path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     texts, labels, line_numbers = [], [], []
     columns: list[str] | None = None
-    for number, line in enumerate(content.splitlines(), start=1):
+    # Lines end at \n only: str.splitlines would also split at U+2028/U+2029, which JSON allows inside strings.
+    for number, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
         try:
