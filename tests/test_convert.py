@@ -98,9 +98,9 @@ def test_bare_bert_model_warns_and_keeps_encoder(tmp_path, caplog):
     torch.manual_seed(1)
     hf = transformers.BertModel(transformers.BertConfig(**TINY, max_position_embeddings=64)).eval()
     hf.save_pretrained(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="sdbert"):
+    with caplog.at_level(logging.INFO, logger="sdbert"):
         ours = SDBertForSequenceClassification.from_pretrained(tmp_path, num_labels=2).eval()
-    assert "classifier" in caplog.text and "initialised" in caplog.text
+    assert "a new classification head (2 classes), to be trained" in caplog.text
     ids, mask = padded_batch(33, [33, 12])
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -298,7 +298,10 @@ def test_extend_positions_tiles_the_learned_rows():
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_from_pretrained_extends_positions(tmp_path, caplog, kind):
+def test_from_pretrained_extends_positions(tmp_path, caplog, kind, monkeypatch):
+    import sdbert.checkpoint
+
+    monkeypatch.setattr(sdbert.checkpoint, "_EXTENSIONS_SAID", set())
     torch.manual_seed(6)
     if kind == "bert":
         hf = transformers.BertForSequenceClassification(transformers.BertConfig(**TINY, max_position_embeddings=64))
@@ -310,7 +313,8 @@ def test_from_pretrained_extends_positions(tmp_path, caplog, kind):
     hf.save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="sdbert"):
         ours = SDBertForSequenceClassification.from_pretrained(tmp_path, max_position_embeddings=150).eval()
-    assert "extending position embeddings from 64 to 150" in caplog.text
+        SDBertForSequenceClassification.from_pretrained(tmp_path, max_position_embeddings=150)
+    assert caplog.text.count("the checkpoint has 64 positions; extending them to 150 by tiling") == 1  # once
     extended = ours.bert.embeddings.position_embeddings.weight
     assert extended.shape == (150, 32)
     for start in (0, 64, 128):
@@ -343,9 +347,9 @@ def real_ids(tokenizer, length):
 
 
 def test_minilm_matches_hf_bert_model(minilm_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="sdbert"):
+    with caplog.at_level(logging.INFO, logger="sdbert"):
         ours = SDBertForSequenceClassification.from_pretrained(minilm_path).eval()
-    assert "classifier" in caplog.text
+    assert "a new classification head" in caplog.text
     assert ours.config.attention_type == "full"
     hf = transformers.BertModel.from_pretrained(minilm_path).eval()
     tokenizer = load_tokenizer(minilm_path)
@@ -361,11 +365,14 @@ def test_minilm_matches_hf_bert_model(minilm_path, caplog):
     assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
 
 
-def test_minilm_block_sparse_on_2000_tokens(minilm_path, caplog):
+def test_minilm_block_sparse_on_2000_tokens(minilm_path, caplog, monkeypatch):
+    import sdbert.checkpoint
+
+    monkeypatch.setattr(sdbert.checkpoint, "_EXTENSIONS_SAID", set())
     with caplog.at_level(logging.WARNING, logger="sdbert"):
         ours = SDBertForSequenceClassification.from_pretrained(
             minilm_path, attention_type="block_sparse", max_position_embeddings=2048).eval()
-    assert "extending position embeddings from 512 to 2048" in caplog.text
+    assert "the checkpoint has 512 positions; extending them to 2048" in caplog.text
     ids = torch.tensor([real_ids(load_tokenizer(minilm_path), 2000)])
     with torch.no_grad():
         logits = ours(ids, attention_mask=torch.ones_like(ids)).logits

@@ -44,3 +44,13 @@ def test_evaluate_a_subset_elsewhere_and_refuse_unlabelled_data(saved, tmp_path)
     with pytest.raises(SDBertError, match="expected 'text' and 'label'"):
         evaluate(EvaluateConfig(model=str(folder), data=DataSettings(source=str(tmp_path / "unlabelled.csv")),
                                 split="train", progress=False))
+
+
+def test_a_single_file_is_evaluated_whole_with_named_classes(saved):
+    """`evaluate --data test.csv` scores that file (its default split, test, is not asked of a single file)."""
+    folder, data, _ = saved
+    metrics, out = evaluate(EvaluateConfig(model=str(folder), data=DataSettings(source=str(data)), progress=False))
+    assert out == folder / "eval_test.json" and metrics["examples"] == 12
+    assert metrics["split"] == "test.csv (the whole file)"
+    assert metrics["labels"] == ["neg", "pos"] and metrics["f1_average"] == "macro"
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12

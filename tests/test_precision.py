@@ -100,6 +100,7 @@ def test_train_records_the_recipe_and_evaluate_predict_take_precision(tmp_path, 
     summary = json.loads((tmp_path / "default" / "summary.json").read_text())
     assert summary["precision"] == {"precision": "bf16", "requested": "bf16", "reason": "asked for"}
     assert summary["dropout"]["attention"] == 0.0 and summary["dropout"]["hidden"] > 0
+    assert summary["truncation"]["train"]["texts"] + summary["truncation"]["validation"]["texts"] == 80
     assert json.loads((tmp_path / "default" / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
     assert "- Precision: bf16 (asked for)" in (tmp_path / "default" / "README.md").read_text()
 
@@ -110,9 +111,14 @@ def test_train_records_the_recipe_and_evaluate_predict_take_precision(tmp_path, 
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--model", str(tmp_path / "default"), "--data", str(data), "--split", "train",
                  "--no-progress", "--precision", "bf16", "--output-json", str(out)]) == 0
-    assert json.loads(out.read_text())["precision"]["precision"] == "bf16"
+    evaluated = json.loads(out.read_text())
+    assert evaluated["precision"]["precision"] == "bf16" and evaluated["truncated"]["texts"] == 80
     capsys.readouterr()
-    text = tmp_path / "review.txt"
+    text, long = tmp_path / "review.txt", tmp_path / "long.txt"
     text.write_text("a great film")
-    assert main(["predict", "--model", str(tmp_path / "default"), "--precision", "bf16", str(text)]) == 0
-    assert json.loads(capsys.readouterr().out)["label"] in ("pos", "neg")
+    long.write_text("a great film " * 100)  # past the 64 tokens the model reads
+    assert main(["predict", "--model", str(tmp_path / "default"), "--precision", "bf16", str(text), str(long)]) == 0
+    captured = capsys.readouterr()
+    short_line, long_line = (json.loads(line) for line in captured.out.splitlines())
+    assert short_line["label"] in ("pos", "neg") and not short_line["truncated"] and long_line["truncated"]
+    assert "1 of 2 texts were longer than the model reads (64 tokens, head+tail kept)" in captured.err

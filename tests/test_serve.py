@@ -161,7 +161,9 @@ def test_limits_and_bad_requests_are_json_errors(client, body, status, words):
 
 def test_malformed_json_and_oversized_body(client):
     response = client.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422 and "error" in response.json()
+    assert response.status_code == 422 and "malformed JSON at character 1" in response.json()["error"]["message"]
+    response = client.post("/v1/classify", content=b'{"texts": ["fine"]}', headers={"content-type": "text/plain"})
+    assert response.status_code == 422 and "Content-Type: application/json" in response.json()["error"]["message"]
     limit = ServeSettings(max_texts=4, max_chars=2000).max_body_bytes
     huge = b'{"texts": ["' + b"a" * limit + b'"]}'
     response = client.post("/v1/classify", content=huge, headers={"content-type": "application/json"})

@@ -166,10 +166,10 @@ def load_model(cls, path: str | Path, **overrides):
     if missing_core or unexpected:
         raise CheckpointError(f"{path} does not look like a BERT-family encoder: missing "
                               f"{missing_core[:3]}, unexpected {unexpected[:3]}")
-    if missing:
-        logger.warning("%s has no trained %s; it was initialised randomly and needs fine-tuning",
-                       path, " and ".join(sorted({k.split('.')[-2] if k.startswith('bert.') else 'classifier'
-                                                  for k in missing})))
+    if missing:  # a pre-trained encoder without a task head: what fine-tuning starts from, said as such
+        parts = sorted({k.split('.')[-2] if k.startswith('bert.') else 'classification head' for k in missing})
+        logger.info("%s: a new %s (%d classes), to be trained", path.name or path, " and ".join(parts),
+                    config.num_labels)
     return model
 
 
@@ -186,13 +186,18 @@ def _apply_overrides(config: SDBertConfig, overrides: dict[str, Any]) -> SDBertC
         raise ConfigError(f"unknown config field: {exc}") from exc
 
 
+_EXTENSIONS_SAID: set[tuple[int, int]] = set()
+
+
 def _adapt_state(state: dict[str, torch.Tensor], config: SDBertConfig) -> dict[str, torch.Tensor]:
     """Fit checkpoint weights to an overridden config: longer positions, another label count."""
     table = state.get(POSITIONS_KEY)
     if table is not None and table.shape[0] != config.max_position_embeddings:
-        if table.shape[0] < config.max_position_embeddings:
-            logger.warning("extending position embeddings from %d to %d by tiling the learned ones",
-                           table.shape[0], config.max_position_embeddings)
+        extension = (table.shape[0], config.max_position_embeddings)
+        if extension[0] < extension[1] and extension not in _EXTENSIONS_SAID:
+            _EXTENSIONS_SAID.add(extension)  # once per process: every reload of the model would repeat it
+            logger.warning("the checkpoint has %d positions; extending them to %d by tiling the learned table "
+                           "(positions past %d repeat it: fine-tune at the longer length)", *extension, extension[0])
         state[POSITIONS_KEY] = extend_positions(table, config.max_position_embeddings)
     weight = state.get("classifier.weight")
     if weight is not None and weight.shape[0] != config.num_labels:

@@ -155,13 +155,19 @@ class Classifier:
         return self.precision
 
     def __call__(self, texts: Sequence[str], *, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
-        """`[{"label", "score", "probabilities": {label: p}}]` per text."""
-        probabilities = self.logits(self.encode(texts, max_length=max_length), batch_size=batch_size).softmax(-1)
+        """`[{"label", "score", "probabilities": {label: p}, "truncated": bool}]` per text; `truncated` says the
+        text was longer than the model reads, so part of it was not seen."""
+        from sdbert.data.tokenization import encode
+
+        full_lengths: list[int] = []
+        ids = encode(self.tokenizer, list(texts), self.max_length(max_length), self.settings.truncation,
+                     full_lengths=full_lengths)
+        probabilities = self.logits(ids, batch_size=batch_size).softmax(-1)
         labels = self.config.id2label
         results = []
-        for probs in probabilities.tolist():
+        for probs, kept, full in zip(probabilities.tolist(), ids, full_lengths, strict=True):
             best = max(range(len(probs)), key=probs.__getitem__)
-            results.append({"label": labels[best], "score": probs[best],
+            results.append({"label": labels[best], "score": probs[best], "truncated": full > len(kept),
                             "probabilities": {labels[i]: p for i, p in enumerate(probs)}})
         return results
 

@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(message)s" if args.verbose else "%(message)s")
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return importlib.import_module(args._module).run(args) or 0
+        with logging_redirect_tqdm():  # log lines print above a progress bar instead of cutting through it
+            return importlib.import_module(args._module).run(args) or 0
     except SDBertError as exc:
         print(f"sdbert {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -54,11 +54,13 @@ def evaluate(config: EvaluateConfig) -> tuple[dict, Path]:
 
 
 def _metrics(classifier, config: EvaluateConfig) -> dict:
-    from sdbert.data import load_split, stratified_subset
+    from sdbert.data import load_split, resolve_source, stratified_subset
     from sdbert.train import evaluate as evaluate_examples
 
     data = config.data
-    dataset = load_split(data.source, config.split, text_column=data.text_column, label_column=data.label_column,
+    source = resolve_source(data.source, progress=data.progress)
+    split = None if source.kind == "table" else config.split  # a single file is what to evaluate, whole
+    dataset = load_split(source, split, text_column=data.text_column, label_column=data.label_column,
                          id2label=classifier.config.id2label, errors=data.encoding_errors, progress=data.progress)
     if dataset.labels is None:
         raise ConfigError(f"split {config.split!r} has no labels to evaluate against")
@@ -70,7 +72,8 @@ def _metrics(classifier, config: EvaluateConfig) -> dict:
     precision = classifier.resolved_precision()
     metrics = evaluate_examples(classifier.model, encoded, batch_size=config.batch_size, progress=config.progress,
                                 desc="evaluate", precision=precision)
-    metrics.update(split=config.split, model=str(config.model), max_length=max_length, truncation=truncation,
+    metrics.update(split=config.split if split else f"{source.path.name} (the whole file)", model=str(config.model),
+                   max_length=max_length, truncation=truncation, truncated=encoded.truncation_report(),
                    backend=classifier.backend, precision=precision.record())
     if getattr(classifier.model, "quantization", None):
         metrics["quantization"] = classifier.model.quantization

@@ -61,10 +61,12 @@ def finetune(config: FinetuneConfig) -> dict:
     if distributed.is_main:
         print(f"model: {model.num_parameters():,} parameters, {model.config.attention_type} attention; "
               f"train {len(train_set):,} / validation {len(val_set):,} examples")
+        print(truncation_line(train_set.truncation_report(), classifier.max_length(), "training"))
     started = time.perf_counter()
     result = train(classifier, train_set, val_set, run.for_model(classifier), distributed=distributed)
     summary = run_summary(result, model, wall_seconds=time.perf_counter() - started)
-    summary.update(data=data_record(config.data, train_set, val_set), settings=run.record())
+    summary.update(data=data_record(config.data, train_set, val_set), settings=run.record(),
+                   truncation={"train": train_set.truncation_report(), "validation": val_set.truncation_report()})
     if distributed.is_main:
         write_json(Path(run.output_dir) / "summary.json", summary)
         write_model_card(run.output_dir, summary)
@@ -81,6 +83,15 @@ def start_model(config: FinetuneConfig, data: PreparedData):
         dropout=config.dropout, attention_dropout=config.attention_dropout,
         gradient_checkpointing=config.gradient_checkpointing,
     )
+
+
+def truncation_line(report: dict | None, max_length: int, what: str) -> str:
+    """What fitting the texts to `max_length` tokens cut, in one line."""
+    if not report:
+        return f"{what} texts: cut to {max_length} tokens where longer"
+    share = report["truncated"] / max(report["texts"], 1)
+    return (f"{what} texts cut to {max_length} tokens: {report['truncated']:,} of {report['texts']:,} ({share:.1%}), "
+            f"{report['tokens_lost']:,} tokens dropped ({report['tokens_kept']:,} kept)")
 
 
 def run_summary(result: TrainResult, model, *, wall_seconds: float) -> dict:

@@ -208,4 +208,7 @@ def with_unlabeled(labelled: EncodedDataset, unlabelled: EncodedDataset) -> Enco
     ids = np.concatenate([labelled.ids, unlabelled.ids])
     offsets = np.concatenate([labelled.offsets, unlabelled.offsets[1:] + labelled.offsets[-1]])
     labels = np.concatenate([labelled.labels, np.full(len(unlabelled), IGNORE_LABEL, dtype=np.int64)])
-    return EncodedDataset(ids, offsets, labels)
+    full = None
+    if labelled.full_lengths is not None and unlabelled.full_lengths is not None:
+        full = np.concatenate([labelled.full_lengths, unlabelled.full_lengths])
+    return EncodedDataset(ids, offsets, labels, full)

@@ -331,9 +331,20 @@ def error_response(code: int, message: str, headers: dict | None = None) -> JSON
 
 
 async def invalid_request(request, exc: RequestValidationError):
-    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                         for e in exc.errors())
-    return error_response(422, f"invalid request: {problems}")
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and "json" not in content_type.lower():
+        return error_response(422, f"invalid request: the body must be JSON sent with 'Content-Type: "
+                                   f"application/json' (got {content_type or 'no Content-Type'})")
+    return error_response(422, "invalid request: " + "; ".join(_describe_error(e) for e in exc.errors()))
+
+
+def _describe_error(error: dict) -> str:
+    """One validation error in words: where in the body, and for broken JSON at which character and why."""
+    where = [str(p) for p in error.get("loc", ()) if p != "body"]
+    if error.get("type") == "json_invalid":
+        why = (error.get("ctx") or {}).get("error", "")
+        return f"malformed JSON at character {where[0] if where else '?'}" + (f": {why}" if why else "")
+    return f"{'.'.join(where) or 'body'}: {error.get('msg')}"
 
 
 async def http_error(request, exc: HTTPException):

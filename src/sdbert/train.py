@@ -206,7 +206,8 @@ def evaluate(model, examples: EncodedDataset, *, batch_size: int = 64, progress:
     logits = dataset_logits(model, examples, batch_size=batch_size, progress=progress, desc=desc,
                             precision=precision)
     seconds = time.perf_counter() - start
-    metrics = classification_metrics(logits.argmax(-1).numpy(), examples.labels, model.config.num_labels)
+    metrics = classification_metrics(logits.argmax(-1).numpy(), examples.labels, model.config.num_labels,
+                                     model.config.id2label)
     metrics.update(examples=len(examples), seconds=round(seconds, 3),
                    examples_per_second=round(len(examples) / max(seconds, 1e-9), 2))
     return metrics

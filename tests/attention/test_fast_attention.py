@@ -280,3 +280,27 @@ def test_the_ninja_package_is_lent_to_the_build_when_not_on_path(monkeypatch):
     with native._ninja_on_path():
         assert native.os.environ["PATH"].split(native.os.pathsep) == ["/nowhere", ninja.BIN_DIR]
     assert native.os.environ["PATH"] == "/nowhere"
+
+
+@pytest.mark.parametrize("seq", [40, 88])  # the dense fallback (<= 56 tokens here) and the sparse paths
+def test_attention_dropout_drops_and_rescales_the_oracle_probabilities(seq):
+    """With v = I each output row is the row's attention probabilities after dropout: every entry is either
+    dropped (0) or the oracle's probability / (1 - p), and nothing outside the layout or on padding appears."""
+    torch.manual_seed(0)
+    heads, bs, r, p = 2, 8, 1, 0.25
+    q, k = (torch.randn(2, heads, seq, seq, dtype=torch.float64) for _ in range(2))  # head_dim = seq, as v = I
+    v = torch.eye(seq, dtype=torch.float64).expand(2, heads, seq, seq)
+    kpm = torch.ones(2, seq, dtype=torch.bool)
+    kpm[1, -10:] = False
+    out = block_sparse_attention(q, k, v, block_size=bs, num_random_blocks=r, key_padding_mask=kpm, seed=1,
+                                 dropout_p=p)
+    if seq > (5 + 2 * r) * bs:
+        mask = layout_to_token_mask(bigbird_block_layout(-(-seq // bs), r, num_heads=heads, seed=1), bs, seq)[None]
+    else:
+        mask = torch.ones(1, 1, seq, seq, dtype=torch.bool)
+    probs = dense_attention(q, k, v, attn_mask=mask & kpm[:, None, None, :]) * kpm[:, None, :, None]
+    kept = out != 0
+    assert torch.allclose(out[kept] * (1 - p), probs[kept], atol=1e-12)  # kept entries are rescaled exactly
+    assert not (kept & (probs == 0)).any()  # nothing appears outside the layout or on padding keys
+    dropped = ((probs > 0) & ~kept).sum() / (probs > 0).sum()
+    assert 0.15 < dropped < 0.35  # about p of the allowed entries are dropped

@@ -207,3 +207,14 @@ def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, wordpiece: Tokenizer, co
     assert len(counting_encode) == 2 and len(again) == len(CORPUS)
     encode_dataset(wordpiece, ds, 32, cache_dir=tmp_path)
     assert len(counting_encode) == 2
+
+
+def test_truncation_is_counted_and_the_count_survives_the_cache(tmp_path: Path, wordpiece: Tokenizer) -> None:
+    ds = make_dataset(CORPUS, None, {})
+    full = [len(ids) for ids in encode(wordpiece, CORPUS, 10_000, "head")]  # nothing cut
+    expected_lost = sum(max(n - 16, 0) for n in full)
+    for _ in range(2):  # computed, then read from the cache
+        report = encode_dataset(wordpiece, ds, 16, "head+tail", head_tokens=4, cache_dir=tmp_path).truncation_report()
+        assert report == {"texts": len(CORPUS), "truncated": sum(n > 16 for n in full), "tokens_lost": expected_lost,
+                          "tokens_kept": sum(min(n, 16) for n in full)}
+    assert report["truncated"] > 0

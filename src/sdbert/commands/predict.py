@@ -59,5 +59,11 @@ def run(args: argparse.Namespace) -> int:
     results = classifier([text for _, text in inputs], max_length=args.max_length, batch_size=args.batch_size)
     for (name, _), result in zip(inputs, results, strict=True):
         print(json.dumps({"input": name, "label": result["label"], "score": round(result["score"], 6),
-                          "probabilities": {k: round(p, 6) for k, p in result["probabilities"].items()}}))
+                          "probabilities": {k: round(p, 6) for k, p in result["probabilities"].items()},
+                          "truncated": result["truncated"]}))
+    cut = sum(r["truncated"] for r in results)
+    if cut:
+        print(f"sdbert predict: {cut} of {len(results)} texts were longer than the model reads "
+              f"({classifier.max_length(args.max_length)} tokens, {classifier.settings.truncation} kept): part of each "
+              "was not seen", file=sys.stderr)
     return 0

@@ -29,7 +29,7 @@ from sdbert.io import atomic_open
 logger = logging.getLogger(__name__)
 
 # Bump when the stored layout or the truncation code changes meaning.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: stores each text's length before truncation
 
 
 @dataclass
@@ -39,6 +39,15 @@ class EncodedDataset:
     ids: np.ndarray  # (total_tokens,) int32
     offsets: np.ndarray  # (n + 1,) int64
     labels: np.ndarray | None  # (n,) int64, None when unlabelled
+    full_lengths: np.ndarray | None = None  # (n,) int64: tokens before truncation (None: not known)
+
+    def truncation_report(self) -> dict | None:
+        """How many texts were cut to fit and how many tokens that dropped (None when not known)."""
+        if self.full_lengths is None:
+            return None
+        lost = np.maximum(self.full_lengths - self.lengths, 0)
+        return {"texts": len(self), "truncated": int((lost > 0).sum()), "tokens_lost": int(lost.sum()),
+                "tokens_kept": int(self.lengths.sum())}
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -101,33 +110,34 @@ def encode_dataset(
         cached = _load(path, len(dataset))
         if cached is not None:
             logger.info("loaded %d tokenised examples from %s", len(dataset), path)
-            return EncodedDataset(cached[0], cached[1], labels)
+            return EncodedDataset(*cached[:2], labels, cached[2])
+    full_lengths: list[int] = []
     encoded = EncodedDataset.from_lists(
-        tokenization.encode(
-            tokenizer, dataset.texts, max_length, truncation, head_tokens=head_tokens, progress=progress
-        ),
+        tokenization.encode(tokenizer, dataset.texts, max_length, truncation, head_tokens=head_tokens,
+                            progress=progress, full_lengths=full_lengths),
         dataset.labels,
     )
+    encoded.full_lengths = np.asarray(full_lengths, dtype=np.int64)
     if use_cache:
         try:
             with atomic_open(path) as f:
-                np.savez(f, ids=encoded.ids, offsets=encoded.offsets)
+                np.savez(f, ids=encoded.ids, offsets=encoded.offsets, full_lengths=encoded.full_lengths)
         except OSError as exc:
             # A read-only or full cache costs speed next time, not this run.
             logger.warning("could not write token cache %s: %s", path, exc)
     return encoded
 
 
-def _load(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _load(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if not path.is_file():
         return None
     try:
         with np.load(path) as data:
-            ids, offsets = data["ids"], data["offsets"]
+            ids, offsets, full_lengths = data["ids"], data["offsets"], data["full_lengths"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         logger.warning("ignoring unreadable token cache %s: %s", path, exc)
         return None
-    if len(offsets) != n + 1 or offsets[-1] != len(ids) or ids.dtype != np.int32:
+    if len(offsets) != n + 1 or offsets[-1] != len(ids) or ids.dtype != np.int32 or len(full_lengths) != n:
         logger.warning("ignoring token cache %s: it does not match the dataset", path)
         return None
-    return ids, offsets
+    return ids, offsets, full_lengths

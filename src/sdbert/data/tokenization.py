@@ -188,11 +188,13 @@ def encode(
     *,
     head_tokens: int = 128,
     progress: bool | None = None,
+    full_lengths: list[int] | None = None,
 ) -> list[list[int]]:
     """Token ids per text, special tokens included, at most `max_length` each.
 
     Texts longer than that keep their head, their tail, or (`head+tail`) their first `head_tokens`
-    content tokens plus as many of the last ones as fit.
+    content tokens plus as many of the last ones as fit. `full_lengths`, when given, receives each
+    text's length before truncation (special tokens included), so callers can say what was cut.
     """
     if truncation not in TRUNCATIONS:
         raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
@@ -213,5 +215,7 @@ def encode(
             chunk = list(texts[start : start + _ENCODE_CHUNK])
             for enc in encode_batch(chunk, add_special_tokens=False):
                 out.append(prefix + truncate_ids(enc.ids, budget, truncation, head_tokens) + suffix)
+                if full_lengths is not None:
+                    full_lengths.append(len(enc.ids) + len(prefix) + len(suffix))
             bar.update(len(chunk))
     return out
