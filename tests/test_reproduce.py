@@ -53,6 +53,7 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
     report = (out / "report.md").read_text()
     assert report.startswith("# SDBERT Table 1 reproduction") and "Paired comparisons" in report
     assert (out / "accuracy_vs_time.png").stat().st_size > 1000
+    assert (out / "loss_curves.png").stat().st_size > 1000  # every run's metrics.jsonl, one line each
     # Behaviour pins (see test_pinned.py): the same accuracies and model logits as before the redesign.
     assert {row["system"]: [r["accuracy"] for r in row["runs"]] for row in results["rows"][:4]} == \
         PINNED_TINY_ACCURACIES

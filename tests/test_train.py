@@ -69,6 +69,19 @@ def test_training_learns_and_keeps_the_best_model(tmp_path):
     assert len(list((tmp_path / "checkpoints").glob("step-*"))) == 2, "keeps the last 2 checkpoints"
 
 
+def test_training_curves_go_to_metrics_jsonl_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra (part of [dev]) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_model(), synthetic_examples(64), synthetic_examples(32, seed=1), args(tmp_path, max_steps=4))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4] and any("val_accuracy" in r for r in records)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "validation/accuracy"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+
+
 def test_same_seed_same_weights(tmp_path):
     runs = []
     for name in ("a", "b"):

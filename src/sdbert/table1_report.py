@@ -132,10 +132,50 @@ def plot(results: dict, path: Path) -> bool:
     return True
 
 
+def loss_curves(output: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, training loss) of every run in a reproduce folder, from its `metrics.jsonl`, by run name."""
+    curves = {}
+    for log in sorted(output.glob("*/metrics.jsonl")) + sorted(output.glob("*/seed_*/metrics.jsonl")):
+        records = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
+        points = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
+        if points:
+            curves[str(log.parent.relative_to(output))] = points
+    return curves
+
+
+def plot_loss_curves(output: Path, path: Path) -> bool:
+    """Training loss against optimizer step, one line per run (students per seed)."""
+    curves = loss_curves(output)
+    if not curves:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("no loss plot: %s", missing_hint("matplotlib", "the plot"))
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for name, points in curves.items():
+        steps, losses = zip(*points, strict=True)
+        ax.plot(steps, losses, label=name, linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (mean over the logged window)")
+    ax.set_title(f"Training curves: {output.name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_outputs(results: dict, output: Path) -> None:
     write_json(output / "results.json", results)
     write_text(output / "report.md", render_report(results))
     plot(results, output / "accuracy_vs_time.png")
+    plot_loss_curves(output, output / "loss_curves.png")
 
 
 def publish(output: Path, folder: Path) -> str:

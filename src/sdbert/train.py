@@ -179,6 +179,7 @@ def prepare_output_dir(path: str, *, resume: bool, overwrite: bool) -> Path:
         for name in ("metrics.jsonl", "summary.json"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     return out
 
 
@@ -296,6 +297,15 @@ def _optimizer(modules: list[torch.nn.Module], args: TrainingArguments) -> torch
         (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def _tensorboard_writer(folder: Path):
+    """A TensorBoard writer into `folder` when the optional `tensorboard` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (the [tensorboard] extra)
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(folder))
 
 
 def _short(value) -> str:
@@ -441,6 +451,7 @@ class Trainer:
         self._build_optimizer()
         self.checkpoints = Checkpoints(self.output_dir, args.keep_checkpoints)
         self.state = TrainState()
+        self.tensorboard = None
         _set_seed(args.seed)
 
     def _check_batch_size(self) -> None:
@@ -553,9 +564,16 @@ class Trainer:
     # --- evaluation and logs ---
 
     def log(self, record: dict) -> None:
+        """One line of `metrics.jsonl` (and TensorBoard scalars when the `tensorboard` extra is installed)."""
         if self.is_main:
             with (self.output_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None and "step" in record:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
+                        self.tensorboard.add_scalar(key.replace("val_", "validation/", 1) if key.startswith("val_")
+                                                    else f"train/{key}", value, record["step"])
+                self.tensorboard.flush()
 
     def evaluate_and_save(self) -> bool:
         """Evaluate, keep the best model; returns True when training should stop early."""
@@ -653,6 +671,7 @@ class Trainer:
         self.autocast = self.precision.autocast(self.device)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.tensorboard = _tensorboard_writer(self.output_dir / "tensorboard")
 
     def _after_step(self, end_of_epoch: bool) -> bool:
         """Evaluate and checkpoint when due; returns True when training should stop early."""
@@ -707,4 +726,6 @@ class Trainer:
                   "train_seconds": round(result.train_seconds, 2),
                   "examples_per_second": round(result.examples_per_second, 2), "best": result.best_metrics,
                   "stopped_early": stopped_early})
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return result

@@ -264,7 +264,9 @@ def _measure(cfg: ServeBenchConfig, url: str, folder: str | None, texts: list[st
         "server": {"model": cfg.model, "name": info.get("name"), "backend": info.get("backend"),
                    "parameters": info.get("parameters"), "quantization": info.get("quantization"),
                    "max_length": info.get("max_length"), "max_wait_ms": batching.get("max_wait_ms"),
-                   "max_batch_texts": batching.get("max_batch_texts")},
+                   "max_batch_texts": batching.get("max_batch_texts"), "precision": info.get("precision"),
+                   "max_concurrent": batching.get("max_concurrent"),
+                   "request_timeout_s": batching.get("request_timeout_s")},
         "warmup_rounds": rounds[:cfg.warmup],
         "rounds": timed,
         "summary": _summary(timed),
@@ -591,9 +593,12 @@ def model_line(result: dict) -> str:
     params = f"{s['parameters']:,} parameters" if s.get("parameters") is not None else "parameters unknown"
     where = f" (`{s['model']}`)" if s.get("model") else ""
     quantized = f" ({s['quantization']})" if s.get("quantization") else ""
-    return (f"Model: {s['name']}{where}, {s['backend']} backend{quantized}, {params}, texts truncated to "
+    precision = f", {s['precision']}" if s.get("precision") else ""
+    cap = (f" At most {s['max_concurrent']} requests in flight (more get 503 before their body is read)."
+           if s.get("max_concurrent") else "")
+    return (f"Model: {s['name']}{where}, {s['backend']} backend{quantized}{precision}, {params}, texts truncated to "
             f"{s['max_length']} tokens; micro-batching waits up to {s['max_wait_ms']} ms for up to "
-            f"{s['max_batch_texts']} texts.")
+            f"{s['max_batch_texts']} texts.{cap}")
 
 
 def round_rows(result: dict) -> tuple[list[str], list[list[str]]]:
