@@ -435,3 +435,17 @@ def test_bench_model_compares_onnxruntime_with_pytorch(onnx_export, onnx_int8, t
     markdown = (out / "BENCHMARKS.md").read_text()
     assert "generated:onnx:begin" in markdown and "generated:model:begin" not in markdown
     assert "--name onnx" in result["command"] and "onnxruntime" in result["machine"]
+
+
+@pytest.mark.parametrize(("truncation", "side", "warned"), [("head+tail", "right", True), ("tail", "left", False),
+                                                            ("head", "right", False)])
+def test_hf_export_keeps_the_truncation_it_can_and_warns_where_it_cannot(tokenizer, tmp_path, capsys, truncation,
+                                                                         side, warned):
+    model = tiny_model(tokenizer, attention_type="full")
+    Classifier(model, tokenizer, InferenceSettings(max_length=64, truncation=truncation)).save_pretrained(
+        tmp_path / "model")
+    out = tmp_path / "hf"
+    assert main(["export", "--model", str(tmp_path / "model"), "--format", "hf", "--output", str(out)]) == 0
+    assert json.loads((out / "tokenizer_config.json").read_text())["truncation_side"] == side
+    err = capsys.readouterr().err
+    assert ("warning: this model reads the head and the tail of a text longer than 64 tokens" in err) == warned

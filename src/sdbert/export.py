@@ -138,6 +138,8 @@ class ExportResult:
     max_abs_diff: float | None = None
     quantization: str | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """where the export does not behave as sdbert does (printed on stderr by `sdbert export`)"""
 
 
 # --- Hugging Face ---------------------------------------------------------------------------------
@@ -277,7 +279,8 @@ def hf_tokenizer_config(tokenizer, config: SDBertConfig, settings: InferenceSett
         "model_max_length": (settings or InferenceSettings()).tokens_per_text(config.max_position_embeddings),
         "model_input_names": ["input_ids", "attention_mask"],
         "padding_side": "right",
-        "truncation_side": "right",
+        # tail truncation is transformers' left side; head+tail has no equivalent there (export_hf warns)
+        "truncation_side": "left" if settings is not None and settings.truncation == "tail" else "right",
         "clean_up_tokenization_spaces": False,
     }
     names = {
@@ -329,6 +332,11 @@ def export_hf(
     arch = choose_hf_architecture(config, architecture)
     result = ExportResult(Path(out_dir), "hf", arch)
     result.notes.extend(_hf_notes(config, arch))
+    if tokenizer is not None and settings is not None and settings.truncation == "head+tail":
+        result.warnings.append(
+            f"this model reads the head and the tail of a text longer than {settings.max_length or 'its'} tokens "
+            "(head+tail truncation); transformers' tokenizers keep only one end, so pipeline() keeps the head and "
+            "its probabilities on longer texts differ from `sdbert predict`'s: cut such texts yourself")
     if tokenizer is None:
         result.notes.append("the model has no tokenizer: AutoTokenizer and pipeline() will not work")
 
@@ -500,15 +508,23 @@ def export_onnx(
 
 def _write_onnx_graph(model: nn.Module, onnx_path: Path, *, opset: int | None, quantize: str | None,
                       verify_lengths: tuple[int, ...] | None, verify: bool) -> None:
+    # Each stage takes from seconds to minutes on a CPU: say which one runs (the CLI shows INFO lines).
+    logger.info("export: tracing the model into an ONNX graph")
     if not quantize:
         _torch_onnx_export(model, onnx_path, opset)
+        if verify:
+            logger.info("export: checking the graph's logits against the model's in onnxruntime")
         return
     fp32_path = onnx_path.with_name("fp32.onnx")
     _torch_onnx_export(model, fp32_path, opset)
     if verify:  # the fp32 graph must be exact before its quantisation is worth checking
+        logger.info("export: checking the fp32 graph's logits against the model's in onnxruntime")
         verify_onnx(model, fp32_path, verify_lengths)
+    logger.info("export: quantising the weights to %s", quantize)
     quantize_onnx(fp32_path, onnx_path)
     fp32_path.unlink()
+    if verify:
+        logger.info("export: checking the quantised graph's logits in onnxruntime")
 
 
 def _write_onnx_companions(model: nn.Module, folder: Path, tokenizer, settings: InferenceSettings | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sdbert.cli_args import positive_int
@@ -66,4 +67,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path}: {what}{check}")
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings:
+        print(f"sdbert export: warning: {warning}", file=sys.stderr)
     return 0
