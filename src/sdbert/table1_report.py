@@ -102,15 +102,23 @@ def render_report(results: dict, level: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> bool:
-    """Accuracy (95% Wilson interval as the error bar, each seed as a dot) against the time a user pays."""
+def _pyplot():
+    """matplotlib's pyplot on a file-only backend, or None (with a one-line hint) when the extra is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("no plot: %s", missing_hint("matplotlib", "the plot"))
+        logger.warning("no plot: %s", missing_hint("matplotlib", "the plots"))
+        return None
+    return plt
+
+
+def plot(results: dict, path: Path) -> bool:
+    """Accuracy (95% Wilson interval as the error bar, each seed as a dot) against the time a user pays."""
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.4))
     for index, row in enumerate(results["rows"]):
@@ -146,15 +154,8 @@ def loss_curves(output: Path) -> dict[str, list[tuple[int, float]]]:
 def plot_loss_curves(output: Path, path: Path) -> bool:
     """Training loss against optimizer step, one line per run (students per seed)."""
     curves = loss_curves(output)
-    if not curves:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("no loss plot: %s", missing_hint("matplotlib", "the plot"))
+    plt = _pyplot() if curves else None
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.4))
     for name, points in curves.items():
