@@ -28,7 +28,6 @@ from typing import Literal
 
 import torch
 
-from sdbert.bench.report import load_average, machine_info
 from sdbert.checkpoint import minilm_path, weights_fingerprint
 from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli_args import arg, fraction, positive_float, positive_int
@@ -50,6 +49,7 @@ from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
 from sdbert.pipeline import DataSettings, build_model, data_record, load_unlabeled, prepare_data, with_unlabeled
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
+from sdbert.reporting import load_average, machine_info
 from sdbert.stats import wilson_interval
 from sdbert.table1 import SYSTEMS, aggregate, compare
 from sdbert.train import TrainingArguments, dataset_logits, train

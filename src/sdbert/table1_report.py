@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sdbert.errors import missing_hint
 from sdbert.io import write_json, write_text
+from sdbert.reporting import update_markdown_section
 from sdbert.table1 import PAPER, claims
 
 logger = logging.getLogger(__name__)
@@ -183,8 +184,6 @@ def publish(output: Path, folder: Path) -> str:
     """Copy a finished run's results and plot into `folder` as `table1_<preset>.*` and render its
     BENCHMARKS.md section from them (what `sdbert.bench.verify` re-checks). Returns the section name."""
     import shutil
-
-    from sdbert.bench.report import update_markdown_section
 
     results = json.loads((output / "results.json").read_text())
     name = f"table1_{results['preset']}"

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
-import platform
 import re
 import resource
 import sys
@@ -21,40 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from sdbert import reporting
 from sdbert.bench import allocator
-from sdbert.io import atomic_path, write_text
+from sdbert.io import atomic_path
+from sdbert.reporting import load_average, update_markdown_section  # noqa: F401  (the benchmarks' names)
 
 
 def machine_info() -> dict[str, Any]:
-    """A short description of where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-        if match:
-            cpu = match.group(1).strip()
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "allocator": allocator.state(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    return info
+    """`sdbert.reporting.machine_info` plus the memory allocator this benchmark process runs with."""
+    return reporting.machine_info() | {"allocator": allocator.state()}
 
 
 def describe_machine(m: dict[str, Any]) -> str:
@@ -65,15 +38,6 @@ def describe_machine(m: dict[str, Any]) -> str:
     return (f"{m['cpu']}, {m['cpu_count']} cores{threads}, torch {m['torch']}, transformers "
             f"{m.get('transformers', '?')}{runtime}, Python {m['python']}{allocator}; load average (1 min) at "
             f"start / end: {m.get('load_average_start')} / {m.get('load_average_end')}")
-
-
-def load_average() -> float | None:
-    """The 1-minute load average: on a shared machine other jobs inflate every time in a run, so each
-    report says how busy the machine was."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):  # not on every platform
-        return None
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -192,20 +156,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
-
-
-def update_markdown_section(path: Path, name: str, body: str, title: str = "# Benchmarks") -> None:
-    """Replace the generated section `name` of a markdown file (between marker comments), keeping
-    everything else; the section is appended when the file or the section is new."""
-    begin, end = f"<!-- generated:{name}:begin -->", f"<!-- generated:{name}:end -->"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    text = path.read_text() if path.exists() else f"{title}\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    write_text(path, text)
 
 
 def plot_scaling(path: Path, series: dict[str, dict[str, list[tuple[int, float]]]], title: str) -> bool:
