@@ -313,5 +313,17 @@ def test_resume_falls_back_from_an_unreadable_newest_checkpoint(tmp_path, caplog
     with caplog.at_level("WARNING", logger="sdbert.train"):
         result = train(tiny_model(), data, None, args(tmp_path, max_steps=6, resume=True, save_every=2))
     assert "step-0000004 is unreadable" in caplog.text and "falling back" in caplog.text
+    assert "step-0000002 kept no optimizer state" in caplog.text  # only the newest checkpoint keeps it
     assert result.final_step == 6
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_only_the_newest_checkpoint_keeps_the_optimizer_state(tmp_path):
+    """AdamW's moments are twice the model: older checkpoints keep weights, schedule and RNG only."""
+    train(tiny_model(), synthetic_examples(64), None, args(tmp_path, max_steps=6, save_every=2, keep_checkpoints=3))
+    folders = sorted((tmp_path / "checkpoints").glob("step-*"))
+    states = [torch.load(f / "trainer_state.pt", weights_only=True) for f in folders]
+    assert [f.name for f in folders] == ["step-0000002", "step-0000004", "step-0000006"]
+    assert [s["optimizer"] is None for s in states] == [True, True, False]
+    sizes = [(f / "trainer_state.pt").stat().st_size for f in folders]
+    assert sizes[0] < sizes[2] / 2 and all(s["rng"] and s["scheduler"] for s in states)

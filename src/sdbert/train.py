@@ -359,9 +359,26 @@ class Checkpoints:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         fsync_dir(self.root)
-        for old in self.list()[: -self.keep]:
+        kept = self.list()
+        for old in kept[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for older in kept[-self.keep:-1]:
+            _drop_optimizer_state(older / STATE_NAME)
         return final
+
+
+def _drop_optimizer_state(path: Path) -> None:
+    """Keep an older checkpoint's weights, schedule and RNG but not AdamW's moments (twice the model's
+    size): only the newest checkpoint needs them to resume exactly; an older one is a fallback."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: the resume fallback will say so
+        return
+    if state.get("optimizer") is None:
+        return
+    state["optimizer"] = None
+    with atomic_open(path) as f:
+        torch.save(state, f)
 
 
 @dataclass
@@ -499,7 +516,12 @@ class Trainer:
                               "with the flags it was started with")
         if self.aux_module is not None:
             self.aux_module.load_state_dict(saved["aux"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved["optimizer"] is None:  # an older checkpoint, reached by the fallback
+            logger.warning("--resume: %s kept no optimizer state (only the newest checkpoint does): AdamW's "
+                           "moments restart from zero, so this run will not end exactly as an uninterrupted one",
+                           latest.name)
+        else:
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"])
         self.state = TrainState(**saved["progress"])
