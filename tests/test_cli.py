@@ -33,3 +33,10 @@ def test_bad_flag_is_one_line_without_traceback():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_predict_help_explains_every_flag():
+    result = run_cli("predict", "--help")
+    assert result.returncode == 0
+    for flag, words in (("--batch-size", "texts per forward pass"), ("--precision", "bf16 autocast where")):
+        assert flag in result.stdout and words in " ".join(result.stdout.split())

@@ -361,10 +361,13 @@ def test_int8_export_runs_in_onnxruntime_close_to_fp32_and_smaller(onnx_export, 
         verify_onnx(model, folder / "model.onnx")
 
 
-def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch, tokenizer):
+def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch, tokenizer, caplog):
     """`export --format onnx --quantize int8` end to end; the (slow) trace is replaced by the fixture's
     graph of the same weights, so what runs here is verify fp32 -> quantise -> verify int8 -> write."""
+    import logging
     import shutil
+
+    caplog.set_level(logging.INFO, logger="sdbert.export")
 
     import sdbert.export
 
@@ -380,6 +383,11 @@ def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch, to
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.onnx", "tokenizer.json"]
     assert "onnxruntime" in (out / "README.md").read_text()
     assert (out / "model.onnx").stat().st_size < 0.8 * (folder / "model.onnx").stat().st_size
+    stages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("export: ")]
+    assert stages == ["export: tracing the model into an ONNX graph",  # each slow stage is announced
+                      "export: checking the fp32 graph's logits against the model's in onnxruntime",
+                      "export: quantising the weights to int8",
+                      "export: checking the quantised graph's logits in onnxruntime"]
 
     assert main(["export", "--model", str(tmp_path / "torch"), "--format", "hf", "--quantize", "int8",
                  "--output", str(tmp_path / "hf")]) == 2

@@ -339,3 +339,57 @@ def test_serve_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not exist" in err
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's peak RSS from /proc")
+def test_concurrent_oversized_requests_leave_memory_bounded_and_good_requests_answered(model_dir):
+    """50 concurrent bodies of ~7 MB (64 texts of escaped non-ASCII, under the body limit): with 2 requests
+    in flight at most, the rest are refused before their bodies are read, so the server's peak memory grows
+    by a few bodies, not by 50; every good request afterwards is answered."""
+    from sdbert.bench.serve import free_port
+
+    port, cap = free_port(), 2
+    proc = subprocess.Popen([sys.executable, "-m", "sdbert", "serve", "--model", str(model_dir), "--port", str(port),
+                             "--max-chars", "20000", "--max-concurrent", str(cap), "--threads", "1",
+                             "--precision", "fp32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "the server exited"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        body = json.dumps({"texts": ["\u00e9" * 19_500] * 64}).encode()  # ensure_ascii: 6 bytes per character
+        assert 7_000_000 < len(body) < ServeSettings(max_chars=20000).max_body_bytes
+        before = _peak_rss_mb(proc.pid)
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                async def send():
+                    try:
+                        return (await client.post("/v1/classify", content=body,
+                                                  headers={"content-type": "application/json"})).status_code
+                    except httpx.TransportError:  # refused and closed before the whole body was sent
+                        return "closed"
+                return await asyncio.gather(*(send() for _ in range(50)))
+
+        statuses = asyncio.run(burst())
+        assert set(statuses) <= {200, 503, "closed"} and statuses.count(200) >= 1 and 200 in statuses
+        grown = _peak_rss_mb(proc.pid) - before
+        assert grown < 60 * cap, f"peak RSS grew by {grown:.0f} MB"  # one body in flight costs tens of MB, not 50x
+        for text in TEXTS[:4]:
+            assert httpx.post(f"{url}/v1/classify", json={"texts": [text]}, timeout=60).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
