@@ -295,6 +295,20 @@ def test_real_server_classifies_and_batches_concurrent_requests(server, classifi
     assert too_many.status_code == 413 and too_many.json()["error"]["code"] == 413
 
 
+def _wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
+    """Poll `/healthz` of a server started as `proc` until it answers 200 (its output if it exits first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "the server exited"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
+
+
 def test_sigterm_stops_the_server_gracefully(model_dir):
     """An in-flight request still gets its answer after SIGTERM; the process then exits with 0."""
     from sdbert.bench.serve import free_port
@@ -304,16 +318,7 @@ def test_sigterm_stops_the_server_gracefully(model_dir):
                              "--max-wait-ms", "300"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+        _wait_until_healthy(proc, url)
 
         async def request_then_terminate():
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
@@ -360,16 +365,7 @@ def test_concurrent_oversized_requests_leave_memory_bounded_and_good_requests_an
                              "--precision", "fp32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "the server exited"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        _wait_until_healthy(proc, url)
         body = json.dumps({"texts": ["\u00e9" * 19_500] * 64}).encode()  # ensure_ascii: 6 bytes per character
         assert 7_000_000 < len(body) < ServeSettings(max_chars=20000).max_body_bytes
         before = _peak_rss_mb(proc.pid)

@@ -124,12 +124,14 @@ class Classifier:
         """Tokens per text: `requested`, else the trained length, within the model's positions."""
         return self.settings.tokens_per_text(self.config.max_position_embeddings, requested)
 
-    def encode(self, texts: Sequence[str], *, max_length: int | None = None,
-               truncation: str | None = None) -> list[list[int]]:
-        """Token ids per text, special tokens included, cut as the model was trained unless told otherwise."""
+    def encode(self, texts: Sequence[str], *, max_length: int | None = None, truncation: str | None = None,
+               full_lengths: list[int] | None = None) -> list[list[int]]:
+        """Token ids per text, special tokens included, cut as the model was trained unless told otherwise;
+        `full_lengths`, when given, receives each text's length before the cut."""
         from sdbert.data.tokenization import encode
 
-        return encode(self.tokenizer, list(texts), self.max_length(max_length), truncation or self.settings.truncation)
+        return encode(self.tokenizer, list(texts), self.max_length(max_length), truncation or self.settings.truncation,
+                      full_lengths=full_lengths)
 
     def encode_dataset(self, dataset, *, max_length: int | None = None, truncation: str | None = None,
                        progress: bool | None = None):
@@ -157,11 +159,8 @@ class Classifier:
     def __call__(self, texts: Sequence[str], *, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
         """`[{"label", "score", "probabilities": {label: p}, "truncated": bool}]` per text; `truncated` says the
         text was longer than the model reads, so part of it was not seen."""
-        from sdbert.data.tokenization import encode
-
         full_lengths: list[int] = []
-        ids = encode(self.tokenizer, list(texts), self.max_length(max_length), self.settings.truncation,
-                     full_lengths=full_lengths)
+        ids = self.encode(texts, max_length=max_length, full_lengths=full_lengths)
         probabilities = self.logits(ids, batch_size=batch_size).softmax(-1)
         labels = self.config.id2label
         results = []

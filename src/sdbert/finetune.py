@@ -58,15 +58,16 @@ def finetune(config: FinetuneConfig) -> dict:
     classifier = start_model(config, data)
     model = classifier.model
     train_set, val_set = (classifier.encode_dataset(split) for split in (data.train, data.validation))
+    truncated = {"train": train_set.truncation_report(), "validation": val_set.truncation_report()}
     if distributed.is_main:
         print(f"model: {model.num_parameters():,} parameters, {model.config.attention_type} attention; "
               f"train {len(train_set):,} / validation {len(val_set):,} examples")
-        print(truncation_line(train_set.truncation_report(), classifier.max_length(), "training"))
+        print(truncation_line(truncated["train"], classifier.max_length(), "training"))
     started = time.perf_counter()
     result = train(classifier, train_set, val_set, run.for_model(classifier), distributed=distributed)
     summary = run_summary(result, model, wall_seconds=time.perf_counter() - started)
     summary.update(data=data_record(config.data, train_set, val_set), settings=run.record(),
-                   truncation={"train": train_set.truncation_report(), "validation": val_set.truncation_report()})
+                   truncation=truncated)
     if distributed.is_main:
         write_json(Path(run.output_dir) / "summary.json", summary)
         write_model_card(run.output_dir, summary)

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from sdbert.errors import ConfigError
+from sdbert.reporting import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -136,16 +137,7 @@ def _time_matmul(dtype: torch.dtype, seconds: float = 0.12) -> float:
 
 
 def _calibration_key() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    text = f"{cpu}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    text = f"{cpu_model()}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -17,18 +17,22 @@ import torch
 from sdbert.io import write_text
 
 
-def machine_info() -> dict[str, Any]:
-    """A short description of where the numbers were measured."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (`/proc/cpuinfo`), else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
         if match:
-            cpu = match.group(1).strip()
+            return match.group(1).strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """A short description of where the numbers were measured."""
     info: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

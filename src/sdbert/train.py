@@ -371,8 +371,8 @@ def _drop_optimizer_state(path: Path) -> None:
     """Keep an older checkpoint's weights, schedule and RNG but not AdamW's moments (twice the model's
     size): only the newest checkpoint needs them to resume exactly; an older one is a fallback."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable: the resume fallback will say so
+        state = _load_trainer_state(path)
+    except CheckpointError:  # unreadable: the resume fallback will say so
         return
     if state.get("optimizer") is None:
         return
@@ -469,6 +469,7 @@ class Trainer:
         self.checkpoints = Checkpoints(self.output_dir, args.keep_checkpoints)
         self.state = TrainState()
         self.tensorboard = None
+        self._identity: dict | None = None
         _set_seed(args.seed)
 
     def _check_batch_size(self) -> None:
@@ -546,7 +547,13 @@ class Trainer:
         raise AssertionError("unreachable")
 
     def run_identity(self) -> dict:
-        """What makes a checkpoint this run's: loop settings, model shape and labels, and the data."""
+        """What makes a checkpoint this run's: loop settings, model shape and labels, and the data. Fixed for
+        the run, so computed once (it hashes the encoded data) and reused by every checkpoint."""
+        if self._identity is None:
+            self._identity = self._compute_identity()
+        return self._identity
+
+    def _compute_identity(self) -> dict:
         config = self.model.config
         identity = {flag: getattr(self.args, name) for name, flag in RESUME_FLAGS.items()}
         identity.update({
