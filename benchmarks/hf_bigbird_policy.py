@@ -67,7 +67,7 @@ def batches(model, ids, batch_size: int):
 def main() -> None:
     from sdbert.data import load_split, stratified_subset
     from sdbert.model import SDBertForSequenceClassification
-    from sdbert.pipeline import encode
+    from sdbert.training.setup import encode
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a block-sparse sdbert model folder")

@@ -81,7 +81,7 @@ def test_a_missing_optional_package_names_the_extra_that_installs_it():
     (["bench", "encoder"], "sdbert.bench.encoder:EncoderBenchConfig", {}),
     (["bench", "serve", "--preset", "quick"], "sdbert.bench.serve:ServeBenchConfig", {"preset": "quick"}),
     (["bench", "model", "--preset", "quick"], "sdbert.bench.model:ModelBenchConfig", {"presets": ("quick",)}),
-    (["serve", "--model", "m"], "sdbert.serve_settings:ServeSettings", {}),
+    (["serve", "--model", "m"], "sdbert.serving.settings:ServeSettings", {}),
     (["evaluate", "--model", "m"], "sdbert.evaluation:EvaluateConfig", {"model": "m"}),
 ])
 def test_a_command_without_flags_gives_its_config_defaults(command, config, given):

@@ -5,13 +5,13 @@ import torch
 
 from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.classifier import Classifier
-from sdbert.distill import (
+from sdbert.errors import ConfigError
+from sdbert.training.kd import (
     default_layer_map,
     distillation_loss,
     init_student_from_teacher,
     student_config,
 )
-from sdbert.errors import ConfigError
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
@@ -168,7 +168,7 @@ def _perturbed(model: SDBertForSequenceClassification) -> SDBertForSequenceClass
 
 
 def test_init_pretrained_copies_the_starting_checkpoint_and_nothing_fine_tuned(tmp_path):
-    from sdbert.distill import init_student_from_pretrained, starting_checkpoint
+    from sdbert.training.kd import init_student_from_pretrained, starting_checkpoint
 
     cfg = SDBertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=6, num_attention_heads=6,
                        intermediate_size=48, max_position_embeddings=128, block_size=8)
@@ -200,7 +200,7 @@ def test_init_pretrained_copies_the_starting_checkpoint_and_nothing_fine_tuned(t
 
 
 def test_starting_checkpoint_errors_are_one_line(tmp_path):
-    from sdbert.distill import starting_checkpoint
+    from sdbert.training.kd import starting_checkpoint
 
     cfg = SDBertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=48, max_position_embeddings=64, block_size=8)
@@ -248,7 +248,7 @@ def test_distill_init_pretrained_from_the_recorded_checkpoint(tmp_path):
 def test_cached_teacher_logits_remember_what_the_pass_cost(tmp_path):
     """A run that reads the logits from the cache can still report what computing them cost."""
     from sdbert.data import EncodedDataset
-    from sdbert.distill import cached_teacher_logits, teacher_logits_cost
+    from sdbert.training.kd import cached_teacher_logits, teacher_logits_cost
 
     cfg = SDBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                        intermediate_size=32, max_position_embeddings=64, block_size=8)

@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 
 from sdbert import SDBertConfig, SDBertForSequenceClassification
-from sdbert.distill import (
+from sdbert.errors import ConfigError
+from sdbert.training.kd import (
     HiddenProjections,
     check_hidden_layer_map,
     default_hidden_layer_map,
@@ -17,8 +18,7 @@ from sdbert.distill import (
     kd_loss_fn,
     online_kd_loss_fn,
 )
-from sdbert.errors import ConfigError
-from sdbert.train import STATE_NAME, dataset_logits, train
+from sdbert.training.loop import STATE_NAME, dataset_logits, train
 from test_cli_errors import assert_one_line_error, run_main
 from test_train import CLI_TRAIN, args, synthetic_examples, weights, write_review_csv
 

@@ -8,7 +8,7 @@ import torch
 from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.errors import SDBertError
 from sdbert.evaluation import EvaluateConfig, evaluate
-from sdbert.pipeline import DataSettings
+from sdbert.training.setup import DataSettings
 
 
 @pytest.fixture

@@ -296,7 +296,7 @@ def test_serve_app_accepts_onnx_model(onnx_export, tokenizer):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from sdbert.serve import create_app
+    from sdbert.serving.app import create_app
 
     model, folder, _ = onnx_export
     onnx_classifier = Classifier.from_pretrained(folder)
@@ -320,7 +320,7 @@ def onnx_int8(onnx_export, tmp_path_factory):
     """The fixture's fp32 graph quantised by `quantize_onnx` (the step `export --quantize int8` adds)."""
     import shutil
 
-    from sdbert.export import quantize_onnx
+    from sdbert.export.onnx import quantize_onnx
 
     model, folder, _ = onnx_export
     out = tmp_path_factory.mktemp("onnx-int8") / "model"
@@ -369,11 +369,11 @@ def test_export_cli_quantize_int8(onnx_export, tmp_path, capsys, monkeypatch, to
 
     caplog.set_level(logging.INFO, logger="sdbert.export")
 
-    import sdbert.export
+    import sdbert.export.onnx
 
     model, folder, _ = onnx_export
     save(model, tmp_path / "torch", tokenizer)
-    monkeypatch.setattr(sdbert.export, "_torch_onnx_export",
+    monkeypatch.setattr(sdbert.export.onnx, "_torch_onnx_export",
                         lambda _model, path, _opset: shutil.copy(folder / "model.onnx", path))
     out = tmp_path / "int8"
     assert main(["export", "--model", str(tmp_path / "torch"), "--format", "onnx", "--quantize", "int8",

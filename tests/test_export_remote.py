@@ -28,7 +28,7 @@ from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli import main
 from sdbert.errors import CheckpointError, ConfigError
 from sdbert.export import choose_hf_architecture, export_hf, probe_batch, verify_hf
-from sdbert.hf_remote import AUTO_MAP, REMOTE_CODE_FILES
+from sdbert.export.remote import AUTO_MAP, REMOTE_CODE_FILES
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,7 +36,7 @@ ATOL = 1e-4
 LABELS = {0: "neg", 1: "pos"}
 TEXTS = ["a wonderful film with great acting and a clever script", "a terrible boring movie, the worst plot",
          "the start was slow but the ending is beautiful", "never watch this again, predictable and long"] * 8
-TEMPLATES = Path(__file__).resolve().parents[1] / "src" / "sdbert" / "hf_remote"
+TEMPLATES = Path(__file__).resolve().parents[1] / "src" / "sdbert" / "export" / "remote"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -251,7 +251,7 @@ def test_generated_code_runs_where_sdbert_cannot_be_imported(exported, tiny_toke
 def test_template_kernel_equals_sdbert_block_sparse_attention():
     """The copy in modeling_sdbert.py draws the same layouts and computes the same attention as
     `sdbert.attention` (dense fallback, padding to a block multiple, key padding, random blocks)."""
-    from sdbert.hf_remote import modeling_sdbert as remote
+    from sdbert.export.remote import modeling_sdbert as remote
 
     for nb, r, heads, seed in ((6, 0, 1, 0), (7, 1, 2, 3), (8, 1, 3, 5), (20, 2, 4, 11), (64, 3, 2, 1)):
         assert torch.equal(remote.bigbird_block_layout(nb, r, num_heads=heads, seed=seed),

@@ -23,7 +23,7 @@ import torch
 from sdbert.cli import main
 from sdbert.errors import CheckpointError, ConfigError, MissingDependency
 from sdbert.hub import is_hub_id, resolve_model_dir
-from sdbert.table1 import SYSTEMS
+from sdbert.paper.table import SYSTEMS
 
 pytest.importorskip("huggingface_hub")
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sdbert.cli import main
-from sdbert.reproduce import Runner, make_preset, state_sha256
-from sdbert.table1 import SYSTEMS, aggregate, compare
-from sdbert.table1_report import render_report
+from sdbert.paper.report import render_report
+from sdbert.paper.runner import Runner, make_preset, state_sha256
+from sdbert.paper.table import SYSTEMS, aggregate, compare
 from test_pinned import PINNED_TINY_ACCURACIES, PINNED_TINY_PRESET, assert_pinned, probe_logits
 
 
@@ -78,7 +78,7 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
 
 def test_students_start_from_the_teachers_starting_weights_not_the_fine_tuned_ones(tmp_path):
     from sdbert import SDBertConfig, SDBertForSequenceClassification
-    from sdbert.distill import student_config
+    from sdbert.training.kd import student_config
 
     preset = make_preset("tiny", student_layers=2, student_heads=2)
     runner = Runner(preset, None, tmp_path)

@@ -24,7 +24,7 @@ from sdbert.classifier import Classifier, InferenceSettings  # noqa: E402
 from sdbert.data.wordpiece import train_wordpiece_tokenizer  # noqa: E402
 from sdbert.errors import ConfigError  # noqa: E402
 from sdbert.inference import batch_groups, predict_logits  # noqa: E402
-from sdbert.serve import MicroBatcher, ServeSettings, create_app  # noqa: E402
+from sdbert.serving.app import MicroBatcher, ServeSettings, create_app  # noqa: E402
 
 LABELS = {0: "negative", 1: "positive"}
 TEXTS = ["a wonderful film with great acting and a clever script", "a terrible boring movie, the worst plot",
@@ -180,7 +180,7 @@ def test_malformed_json_and_oversized_body(client):
 
 
 def test_full_queue_is_503():
-    from sdbert.serve import Busy
+    from sdbert.serving.app import Busy
 
     async def main():
         batcher = MicroBatcher(lambda texts: (time.sleep(0.2), texts)[1], max_wait_ms=0, max_queue=1)

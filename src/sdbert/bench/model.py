@@ -159,9 +159,9 @@ def load_for_bench(label: str, path: Path, cfg: ModelBenchConfig) -> tuple[torch
 
 def preset_models(name: str, cfg: ModelBenchConfig) -> list[tuple[torch.nn.Module, dict]]:
     """A reproduce preset's sparse teacher and student, built from its teacher checkpoint (untrained heads)."""
-    from sdbert.distill import init_student_from_pretrained, student_config
     from sdbert.model import SDBertForSequenceClassification
-    from sdbert.reproduce import make_preset
+    from sdbert.paper.runner import make_preset
+    from sdbert.training.kd import init_student_from_pretrained, student_config
 
     preset = make_preset(name)
     if preset.teacher_init is None:
@@ -183,7 +183,7 @@ def save_preset_student(name: str, path: Path) -> None:
     tokenizer and truncation): what a latency benchmark can serve on a fresh clone without training."""
     from sdbert.classifier import Classifier, InferenceSettings
     from sdbert.data import load_tokenizer
-    from sdbert.reproduce import make_preset
+    from sdbert.paper.runner import make_preset
 
     preset = make_preset(name)
     _, (student, _) = preset_models(name, ModelBenchConfig(presets=(name,), lengths=(preset.max_length,)))

@@ -119,7 +119,7 @@ def synthetic_texts(count: int, words: int, seed: int = 0) -> list[str]:
 def review_sample(source: str | None, count: int, seed: int = 0) -> list[str]:
     """`count` IMDb test reviews, a seeded class-balanced sample, in a seeded random order (the split's
     file order groups reviews by class and film)."""
-    from sdbert.pipeline import DataSettings, prepare_data
+    from sdbert.training.setup import DataSettings, prepare_data
 
     test = prepare_data(DataSettings(source=source, eval_limit=count, seed=seed, progress=False),
                         train=False, test=True).test

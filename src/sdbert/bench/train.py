@@ -10,8 +10,8 @@ clipping; the model code, the batching and the recipe (attention dropout, precis
                         of the Hugging Face course, what a user gets.
 * `hf_same_recipe`      the same HF loop with our recipe: our attention dropout and precision
                         (like for like: what is left is the model code and the batching).
-* `sdbert_full`         `sdbert.pipeline.build_model` with full attention, fed exactly what
-* `sdbert_block_sparse` `sdbert.train.train` feeds: length-bucketed `global_batches`, each padded
+* `sdbert_full`         `sdbert.training.setup.build_model` with full attention, fed exactly what
+* `sdbert_block_sparse` `sdbert.training.loop.train` feeds: length-bucketed `global_batches`, each padded
                         to the smallest block multiple by `collate_padded`, with our recipe
                         (`--attention-dropout`, default 0; `--precision`, default auto).
 * `sdbert_*_bert_recipe` (with `--bert-recipe`) our model and batches with BERT's recipe, attention
@@ -219,11 +219,11 @@ def build_hf_case(cfg: TrainBenchConfig, texts, length: int, precision: Precisio
 
 def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str,
                       precision: PrecisionChoice | None = None) -> Case:
-    """Our model with the batches `sdbert.train.train` would feed it in its first epoch: with our recipe in
+    """Our model with the batches `sdbert.training.loop.train` would feed it in its first epoch: with our recipe in
     `precision`, or without one, BERT's recipe (attention dropout 0.1 in fp32)."""
     bert_recipe = precision is None
-    from sdbert.pipeline import build_model
-    from sdbert.train import collate_padded, cross_entropy_loss, global_batches, padded_length
+    from sdbert.training.loop import collate_padded, cross_entropy_loss, global_batches, padded_length
+    from sdbert.training.setup import build_model
 
     torch.manual_seed(cfg.seed)
     classifier = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
@@ -292,7 +292,7 @@ def _hf_positions(path: str) -> int | None:
 
 def load_texts(cfg: TrainBenchConfig):
     """The benchmark's reviews: a seeded stratified subset of the train split (validation carved off first)."""
-    from sdbert.pipeline import DataSettings, prepare_data
+    from sdbert.training.setup import DataSettings, prepare_data
 
     most = max(cfg.examples(n) for n in cfg.lengths)
     return prepare_data(DataSettings(source=cfg.data, train_limit=most, eval_limit=1, seed=cfg.seed,
@@ -557,8 +557,8 @@ def markdown_report(result: dict) -> str:
         f"Machine: {machine_line(result)}.", "",
         f"Command: `{result['command']}`", "",
         f"Setup: {setup_line(result)}. Every case starts from `{init}`. HF: {HF_LABEL} "
-        "(`DataCollatorWithPadding`, its tokenizer truncating at the head). Ours: `sdbert.pipeline.build_model` "
-        "fed the batches `sdbert.train.train` feeds (length-bucketed, padded to the smallest block multiple). "
+        "(`DataCollatorWithPadding`, its tokenizer truncating at the head). Ours: `sdbert.training.setup.build_model` "
+        "fed the batches `sdbert.training.loop.train` feeds (length-bucketed, padded to the smallest block multiple). "
         "Examples/s = examples in a round / the median round's seconds; a speed-up is the ratio of median "
         "rounds, \"within noise\" when the two cases' rounds overlap.", "",
         calibration_line(result),

@@ -28,7 +28,7 @@ def sections(markdown: str) -> dict[str, str]:
 def render(result: dict) -> str:
     """The markdown section a result JSON renders to with this commit's code."""
     if "preset" in result and "benchmark" not in result:
-        from sdbert.table1_report import render_report
+        from sdbert.paper.report import render_report
 
         return render_report(result, level=2).strip()
     module = importlib.import_module(f"sdbert.bench.{result['benchmark']}")

@@ -14,7 +14,7 @@ from sdbert.cli_args import (  # noqa: F401
     positive_int,
     ranged,
 )
-from sdbert.pipeline import TRAINING_DATA_FIELDS, DataSettings
+from sdbert.training.setup import TRAINING_DATA_FIELDS, DataSettings
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, training: bool = True) -> None:
@@ -31,6 +31,6 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
 
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     """The training loop's flags (`TrainingArguments`), with per-command `defaults` by field name."""
-    from sdbert.train import TrainingArguments
+    from sdbert.training.loop import TrainingArguments
 
     add_config_arguments(parser.add_argument_group("training"), TrainingArguments, defaults=defaults)

@@ -2,7 +2,7 @@
 `--teacher-mode online`, from the teacher run on every batch, which the hidden-state loss needs).
 
 The flags are the fields of `DistillConfig`, `DataSettings` and `TrainingArguments`; the work is
-`sdbert.distillation.distill`."""
+`sdbert.training.distill.distill`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sdbert.hub import resolve_flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.distillation import DistillConfig
+    from sdbert.training.distill import DistillConfig
 
     parser.epilog = ("Beyond the paper, a hidden-state loss: e.g. --hidden-weight 1 --hidden 256 matches each "
                      "student layer's output to a teacher layer's through a learned projection; the teacher then "
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.distillation import DistillConfig, distill
-    from sdbert.train import TrainingArguments
+    from sdbert.training.distill import DistillConfig, distill
+    from sdbert.training.loop import TrainingArguments
 
     config = config_from_args(DistillConfig, args, data=data_settings(args),
                               training=config_from_args(TrainingArguments, args))

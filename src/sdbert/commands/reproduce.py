@@ -1,6 +1,6 @@
 """`sdbert reproduce`: the paper's Table 1 (four systems) on IMDb, with a report and a plot.
 
-The flags are the fields of `ReproduceConfig`; the work is `sdbert.reproduce.reproduce`."""
+The flags are the fields of `ReproduceConfig`; the work is `sdbert.paper.runner.reproduce`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sdbert.cli_args import add_config_arguments, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.reproduce import ReproduceConfig
+    from sdbert.paper.runner import ReproduceConfig
 
     add_config_arguments(parser, ReproduceConfig)
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sdbert.reproduce import ReproduceConfig, reproduce
+    from sdbert.paper.runner import ReproduceConfig, reproduce
 
     config = config_from_args(ReproduceConfig, args, progress=args.progress and sys.stderr.isatty())
     results = reproduce(config)

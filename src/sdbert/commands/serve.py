@@ -17,7 +17,7 @@ _port = ranged(int, 0, 65535, what="a port in 0..65535")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.serve_settings import ServeSettings
+    from sdbert.serving.settings import ServeSettings
 
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="model folder: sdbert/Hugging Face weights, or an ONNX export (model.onnx); or a hub "
@@ -67,7 +67,7 @@ def read_api_key(path: str | None, environ: Mapping[str, str] = os.environ) -> s
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.serve import ServeSettings, check_bind, serve
+    from sdbert.serving.app import ServeSettings, check_bind, serve
 
     api_key = read_api_key(args.api_key_file)
     check_bind(args.host, api_key, args.insecure)  # before loading anything

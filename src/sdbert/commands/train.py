@@ -1,7 +1,7 @@
 """`sdbert train`: fine-tune a (block-sparse) classifier from a checkpoint or from scratch.
 
 The flags are the fields of `FinetuneConfig`, `DataSettings` and `TrainingArguments`; the work is
-`sdbert.finetune.finetune`."""
+`sdbert.training.finetune.finetune`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sdbert.hub import add_revision_argument, resolve_flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.finetune import FinetuneConfig
+    from sdbert.training.finetune import FinetuneConfig
 
     model = parser.add_argument_group("model")
     add_config_arguments(model, FinetuneConfig)
@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.finetune import FinetuneConfig, finetune
-    from sdbert.train import TrainingArguments
+    from sdbert.training.finetune import FinetuneConfig, finetune
+    from sdbert.training.loop import TrainingArguments
 
     config = config_from_args(FinetuneConfig, args, data=data_settings(args),
                               training=config_from_args(TrainingArguments, args))

@@ -13,7 +13,7 @@ no-KD students start from the same weights (by default the teachers' *starting* 
 new head), so the loss and the teacher-labelled transfer set are the only differences. Each run is
 a normal model folder under the output directory; a finished run has a `result.json` and is
 skipped when `reproduce` runs again, an unfinished one resumes from its last checkpoint.
-`sdbert.table1` turns the runs into rows, paired comparisons, the report and the plot.
+`sdbert.paper.table` turns the runs into rows, paired comparisons, the report and the plot.
 """
 
 from __future__ import annotations
@@ -32,7 +32,17 @@ from sdbert.checkpoint import minilm_path, weights_fingerprint
 from sdbert.classifier import Classifier, InferenceSettings
 from sdbert.cli_args import arg, fraction, positive_float, positive_int
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
-from sdbert.distill import (
+from sdbert.errors import ConfigError, missing_hint
+from sdbert.hub import resolve_flag
+from sdbert.io import write_json
+from sdbert.metrics import classification_metrics
+from sdbert.model import SDBertForSequenceClassification
+from sdbert.model_card import write_model_card
+from sdbert.paper.table import SYSTEMS, aggregate, compare
+from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
+from sdbert.reporting import load_average, machine_info
+from sdbert.stats import wilson_interval
+from sdbert.training.kd import (
     cached_teacher_logits,
     init_student_from_pretrained,
     init_student_from_teacher,
@@ -41,18 +51,8 @@ from sdbert.distill import (
     teacher_logits_cost,
     teacher_logits_key,
 )
-from sdbert.errors import ConfigError, missing_hint
-from sdbert.hub import resolve_flag
-from sdbert.io import write_json
-from sdbert.metrics import classification_metrics
-from sdbert.model import SDBertForSequenceClassification
-from sdbert.model_card import write_model_card
-from sdbert.pipeline import DataSettings, build_model, data_record, load_unlabeled, prepare_data, with_unlabeled
-from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
-from sdbert.reporting import load_average, machine_info
-from sdbert.stats import wilson_interval
-from sdbert.table1 import SYSTEMS, aggregate, compare
-from sdbert.train import TrainingArguments, dataset_logits, train
+from sdbert.training.loop import TrainingArguments, dataset_logits, train
+from sdbert.training.setup import DataSettings, build_model, data_record, load_unlabeled, prepare_data, with_unlabeled
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class ReproduceConfig:
 def reproduce(config: ReproduceConfig) -> dict:
     """Train and score the preset's systems into `config.output`; writes results.json, report.md and the
     plot (and, with `publish`, the benchmarks section). Finished runs in `output` are reused."""
-    from sdbert.table1_report import publish, write_outputs
+    from sdbert.paper.report import publish, write_outputs
 
     output = Path(config.output)
     results = Runner(config.make_preset(), config.data, output, progress=config.progress).run()

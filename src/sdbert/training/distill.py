@@ -1,9 +1,9 @@
 """Distillation, the workflow behind `sdbert distill`: a fine-tuned teacher -> a small block-sparse student.
 
-The pieces it puts together (losses, student initialisation, the teacher-logit cache) live in `sdbert.distill`.
+The pieces it puts together (losses, student initialisation, the teacher-logit cache) live in `sdbert.training.kd`.
 
-    from sdbert.distillation import DistillConfig, distill
-    from sdbert.train import TrainingArguments
+    from sdbert.training.distill import DistillConfig, distill
+    from sdbert.training.loop import TrainingArguments
 
     distill(DistillConfig(teacher="runs/teacher", training=TrainingArguments(output_dir="runs/student")))
 """
@@ -18,9 +18,9 @@ from typing import Literal
 from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
 from sdbert.errors import ConfigError
 from sdbert.io import write_json
-from sdbert.pipeline import DataSettings
 from sdbert.precision import resolve_precision
-from sdbert.train import TrainingArguments
+from sdbert.training.loop import TrainingArguments
+from sdbert.training.setup import DataSettings
 
 
 @dataclass
@@ -116,8 +116,8 @@ def distill(config: DistillConfig) -> dict:
     import torch
 
     from sdbert.model_card import write_model_card
-    from sdbert.pipeline import data_record
-    from sdbert.train import prepare_output_dir, setup_distributed, train
+    from sdbert.training.loop import prepare_output_dir, setup_distributed, train
+    from sdbert.training.setup import data_record
 
     run = config.training
     prepare_output_dir(run.output_dir, resume=run.resume, overwrite=run.overwrite)
@@ -154,7 +154,7 @@ def load_teacher(config: DistillConfig, hidden_map: list[int] | None):
     `--init pretrained`) and the hidden-state layer map; resolved before the data and the logit pass, so a
     missing checkpoint fails at once."""
     from sdbert.classifier import Classifier
-    from sdbert.distill import check_hidden_layer_map, starting_checkpoint
+    from sdbert.training.kd import check_hidden_layer_map, starting_checkpoint
 
     teacher = Classifier.from_pretrained(config.teacher, backend="torch")
     if config.hidden_weight > 0:
@@ -167,8 +167,8 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
     """Labelled (+ unlabelled) reviews encoded with the teacher's tokenizer, and its cached logits on them."""
     from sdbert.checkpoint import weights_fingerprint
     from sdbert.data import tokenizer_hash
-    from sdbert.distill import cached_teacher_logits, teacher_logits_key
-    from sdbert.pipeline import load_unlabeled, prepare_data, with_unlabeled
+    from sdbert.training.kd import cached_teacher_logits, teacher_logits_key
+    from sdbert.training.setup import load_unlabeled, prepare_data, with_unlabeled
 
     max_length, truncation = config.max_length or teacher.settings.max_length or 512, config.data.truncation
     data = prepare_data(config.data, id2label=teacher.config.id2label)
@@ -195,8 +195,8 @@ def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | No
     """The student (a `Classifier` with the teacher's tokenizer) before training: the teacher's config cut
     down, started per `--init`; its config records where the weights came from."""
     from sdbert.classifier import Classifier, InferenceSettings
-    from sdbert.distill import init_student_from_pretrained, init_student_from_teacher, student_config
     from sdbert.model import SDBertForSequenceClassification
+    from sdbert.training.kd import init_student_from_pretrained, init_student_from_teacher, student_config
 
     student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden)
     student_cfg = student_cfg.replace(gradient_checkpointing=config.gradient_checkpointing)
@@ -217,7 +217,7 @@ def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | No
 def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map):
     """The training loss (from cached logits, or with the teacher online), the hidden-state projections it
     trains (or None) and a line that says which."""
-    from sdbert.distill import HiddenProjections, kd_loss_fn, online_kd_loss_fn
+    from sdbert.training.kd import HiddenProjections, kd_loss_fn, online_kd_loss_fn
 
     if not config.online:
         source = "from cache" if transfer.cached else f"computed in {transfer.teacher_seconds:.1f}s"

@@ -1,6 +1,6 @@
 """`ServeSettings`: the service's limits and batching, one field per `sdbert serve` flag.
 
-Kept apart from `sdbert.serve` (which needs the [serve] extra) so `sdbert serve --help` works without it.
+Kept apart from `sdbert.serving.app` (which needs the [serve] extra) so `sdbert serve --help` works without it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fine-tuning, the workflow behind `sdbert train`: data -> model -> the training loop -> a model folder.
 
-    from sdbert.finetune import FinetuneConfig, finetune
-    from sdbert.train import TrainingArguments
+    from sdbert.training.finetune import FinetuneConfig, finetune
+    from sdbert.training.loop import TrainingArguments
 
     finetune(FinetuneConfig(training=TrainingArguments(output_dir="runs/teacher"), init="path/to/bert"))
 """
@@ -16,8 +16,8 @@ from typing import Literal
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_int
 from sdbert.io import write_json
 from sdbert.model_card import write_model_card
-from sdbert.pipeline import DataSettings, PreparedData, build_model, class_counts, data_record, prepare_data
-from sdbert.train import TrainingArguments, TrainResult, prepare_output_dir, setup_distributed, train
+from sdbert.training.loop import TrainingArguments, TrainResult, prepare_output_dir, setup_distributed, train
+from sdbert.training.setup import DataSettings, PreparedData, build_model, class_counts, data_record, prepare_data
 
 
 @dataclass

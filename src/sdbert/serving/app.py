@@ -19,7 +19,7 @@ retried one by one, so one bad text fails only its own request.
 
 With an API key, every route but `/healthz` needs `Authorization: Bearer <key>`; the key is checked
 (in constant time) before the body is read. Every request logs one JSON line on the
-`sdbert.serve.access` logger (method, path, status, latency, number of texts, request id; never the
+`sdbert.serving.access` logger (method, path, status, latency, number of texts, request id; never the
 texts or the key) and answers with its `X-Request-ID`.
 
 Micro-batching: each request puts its texts on an asyncio queue and awaits a future. One worker
@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from sdbert.errors import ConfigError, MissingDependency, missing_hint, require
-from sdbert.serve_settings import ServeSettings  # noqa: F401  (public here; defined without fastapi for --help)
+from sdbert.serving.settings import ServeSettings  # noqa: F401  (public here; defined without fastapi for --help)
 
 try:  # the [serve] extra: without it, importing this module is a one-line user error, not a traceback
     import prometheus_client
@@ -69,7 +69,7 @@ except ImportError as exc:
     raise MissingDependency(missing_hint(exc.name or "fastapi", "the HTTP service")) from None
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("sdbert.serve.access")
+access_logger = logging.getLogger("sdbert.serving.access")
 OPEN_PATHS = frozenset({"/healthz"})  # reachable without the API key: load balancers probe it
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -498,7 +498,7 @@ class _BearerAuth:
 
 
 class _AccessLog:
-    """Per request: one JSON line on `sdbert.serve.access`, the request metrics, an `X-Request-ID` answer
+    """Per request: one JSON line on `sdbert.serving.access`, the request metrics, an `X-Request-ID` answer
     header (the client's own, when it sent a well-formed one)."""
 
     def __init__(self, app, *, metrics: ServiceMetrics):

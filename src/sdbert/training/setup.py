@@ -203,7 +203,7 @@ def with_unlabeled(labelled: EncodedDataset, unlabelled: EncodedDataset) -> Enco
     """One transfer set: labelled examples first, then unlabelled ones with label -100."""
     import numpy as np
 
-    from sdbert.distill import IGNORE_LABEL
+    from sdbert.training.kd import IGNORE_LABEL
 
     ids = np.concatenate([labelled.ids, unlabelled.ids])
     offsets = np.concatenate([labelled.offsets, unlabelled.offsets[1:] + labelled.offsets[-1]])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sdbert.errors import missing_hint
 from sdbert.io import write_json, write_text
+from sdbert.paper.table import PAPER, claims
 from sdbert.reporting import update_markdown_section
-from sdbert.table1 import PAPER, claims
 
 logger = logging.getLogger(__name__)
 
