@@ -150,11 +150,12 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_a_bare_model_folder_has_default_settings_and_no_tokenizer(tmp_path):
+    from sdbert.checkpoint import read_inference_settings
     from sdbert.classifier import Classifier, InferenceSettings
     from sdbert.errors import CheckpointError
 
     SDBertForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "m")
-    assert InferenceSettings.from_folder(tmp_path / "m") == InferenceSettings()
+    assert read_inference_settings(tmp_path / "m") == InferenceSettings()
     with pytest.raises(CheckpointError, match="no tokenizer"):
         Classifier.from_pretrained(tmp_path / "m")
 

@@ -25,10 +25,12 @@ __all__ = ["Classifier", "InferenceSettings", "SDBertConfig", "SDBertForSequence
 def __getattr__(name: str):
     # The model and the classifier pull in torch; importing them lazily keeps `sdbert --help` fast.
     if name == "SDBertForSequenceClassification":
+        # lazy facade: `import sdbert` (and `sdbert --help`) must not import torch
         from sdbert.model import SDBertForSequenceClassification
 
         return SDBertForSequenceClassification
     if name in ("Classifier", "InferenceSettings"):
+        # lazy facade: `import sdbert` (and `sdbert --help`) must not import torch
         from sdbert import classifier
 
         return getattr(classifier, name)

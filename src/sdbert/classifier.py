@@ -11,7 +11,6 @@ truncation) is `InferenceSettings`. Both live in the folder's `config.json` (the
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,51 +19,16 @@ from typing import Any
 
 import torch
 
+from sdbert.checkpoint import read_inference_settings
+from sdbert.config import InferenceSettings
+from sdbert.data import encode_dataset
+from sdbert.data.tokenization import encode, load_tokenizer
 from sdbert.errors import CheckpointError, ConfigError
+from sdbert.hub import resolve_model_dir
+from sdbert.inference import predict_logits
+from sdbert.model import SDBertForSequenceClassification
+from sdbert.onnx_runtime import OnnxClassifier, is_onnx_model
 from sdbert.precision import PrecisionChoice, resolve_precision
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How texts become token ids for a model: what it was trained with, the default of evaluate,
-    predict and serve."""
-
-    max_length: int | None = None
-    """tokens per text, special tokens included (None: the model's position limit)"""
-    truncation: str = "head+tail"
-    """which tokens a longer text keeps: head, tail or head+tail (`sdbert.data.tokenization`)"""
-
-    def __post_init__(self) -> None:
-        from sdbert.data.tokenization import TRUNCATIONS
-
-        if self.truncation not in TRUNCATIONS:
-            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
-        if self.max_length is not None and self.max_length < 1:
-            raise ConfigError(f"max_length must be positive, got {self.max_length}")
-
-    @classmethod
-    def from_config_dict(cls, data: dict[str, Any]) -> InferenceSettings:
-        """The settings recorded in our `config.json`; a Hugging Face folder's gets the defaults (its
-        `max_length`, where present, is a generation setting)."""
-        if data.get("model_type") != "sdbert":
-            return cls()
-        return cls(max_length=data.get("max_length"), truncation=data.get("truncation") or cls.truncation)
-
-    @classmethod
-    def from_folder(cls, folder: str | os.PathLike[str]) -> InferenceSettings:
-        try:
-            return cls.from_config_dict(json.loads((Path(folder) / "config.json").read_text()))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {Path(folder) / 'config.json'}: {exc}") from None
-
-    def to_config_dict(self) -> dict[str, Any]:
-        return {"max_length": self.max_length, "truncation": self.truncation}
-
-    def tokens_per_text(self, positions: int, requested: int | None = None) -> int:
-        """`requested` (at most `positions`), else the trained length, else all `positions`."""
-        if requested is not None and requested > positions:
-            raise ConfigError(f"--max-length {requested} exceeds the model's {positions} positions")
-        return min(requested or self.max_length or positions, positions)
 
 
 @dataclass
@@ -95,9 +59,6 @@ class Classifier:
         it holds `model.onnx` (or is an `.onnx` file) or `backend="onnx"`, else the PyTorch model folder in
         eval mode. It must have a tokenizer (`tokenizer.json`, or a `spiece.model` / `vocab.txt` beside a
         Hugging Face model). `precision` (fp32, bf16 or auto) is the format it predicts in."""
-        from sdbert.hub import resolve_model_dir
-        from sdbert.onnx_runtime import OnnxClassifier, is_onnx_model
-
         if backend not in ("auto", "torch", "onnx"):
             raise CheckpointError(f"backend must be auto, torch or onnx, got {backend!r}")
         path = resolve_model_dir(path, revision=revision)
@@ -105,14 +66,11 @@ class Classifier:
             model = OnnxClassifier.from_pretrained(path, threads=threads)
             folder = model.path.parent
         else:
-            from sdbert.model import SDBertForSequenceClassification
-
             if threads:
                 torch.set_num_threads(threads)
             model, folder = SDBertForSequenceClassification.from_pretrained(path).eval(), Path(path)
-        from sdbert.data.tokenization import load_tokenizer
 
-        return cls(model, load_tokenizer(folder), InferenceSettings.from_folder(folder), precision)
+        return cls(model, load_tokenizer(folder), read_inference_settings(folder), precision)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """The model folder: `config.json` (architecture and settings), weights and `tokenizer.json`."""
@@ -128,24 +86,18 @@ class Classifier:
                full_lengths: list[int] | None = None) -> list[list[int]]:
         """Token ids per text, special tokens included, cut as the model was trained unless told otherwise;
         `full_lengths`, when given, receives each text's length before the cut."""
-        from sdbert.data.tokenization import encode
-
         return encode(self.tokenizer, list(texts), self.max_length(max_length), truncation or self.settings.truncation,
                       full_lengths=full_lengths)
 
     def encode_dataset(self, dataset, *, max_length: int | None = None, truncation: str | None = None,
                        progress: bool | None = None):
         """A `TextDataset` as the `EncodedDataset` training and evaluation read, cut like `encode`."""
-        from sdbert.data import encode_dataset
-
         return encode_dataset(self.tokenizer, dataset, self.max_length(max_length),
                               truncation or self.settings.truncation, progress=progress)
 
     def logits(self, ids: Sequence[Sequence[int]], *, batch_size: int = 32, progress: bool = False,
                desc: str = "predict") -> torch.Tensor:
         """Logits `(N, num_labels)` of token-id lists, in their order (see `inference.predict_logits`)."""
-        from sdbert.inference import predict_logits
-
         return predict_logits(self.model, ids, batch_size=batch_size, progress=progress, desc=desc,
                               precision=self.resolved_precision())
 

@@ -9,6 +9,8 @@ import importlib
 import logging
 import sys
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from sdbert import __version__
 from sdbert.errors import SDBertError
 
@@ -56,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(message)s" if args.verbose else "%(message)s")
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:
         with logging_redirect_tqdm():  # log lines print above a progress bar instead of cutting through it

@@ -17,6 +17,8 @@ def dense_fallback_blocks(num_random_blocks: int) -> int:
     return 5 + 2 * num_random_blocks
 
 AttentionType = Literal["block_sparse", "full"]
+# Which tokens a text longer than the model's length keeps (`sdbert.data.tokenization` applies it).
+TRUNCATIONS: tuple[str, ...] = ("head", "tail", "head+tail")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu")
 
 
@@ -137,3 +139,37 @@ class SDBertConfig:
 
     def replace(self, **changes: Any) -> SDBertConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How texts become token ids for a model: what it was trained with, the default of evaluate,
+    predict and serve."""
+
+    max_length: int | None = None
+    """tokens per text, special tokens included (None: the model's position limit)"""
+    truncation: str = "head+tail"
+    """which tokens a longer text keeps: head, tail or head+tail (`sdbert.data.tokenization`)"""
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATIONS:
+            raise ConfigError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"max_length must be positive, got {self.max_length}")
+
+    @classmethod
+    def from_config_dict(cls, data: dict[str, Any]) -> InferenceSettings:
+        """The settings recorded in our `config.json`; a Hugging Face folder's gets the defaults (its
+        `max_length`, where present, is a generation setting)."""
+        if data.get("model_type") != "sdbert":
+            return cls()
+        return cls(max_length=data.get("max_length"), truncation=data.get("truncation") or cls.truncation)
+
+    def to_config_dict(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "truncation": self.truncation}
+
+    def tokens_per_text(self, positions: int, requested: int | None = None) -> int:
+        """`requested` (at most `positions`), else the trained length, else all `positions`."""
+        if requested is not None and requested > positions:
+            raise ConfigError(f"--max-length {requested} exceeds the model's {positions} positions")
+        return min(requested or self.max_length or positions, positions)

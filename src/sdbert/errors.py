@@ -1,4 +1,5 @@
 """Errors a user can cause. The CLI turns them into a one-line message and exit status 2."""
+import importlib
 
 
 class SDBertError(Exception):
@@ -36,8 +37,6 @@ def missing_hint(module: str, purpose: str) -> str:
 
 def require(module: str, purpose: str):
     """Import and return `module`, or raise MissingDependency with `missing_hint`'s one line."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, positive_int
+from sdbert.data import load_split, resolve_source, stratified_subset
 from sdbert.errors import ConfigError
+from sdbert.io import write_json
 from sdbert.precision import PRECISION_HELP, Precision
+from sdbert.training.loop import evaluate as evaluate_examples
 from sdbert.training.setup import DataSettings
 
 
@@ -42,9 +46,6 @@ class EvaluateConfig:
 
 def evaluate(config: EvaluateConfig) -> tuple[dict, Path]:
     """The metrics (also written as JSON) and the file they were written to."""
-    from sdbert.classifier import Classifier
-    from sdbert.io import write_json
-
     classifier = Classifier.from_pretrained(config.model, backend=config.backend, threads=config.threads,
                                             revision=config.revision, precision=config.precision)
     metrics = _metrics(classifier, config)
@@ -54,9 +55,6 @@ def evaluate(config: EvaluateConfig) -> tuple[dict, Path]:
 
 
 def _metrics(classifier, config: EvaluateConfig) -> dict:
-    from sdbert.data import load_split, resolve_source, stratified_subset
-    from sdbert.training.loop import evaluate as evaluate_examples
-
     data = config.data
     source = resolve_source(data.source, progress=data.progress)
     split = None if source.kind == "table" else config.split  # a single file is what to evaluate, whole

@@ -82,6 +82,7 @@ def resolve_flag(value: str | None, revision: str | None, flag: str) -> str | No
 def offline() -> bool:
     """`HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`), read now rather than when huggingface_hub was imported,
     so a variable the process sets for itself counts."""
+    # optional extra [hub]: hub names only
     from huggingface_hub import constants
 
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
@@ -90,6 +91,7 @@ def offline() -> bool:
 
 def cache_dir() -> Path:
     """The hub cache in force now (`HF_HUB_CACHE`, else `HF_HOME`/hub, else huggingface_hub's default)."""
+    # optional extra [hub]: hub names only
     from huggingface_hub import constants
 
     for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
@@ -119,6 +121,7 @@ def _snapshot(hub, name: str, revision: str | None) -> Path:
 def _hub_error(exc: Exception, name: str, revision: str | None, local_only: bool, cache: Path) -> SDBertError:
     """One line for what went wrong with hub name `name`, and how to fix it."""
     # huggingface_hub.utils has exported these since long before `huggingface_hub.errors` existed
+    # optional extra [hub]: hub names only
     from huggingface_hub.utils import (
         GatedRepoError,
         HFValidationError,

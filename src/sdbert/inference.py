@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from sdbert.precision import PrecisionChoice, resolve_precision
 
@@ -37,8 +38,6 @@ def predict_logits(model, ids: Sequence[Sequence[int]], *, batch_size: int = 32,
                    desc: str = "predict", precision: str | PrecisionChoice | None = "fp32") -> torch.Tensor:
     """Logits `(N, num_labels)` of token-id lists, in their order (float32, CPU). `precision` (fp32, bf16,
     auto or a resolved `PrecisionChoice`) sets the autocast of a PyTorch model; ONNX runs as exported."""
-    from tqdm.auto import tqdm
-
     config = model.config
     out = torch.empty(len(ids), config.num_labels)
     sparse = config.attention_type == "block_sparse"

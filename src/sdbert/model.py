@@ -17,8 +17,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sdbert.attention import block_sparse_attention, dense_attention
+from sdbert.checkpoint import load_model, save_model
 from sdbert.config import SDBertConfig
 from sdbert.errors import ConfigError
+from sdbert.hub import resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -269,8 +271,6 @@ class SDBertForSequenceClassification(nn.Module):
         """`config.json` and `model.safetensors` with the tokenizer and inference settings
         (`sdbert.classifier.InferenceSettings`): those given, else the ones of the folder the model was
         loaded from (`name_or_path`), so a loaded model saves as a whole folder again."""
-        from sdbert.checkpoint import save_model
-
         save_model(self, path, tokenizer=tokenizer, settings=settings)
 
     @classmethod
@@ -282,9 +282,6 @@ class SDBertForSequenceClassification(nn.Module):
         `overrides` replace config fields (e.g. `attention_type="block_sparse"`,
         `max_position_embeddings=4096` to extend positions, `num_labels=2`).
         """
-        from sdbert.checkpoint import load_model
-        from sdbert.hub import resolve_model_dir
-
         folder = resolve_model_dir(path, revision=revision)
         model = load_model(cls, folder, **overrides)
         model.name_or_path = str(folder)

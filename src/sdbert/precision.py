@@ -26,7 +26,9 @@ from typing import Literal
 
 import torch
 
+from sdbert.data.cache import cache_dir
 from sdbert.errors import ConfigError
+from sdbert.io import write_json
 from sdbert.reporting import cpu_model
 
 logger = logging.getLogger(__name__)
@@ -142,8 +144,6 @@ def _calibration_key() -> str:
 
 
 def _cache_file():
-    from sdbert.data.cache import cache_dir
-
     return cache_dir() / "precision.json"
 
 
@@ -156,8 +156,6 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, value: float) -> None:
-    from sdbert.io import write_json
-
     try:
         write_json(_cache_file(), {**_read_cache(), key: value})
     except OSError as exc:  # a read-only home is no reason to fail a run: measure again next time

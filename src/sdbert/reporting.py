@@ -42,6 +42,7 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     try:
+        # optional extra [hf]: loaded only when a Hugging Face case runs
         import transformers  # optional: recorded when present, since the benchmarks compare against it
 
         info["transformers"] = transformers.__version__

@@ -38,6 +38,7 @@ def available() -> bool:
     if os.environ.get("SDBERT_FLEX", "1") == "0" or _state["failed"]:
         return False
     try:
+        # CUDA path: FlexAttention is loaded only where it can run
         import torch.nn.attention.flex_attention  # noqa: F401
     except ImportError:
         return False
@@ -67,6 +68,7 @@ def block_mask(layout: torch.Tensor, block_size: int, seq_len: int, key_padding_
 
     key_padding_mask: `(batch, nb * block_size)` bool, true for real tokens, or None.
     """
+    # CUDA path: FlexAttention is loaded only where it can run
     from torch.nn.attention.flex_attention import BlockMask
 
     # A stable descending sort lists each row's attended blocks first, in ascending order.
@@ -97,6 +99,7 @@ def block_mask(layout: torch.Tensor, block_size: int, seq_len: int, key_padding_
 
 
 def _kernel(compiled: bool):
+    # CUDA path: FlexAttention is loaded only where it can run
     from torch.nn.attention.flex_attention import flex_attention
 
     if not compiled:

@@ -111,6 +111,7 @@ def _load() -> bool:
         _state["error"], _state["disabled"] = "disabled by SDBERT_NATIVE", True
         return False
     try:
+        # compiled on first use: the C++ toolchain is loaded only when the native kernel is built
         from torch.utils import cpp_extension
 
         # -march=native binaries must not be shared between different CPUs: key the build by CPU.
@@ -137,6 +138,7 @@ def _ninja_on_path():
         yield
         return
     try:
+        # compiled on first use: the C++ toolchain is loaded only when the native kernel is built
         import ninja
 
         folder = ninja.BIN_DIR

@@ -48,6 +48,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from sdbert.attention import (
     bigbird_block_layout,
@@ -59,7 +60,15 @@ from sdbert.attention import (
 )
 from sdbert.bench import allocator
 from sdbert.bench.allocator import ALLOCATORS, minor_faults
-from sdbert.bench.report import PeakRSS, int_list, load_average, machine_info, run_isolated
+from sdbert.bench.report import (
+    PeakRSS,
+    describe_machine,
+    int_list,
+    load_average,
+    machine_info,
+    markdown_table,
+    run_isolated,
+)
 from sdbert.bench.timing import gemm_calibration, overlap, percent_of_peak
 from sdbert.cli_args import arg, name_list, non_negative_float, non_negative_int, positive_int
 from sdbert.config import dense_fallback_blocks
@@ -136,6 +145,7 @@ class AttentionBenchConfig:
 
 def hf_available() -> bool:
     try:
+        # optional extra [hf]: loaded only when a Hugging Face case runs
         from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention  # noqa: F401
     except ImportError:
         return False
@@ -162,6 +172,7 @@ class SparseSelfAttention(nn.Module):
 
 
 def _hf_module(cfg: AttentionBenchConfig, seq_len: int, heads: int) -> nn.Module:
+    # optional extra [hf]: loaded only when a Hugging Face case runs
     from transformers import BigBirdConfig
     from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention
 
@@ -172,6 +183,7 @@ def _hf_module(cfg: AttentionBenchConfig, seq_len: int, heads: int) -> nn.Module
 
 
 def _hf_masks(batch: int, seq_len: int, block_size: int):
+    # optional extra [hf]: loaded only when a Hugging Face case runs
     from transformers.models.big_bird.modeling_big_bird import BigBirdModel
 
     mask = torch.ones(batch, seq_len)
@@ -385,8 +397,6 @@ def run_attention_bench(cfg: AttentionBenchConfig, progress: bool = False) -> di
 
 
 def _run_attention_bench(cfg: AttentionBenchConfig, progress: bool) -> dict:
-    from tqdm.auto import tqdm
-
     torch.set_num_threads(cfg.threads)
     load_start = load_average()
     cases = [(n, m, mode) for n in cfg.lengths for m in cfg.methods for mode in cfg.modes]
@@ -622,8 +632,6 @@ def faults_line(result: dict) -> str:
 
 def markdown_report(result: dict) -> str:
     """The BENCHMARKS.md section of a run: a pure function of its JSON (checked by re-rendering)."""
-    from sdbert.bench.report import describe_machine, markdown_table
-
     cfg, machine, name = result["config"], result["machine"], result.get("name", "attention")
     lines = [
         "## Attention kernels (`sdbert bench attention`)" + ("" if name == "attention" else f": {name}"),

@@ -20,6 +20,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from sdbert.bench.report import markdown_table, update_markdown_section
+from sdbert.io import write_json
+
 Ratio = tuple[float, float, float]  # median ratio, lowest and highest ratio of any two rounds
 
 
@@ -139,8 +142,6 @@ def reproduced(result: dict) -> bool:
 
 
 def markdown_report(result: dict) -> str:
-    from sdbert.bench.report import markdown_table
-
     rows = [(r["ratio"], f"{r['median']:.2f}x", f"{r['low']:.2f}-{r['high']:.2f}", f"{r['rerun']:.2f}x",
              f"{r['rerun_low']:.2f}-{r['rerun_high']:.2f}", "yes" if r["inside"] else "**no**")
             for r in result["rows"]]
@@ -185,9 +186,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(result: dict, folder: Path) -> None:
-    from sdbert.bench.report import update_markdown_section
-    from sdbert.io import write_json
-
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "reproduction.json", result)
     update_markdown_section(folder / "BENCHMARKS.md", "reproduction", markdown_report(result))

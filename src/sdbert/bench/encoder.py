@@ -22,10 +22,31 @@ import gc
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm.auto import tqdm
 
-from sdbert.bench.report import int_list
-from sdbert.cli_args import arg, non_negative_int, positive_int
-from sdbert.config import SDBertConfig
+from sdbert.attention import bigbird_block_layout
+from sdbert.bench.report import (
+    add_output_arguments,
+    bench_config,
+    describe_machine,
+    int_list,
+    markdown_table,
+    text_table,
+)
+from sdbert.bench.timing import (
+    finish,
+    gemm_calibration,
+    interleaved_rounds,
+    kernel_text,
+    percent_of_peak,
+    provenance,
+    speedup,
+    speedup_text,
+    spread,
+)
+from sdbert.checkpoint import load_config
+from sdbert.cli_args import add_config_arguments, arg, non_negative_int, positive_int
+from sdbert.config import SDBertConfig, dense_fallback_blocks
 from sdbert.errors import ConfigError
 from sdbert.model import SDBertForSequenceClassification
 
@@ -65,8 +86,6 @@ class EncoderBenchConfig:
 
 def encoder_config(cfg: EncoderBenchConfig) -> SDBertConfig:
     if cfg.model is not None:
-        from sdbert.checkpoint import load_config
-
         base = load_config(cfg.model)
     else:
         base = SDBertConfig(vocab_size=30522, **SIZES[cfg.size])
@@ -81,9 +100,6 @@ def encoder_config(cfg: EncoderBenchConfig) -> SDBertConfig:
 
 def forward_gflop(config: SDBertConfig, batch: int, seq_len: int, attention: str) -> float:
     """Matrix-product GFLOP of one forward pass (embeddings, norms, softmax and the head left out)."""
-    from sdbert.attention import bigbird_block_layout
-    from sdbert.config import dense_fallback_blocks
-
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     dense_part = 2 * batch * seq_len * (4 * h * h + 2 * h * inter)  # q, k, v, output; the two FFN matrices
     num_blocks = -(-seq_len // config.block_size)
@@ -97,8 +113,6 @@ def forward_gflop(config: SDBertConfig, batch: int, seq_len: int, attention: str
 
 
 def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
-    from sdbert.bench.timing import finish, gemm_calibration, provenance
-
     torch.set_num_threads(cfg.threads)
     record = provenance(command_line(cfg))
     config = encoder_config(cfg)
@@ -118,15 +132,11 @@ def run_encoder_bench(cfg: EncoderBenchConfig, progress: bool = True) -> dict:
 
 
 def _progress(lengths, progress: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(lengths, desc="bench encoder", unit="length", disable=not progress)
 
 
 def _time_length(models: dict, config: SDBertConfig, cfg: EncoderBenchConfig, seq_len: int) -> dict:
     """Both attentions on the same ids, interleaved round by round."""
-    from sdbert.bench.timing import interleaved_rounds, speedup, spread
-
     ids = torch.randint(0, config.vocab_size, (cfg.batch, seq_len), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         times = interleaved_rounds({name: (lambda m=model: m(ids)) for name, model in models.items()},
@@ -158,16 +168,11 @@ def command_line(cfg: EncoderBenchConfig) -> str:
 
 
 def add_arguments(p) -> None:
-    from sdbert.bench.report import add_output_arguments
-    from sdbert.cli_args import add_config_arguments
-
     add_config_arguments(p, EncoderBenchConfig)
     add_output_arguments(p, "encoder")
 
 
 def run_from_args(args) -> dict:
-    from sdbert.bench.report import bench_config
-
     return run_encoder_bench(bench_config(EncoderBenchConfig, args), progress=args.progress)
 
 
@@ -176,8 +181,6 @@ def _seconds(stats: dict) -> str:
 
 
 def table(result: dict) -> tuple[list[str], list[list]]:
-    from sdbert.bench.timing import percent_of_peak, speedup_text
-
     calibration = result["calibration"]
     header = ["n", "block-sparse s (min-max)", "full s (min-max)", "speed-up full/sparse", "FLOP bound",
               "GFLOP sparse", "GFLOP full", "sparse % of GEMM peak", "full % of GEMM peak"]
@@ -199,15 +202,10 @@ def _shape(result: dict) -> str:
 
 
 def text_report(result: dict) -> str:
-    from sdbert.bench.report import text_table
-
     return "\n".join([_shape(result), text_table(*table(result))])
 
 
 def markdown_report(result: dict) -> str:
-    from sdbert.bench.report import describe_machine, markdown_table
-    from sdbert.bench.timing import kernel_text
-
     machine = result["machine"]
     return "\n".join([
         f"## Whole encoder, block-sparse vs full attention (`sdbert bench encoder`): {result['model']['source']}",

@@ -34,11 +34,37 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
-from sdbert.bench.report import int_list
-from sdbert.cli_args import arg, name_list, non_negative_int, positive_int
+from sdbert.bench.report import (
+    add_output_arguments,
+    bench_config,
+    describe_machine,
+    int_list,
+    markdown_table,
+    text_table,
+)
+from sdbert.bench.timing import (
+    finish,
+    gemm_calibration,
+    interleaved_rounds,
+    kernel_text,
+    provenance,
+    speedup_text,
+    spread,
+)
+from sdbert.bench.timing import speedup as measured
+from sdbert.checkpoint import load_config
+from sdbert.classifier import Classifier
+from sdbert.cli_args import add_config_arguments, arg, name_list, non_negative_int, positive_int
+from sdbert.config import InferenceSettings
+from sdbert.data import load_tokenizer
 from sdbert.errors import ConfigError
+from sdbert.model import SDBertForSequenceClassification
+from sdbert.onnx_runtime import ONNX_NAME, OnnxClassifier, is_onnx_model
+from sdbert.paper.runner import make_preset
 from sdbert.precision import resolve_precision
+from sdbert.training.kd import init_student_from_pretrained, student_config
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -123,10 +149,6 @@ def disk_size_mb(path: Path) -> float:
 
 def load_for_bench(label: str, path: Path, cfg: ModelBenchConfig) -> tuple[torch.nn.Module, dict]:
     """The model in eval mode (positions extended if asked) and its description."""
-    from sdbert.checkpoint import load_config
-    from sdbert.model import SDBertForSequenceClassification
-    from sdbert.onnx_runtime import ONNX_NAME, OnnxClassifier, is_onnx_model
-
     if is_onnx_model(path):
         if cfg.attention is not None:
             raise ConfigError(f"{path} is an ONNX graph: its attention is fixed, drop --attention")
@@ -159,10 +181,6 @@ def load_for_bench(label: str, path: Path, cfg: ModelBenchConfig) -> tuple[torch
 
 def preset_models(name: str, cfg: ModelBenchConfig) -> list[tuple[torch.nn.Module, dict]]:
     """A reproduce preset's sparse teacher and student, built from its teacher checkpoint (untrained heads)."""
-    from sdbert.model import SDBertForSequenceClassification
-    from sdbert.paper.runner import make_preset
-    from sdbert.training.kd import init_student_from_pretrained, student_config
-
     preset = make_preset(name)
     if preset.teacher_init is None:
         raise ConfigError(f"preset {name} has no teacher checkpoint to build its architectures from")
@@ -181,10 +199,6 @@ def preset_models(name: str, cfg: ModelBenchConfig) -> list[tuple[torch.nn.Modul
 def save_preset_student(name: str, path: Path) -> None:
     """A preset's student architecture as a model folder (checkpoint layers, untrained head, the preset's
     tokenizer and truncation): what a latency benchmark can serve on a fresh clone without training."""
-    from sdbert.classifier import Classifier, InferenceSettings
-    from sdbert.data import load_tokenizer
-    from sdbert.paper.runner import make_preset
-
     preset = make_preset(name)
     _, (student, _) = preset_models(name, ModelBenchConfig(presets=(name,), lengths=(preset.max_length,)))
     settings = InferenceSettings(preset.max_length, preset.truncation)
@@ -208,9 +222,6 @@ def _describe(model, label: str, path: str, *, size_mb: float | None, positions:
 
 def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
     """Time every model on every (length, batch) case; returns models, rows, calibration and provenance."""
-    from tqdm.auto import tqdm
-
-    from sdbert.bench.timing import finish, gemm_calibration, provenance
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -228,6 +239,7 @@ def run_model_bench(cfg: ModelBenchConfig, *, progress: bool = False) -> dict:
         torch.set_num_threads(threads)
     models = [info for _, info in loaded]
     if any(info.get("backend", "torch") != "torch" for info in models):
+        # optional extra [onnx]
         import onnxruntime
 
         record["machine"]["onnxruntime"] = onnxruntime.__version__
@@ -260,8 +272,6 @@ def _forward(model, ids, mask, autocast):
 
 
 def _time_case(loaded, length: int, batch: int, cfg: ModelBenchConfig) -> list[dict]:
-    from sdbert.bench.timing import interleaved_rounds, spread
-
     generator = torch.Generator().manual_seed(cfg.seed)
     rows, steps = {}, {}
     for model, info in loaded:
@@ -338,9 +348,6 @@ def speed_table(result: dict) -> tuple[list[str], list[list]]:
 
 def speedup(found: dict, label: str, base: str, length: int, batch: int) -> str:
     """Throughput of `label` over `base`, marked "within noise" when their rounds overlap."""
-    from sdbert.bench.timing import speedup as measured
-    from sdbert.bench.timing import speedup_text
-
     a, b = found[(label, length, batch)], found[(base, length, batch)]
     if "skipped" in a or "skipped" in b:
         return "n/a"
@@ -353,22 +360,15 @@ def speedup(found: dict, label: str, base: str, length: int, batch: int) -> str:
 
 
 def add_arguments(p) -> None:
-    from sdbert.bench.report import add_output_arguments
-    from sdbert.cli_args import add_config_arguments
-
     add_config_arguments(p, ModelBenchConfig)
     add_output_arguments(p, "model")
 
 
 def run_from_args(args) -> dict:
-    from sdbert.bench.report import bench_config
-
     return run_model_bench(bench_config(ModelBenchConfig, args, name=args.name), progress=args.progress)
 
 
 def text_report(result: dict) -> str:
-    from sdbert.bench.report import text_table
-
     machine, cfg = result["machine"], result["config"]
     lines = [f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}"
              + (f", onnxruntime {machine['onnxruntime']}" if "onnxruntime" in machine else ""),
@@ -379,9 +379,6 @@ def text_report(result: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    from sdbert.bench.report import describe_machine, markdown_table
-    from sdbert.bench.timing import kernel_text
-
     machine, cfg = result["machine"], result["config"]
     onnx = any(m.get("backend", "torch") != "torch" for m in result["models"])
     name = cfg.get("name", "model")

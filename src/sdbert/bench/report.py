@@ -10,6 +10,7 @@ which cannot be reset and so can under-count.
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import multiprocessing
 import re
@@ -21,6 +22,8 @@ from typing import Any
 
 from sdbert import reporting
 from sdbert.bench import allocator
+from sdbert.cli_args import config_from_args
+from sdbert.errors import ConfigError
 from sdbert.io import atomic_path
 from sdbert.reporting import load_average, update_markdown_section  # noqa: F401  (the benchmarks' names)
 
@@ -42,8 +45,6 @@ def describe_machine(m: dict[str, Any]) -> str:
 
 def int_list(text: str) -> tuple[int, ...]:
     """argparse type for comma-separated integers ("512,4096"); ranges are the configs' to check."""
-    import argparse
-
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -65,8 +66,6 @@ def add_output_arguments(p, name: str, *, progress: bool = True) -> None:
 
 def section_name(text: str) -> str:
     """argparse type of `--name`: a plain file stem (it names NAME.json and a BENCHMARKS.md section)."""
-    import argparse
-
     if not text or not re.fullmatch(r"[\w-]+", text):
         raise argparse.ArgumentTypeError(f"expected a plain file stem (letters, digits, _ and -), got {text!r}")
     return text
@@ -74,9 +73,6 @@ def section_name(text: str) -> str:
 
 def bench_config(cls, args, **overrides):
     """A benchmark's config from its flags (`sdbert.cli_args`); an impossible one is a `ConfigError`."""
-    from sdbert.cli_args import config_from_args
-    from sdbert.errors import ConfigError
-
     try:
         return config_from_args(cls, args, **overrides)
     except (TypeError, ValueError) as exc:
@@ -165,9 +161,11 @@ def plot_scaling(path: Path, series: dict[str, dict[str, list[tuple[int, float]]
     Returns False (and writes nothing) when matplotlib is not installed.
     """
     try:
+        # optional extra [plot]: without it the plot is skipped
         import matplotlib
 
         matplotlib.use("Agg")
+        # optional extra [plot]: without it the plot is skipped
         import matplotlib.pyplot as plt
     except ImportError:
         return False

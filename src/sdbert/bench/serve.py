@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import os
 import random
 import shlex
@@ -43,8 +45,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from sdbert.cli_args import arg, non_negative_int, positive_int, ranged
+from sdbert.bench.model import save_preset_student
+from sdbert.bench.report import add_output_arguments, bench_config, describe_machine, markdown_table, text_table
+from sdbert.bench.timing import finish, provenance, spread
+from sdbert.classifier import Classifier
+from sdbert.cli_args import add_config_arguments, arg, non_negative_int, positive_int, ranged
 from sdbert.errors import ConfigError, require
+from sdbert.training.setup import DataSettings, prepare_data
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 MIN_ROUNDS = 5  # DESIGN.md, Evidence: a median and a spread need at least 5 timed rounds
@@ -119,8 +126,6 @@ def synthetic_texts(count: int, words: int, seed: int = 0) -> list[str]:
 def review_sample(source: str | None, count: int, seed: int = 0) -> list[str]:
     """`count` IMDb test reviews, a seeded class-balanced sample, in a seeded random order (the split's
     file order groups reviews by class and film)."""
-    from sdbert.training.setup import DataSettings, prepare_data
-
     test = prepare_data(DataSettings(source=source, eval_limit=count, seed=seed, progress=False),
                         train=False, test=True).test
     texts = list(test.texts)
@@ -194,6 +199,7 @@ def running_server(model_dir: str | os.PathLike[str], *, server_args: Sequence[s
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, log, timeout: float) -> None:
+    # optional extra [serve]: the load tester's HTTP client
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -222,8 +228,6 @@ def _target(cfg: ServeBenchConfig) -> Iterator[tuple[str, str | None]]:
     if cfg.url is not None:
         yield cfg.url.rstrip("/"), None
     elif cfg.preset is not None:
-        from sdbert.bench.model import save_preset_student
-
         with tempfile.TemporaryDirectory(prefix="sdbert-bench-serve-") as folder:
             save_preset_student(cfg.preset, Path(folder))
             with running_server(folder, server_args=cfg.server_args) as url:
@@ -235,8 +239,6 @@ def _target(cfg: ServeBenchConfig) -> Iterator[tuple[str, str | None]]:
 
 def run_serve_bench(cfg: ServeBenchConfig) -> dict:
     """Sample the requests, serve (or reach) the model, run the warm-up and timed rounds, measure."""
-    from sdbert.bench.timing import finish, provenance
-
     texts, sample = request_texts(cfg)  # before the server starts: a bad data source fails at once
     with _target(cfg) as (url, folder):
         record = provenance(command_line(cfg))
@@ -277,6 +279,7 @@ def _measure(cfg: ServeBenchConfig, url: str, folder: str | None, texts: list[st
 
 
 def _model_info(url: str) -> dict:
+    # optional extra [serve]: the load tester's HTTP client
     import httpx
 
     response = httpx.get(f"{url}/v1/model", headers=auth_headers(), timeout=30)
@@ -290,9 +293,6 @@ def _model_info(url: str) -> dict:
 def reference_answers(info: dict, folder: str, texts: list[str]) -> dict[str, dict]:
     """Each text's answer from the served model run in this process, with the service's length, backend and
     precision."""
-    import gc
-
-    from sdbert.classifier import Classifier
 
     classifier = Classifier.from_pretrained(folder, backend="onnx" if info.get("backend") == "onnxruntime" else "torch",
                                             precision=info.get("precision") or "fp32")
@@ -344,6 +344,7 @@ async def _rounds(cfg: ServeBenchConfig, url: str, batches: list[list[str]], inf
                   reference: dict | None) -> list[dict]:
     """The reference answers (asked of the service when not given), then the warm-up and timed rounds over
     one keep-alive client; each round sends `batches` in order, malformed requests mixed in."""
+    # optional extra [serve]: the load tester's HTTP client
     import httpx
 
     limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
@@ -396,6 +397,7 @@ class _Sender:
         self.body_limit, self.timeout = body_limit, timeout
 
     async def good(self, texts: list[str], tally: _Tally) -> None:
+        # optional extra [serve]: the load tester's HTTP client
         import httpx
 
         start = time.perf_counter()
@@ -415,6 +417,7 @@ class _Sender:
         tally.wrong += sum(not same_answer(got, self.reference[text]) for text, got in zip(texts, results, strict=True))
 
     async def malformed(self, kind: str, tally: _Tally) -> None:
+        # optional extra [serve]: the load tester's HTTP client
         import httpx
 
         try:
@@ -494,8 +497,6 @@ def _checks(cfg: ServeBenchConfig, raw: list[dict], statuses: Counter, *, refere
 
 def _summary(rounds: list[dict]) -> dict:
     """Median and range over the timed rounds of each headline number."""
-    from sdbert.bench.timing import spread
-
     series = {"throughput_rps": [r["throughput_rps"] for r in rounds],
               "texts_per_s": [r["texts_per_s"] for r in rounds]}
     for q in ("p50", "p95", "p99"):
@@ -524,20 +525,14 @@ def command_line(cfg: ServeBenchConfig) -> str:
 
 
 def add_arguments(p) -> None:
-    from sdbert.bench.report import add_output_arguments
-    from sdbert.cli_args import add_config_arguments
-
     add_config_arguments(p, ServeBenchConfig)
     add_output_arguments(p, "serve", progress=False)
 
 
 def run_from_args(args) -> dict:
     """Run the load test; a run with failed requests is an error (nothing is written for it)."""
-    import logging
-
     require("httpx", "the serve benchmark")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    from sdbert.bench.report import bench_config
 
     result = run_serve_bench(bench_config(ServeBenchConfig, args))
     problems = failures(result)
@@ -647,15 +642,11 @@ def checks_line(result: dict) -> str:
 
 
 def machine_line(result: dict) -> str:
-    from sdbert.bench.report import describe_machine
-
     return (f"Machine: {describe_machine(result['machine'])}. Client and server share the machine (loopback), so "
             "the client's CPU time counts against the server's.")
 
 
 def text_report(result: dict) -> str:
-    from sdbert.bench.report import text_table
-
     checks = checks_line(result)
     return "\n".join([machine_line(result), f"Command: {result['command']}", requests_line(result),
                       model_line(result), "", text_table(*round_rows(result)), "", summary_line(result),
@@ -663,8 +654,6 @@ def text_report(result: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    from sdbert.bench.report import markdown_table
-
     return "\n".join(["## HTTP service (`sdbert bench serve`)", "", machine_line(result), "",
                       f"Command: `{result['command']}`", "", requests_line(result), "", model_line(result), "",
                       markdown_table(*round_rows(result)), "", summary_line(result),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from sdbert.attention import native
 from sdbert.bench.report import load_average, machine_info
 
 
@@ -95,8 +96,6 @@ def percent_of_peak(gflops: float | None, calibration: dict, key: str = "square_
 def provenance(command: str) -> dict:
     """What a benchmark JSON records before it starts: the machine, the command, the load, and which
     CPU kernel block-sparse attention will run (the native C++ one, or the PyTorch fallback and why)."""
-    from sdbert.attention import native
-
     machine = machine_info()
     machine["load_average_start"] = load_average()
     kernel = {"native_available": native.available(), "native_error": native.unavailable_reason()}

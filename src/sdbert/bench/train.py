@@ -45,13 +45,45 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
-from sdbert.bench.report import int_list
+from sdbert.attention import native
+from sdbert.bench.report import (
+    add_output_arguments,
+    bench_config,
+    describe_machine,
+    int_list,
+    markdown_table,
+    text_table,
+)
+from sdbert.bench.timing import (
+    finish,
+    gemm_calibration,
+    interleaved_rounds,
+    peak_key,
+    percent_of_peak,
+    provenance,
+    speedup,
+    speedup_text,
+    spread,
+)
 from sdbert.checkpoint import minilm_path
-from sdbert.cli_args import arg, fraction, name_list, non_negative_int, positive_float, positive_int
+from sdbert.cli_args import (
+    add_config_arguments,
+    arg,
+    fraction,
+    name_list,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from sdbert.config import dense_fallback_blocks
+from sdbert.data.dataset import TextDataset
+from sdbert.data.splits import stratified_subset
 from sdbert.errors import ConfigError, require
 from sdbert.precision import PRECISION_HELP, Precision, PrecisionChoice, resolve_precision
+from sdbert.training.loop import collate_padded, cross_entropy_loss, global_batches, padded_length
+from sdbert.training.setup import DataSettings, build_model, prepare_data
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +222,7 @@ FP32 = PrecisionChoice("fp32", "fp32", "BERT's recipe")
 def build_hf_case(cfg: TrainBenchConfig, texts, length: int, precision: PrecisionChoice | None = None) -> Case:
     """The plain Hugging Face setup: its tokenizer, seeded random batches, `DataCollatorWithPadding`; with the
     checkpoint's dropout in fp32, or (given our `precision`) with our attention dropout and that precision."""
+    # optional extra [hf]: loaded only when a Hugging Face case runs
     from transformers import AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding
 
     extra, note, same_recipe = {}, None, precision is not None
@@ -222,9 +255,6 @@ def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str,
     """Our model with the batches `sdbert.training.loop.train` would feed it in its first epoch: with our recipe in
     `precision`, or without one, BERT's recipe (attention dropout 0.1 in fp32)."""
     bert_recipe = precision is None
-    from sdbert.training.loop import collate_padded, cross_entropy_loss, global_batches, padded_length
-    from sdbert.training.setup import build_model
-
     torch.manual_seed(cfg.seed)
     classifier = build_model(init=cfg.init, attention_type=attention, block_size=cfg.block_size,
                              num_random_blocks=cfg.random_blocks, max_length=length, truncation=cfg.truncation,
@@ -257,8 +287,6 @@ def attention_path(model, batches: list[dict], cfg: TrainBenchConfig) -> str:
     if model.config.attention_probs_dropout_prob > 0:
         kernel = "block-sparse, pure PyTorch (the native kernel takes no attention dropout)"
     else:
-        from sdbert.attention import native
-
         kernel = "block-sparse, " + ("native kernel" if native.available() else "pure PyTorch")
     rest = "" if sparse == len(batches) else " (dense SDPA on the rest)"
     return f"{kernel}, {sparse}/{len(batches)} batches{rest}"
@@ -267,6 +295,7 @@ def attention_path(model, batches: list[dict], cfg: TrainBenchConfig) -> str:
 @contextlib.contextmanager
 def quiet_transformers():
     """No load reports or progress bars from transformers (the missing classifier is expected)."""
+    # optional extra [hf]: loaded only when a Hugging Face case runs
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -292,8 +321,6 @@ def _hf_positions(path: str) -> int | None:
 
 def load_texts(cfg: TrainBenchConfig):
     """The benchmark's reviews: a seeded stratified subset of the train split (validation carved off first)."""
-    from sdbert.training.setup import DataSettings, prepare_data
-
     most = max(cfg.examples(n) for n in cfg.lengths)
     return prepare_data(DataSettings(source=cfg.data, train_limit=most, eval_limit=1, seed=cfg.seed,
                                      progress=False)).train
@@ -301,8 +328,6 @@ def load_texts(cfg: TrainBenchConfig):
 
 def texts_for_length(cfg: TrainBenchConfig, texts, length: int):
     """This length's reviews: the seeded subset, filled to the length where `fill_lengths` says so."""
-    from sdbert.data.splits import stratified_subset
-
     subset = stratified_subset(texts, cfg.examples(length), seed=cfg.seed)
     return fill_texts(subset, texts, length) if length in cfg.fill_lengths else subset
 
@@ -310,8 +335,6 @@ def texts_for_length(cfg: TrainBenchConfig, texts, length: int):
 def fill_texts(subset, pool, length: int):
     """Each review of `subset` followed by the next reviews of its label in `pool` (cycling) until it
     has `length` words; a word is at least one token, so truncation then fills the length exactly."""
-    from sdbert.data.dataset import TextDataset
-
     by_label: dict[int, list[str]] = {}
     for text, label in zip(pool.texts, pool.labels, strict=True):
         by_label.setdefault(label, []).append(text)
@@ -343,9 +366,6 @@ def build_cases(cfg: TrainBenchConfig, texts, length: int, precision: PrecisionC
 def run_length(cfg: TrainBenchConfig, texts, length: int, calibration: dict, precision: PrecisionChoice,
                progress: bool = False) -> dict:
     """Build every case at `length`, time them in interleaved rounds and summarise each."""
-    from tqdm.auto import tqdm
-
-    from sdbert.bench.timing import interleaved_rounds, speedup
 
     cases = build_cases(cfg, texts, length, precision)
     bar = tqdm(total=len(cases) * (cfg.warmup + cfg.rounds), desc=f"bench train {length}", disable=not progress)
@@ -379,8 +399,6 @@ def round_batches(cfg: TrainBenchConfig, count: int) -> list[list[int]]:
 
 def case_row(case: Case, times: list[float], cfg: TrainBenchConfig, calibration: dict) -> dict:
     """A case's JSON row: every round's time, median and spread, examples/s, tokens, FLOP rate."""
-    from sdbert.bench.timing import peak_key, percent_of_peak, spread
-
     rounds = round_batches(cfg, len(case.batches))
     timed = [case.batches[i] for r in rounds for i in r]
     examples = sum(b["input_ids"].shape[0] for b in timed)
@@ -411,8 +429,6 @@ def non_embedding_parameters(model: torch.nn.Module) -> int:
 
 def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = False) -> dict:
     """Calibrate the GEMM peak, then time every case at every length; returns the benchmark's JSON."""
-    from sdbert.bench.timing import finish, gemm_calibration, provenance
-
     if not Path(cfg.init).is_dir():
         raise ConfigError(f"checkpoint folder {cfg.init} does not exist")
     require("transformers", "the training benchmark")
@@ -470,8 +486,6 @@ HEADER = ["case", "attention", "precision", "attention dropout", "examples/s", "
 
 
 def length_rows(section: dict) -> list[list]:
-    from sdbert.bench.timing import speedup_text
-
     rows = []
     for r in section["cases"]:
         peak = "-" if r["percent_of_peak"] is None else f"{r['model_gflops']:.1f} ({r['percent_of_peak']:.0f}%)"
@@ -512,8 +526,6 @@ def calibration_line(result: dict) -> str:
 
 
 def machine_line(result: dict) -> str:
-    from sdbert.bench.report import describe_machine
-
     return describe_machine(result["machine"])
 
 
@@ -521,16 +533,11 @@ def machine_line(result: dict) -> str:
 
 
 def add_arguments(p) -> None:
-    from sdbert.bench.report import add_output_arguments
-    from sdbert.cli_args import add_config_arguments
-
     add_config_arguments(p, TrainBenchConfig)
     add_output_arguments(p, "train")
 
 
 def run_from_args(args) -> dict:
-    from sdbert.bench.report import bench_config
-
     return run_train_bench(bench_config(TrainBenchConfig, args), progress=args.progress)
 
 
@@ -539,8 +546,6 @@ def _notes(result: dict) -> list[str]:
 
 
 def text_report(result: dict) -> str:
-    from sdbert.bench.report import text_table
-
     lines = [machine_line(result), setup_line(result), calibration_line(result)]
     for section in result["lengths"]:
         lines += ["", length_title(section), text_table(HEADER, length_rows(section))]
@@ -549,8 +554,6 @@ def text_report(result: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    from sdbert.bench.report import markdown_table
-
     init = "/".join(Path(result["config"]["init"]).parts[-2:])
     lines = [
         "## Training loop (`sdbert bench train`)", "",

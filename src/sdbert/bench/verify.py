@@ -18,6 +18,9 @@ import re
 import sys
 from pathlib import Path
 
+from sdbert.bench.report import update_markdown_section
+from sdbert.paper.report import render_report
+
 SECTION = re.compile(r"<!-- generated:([\w-]+):begin -->\n(.*?)\n<!-- generated:\1:end -->", re.DOTALL)
 
 
@@ -28,8 +31,6 @@ def sections(markdown: str) -> dict[str, str]:
 def render(result: dict) -> str:
     """The markdown section a result JSON renders to with this commit's code."""
     if "preset" in result and "benchmark" not in result:
-        from sdbert.paper.report import render_report
-
         return render_report(result, level=2).strip()
     module = importlib.import_module(f"sdbert.bench.{result['benchmark']}")
     return module.markdown_report(result).strip()
@@ -67,8 +68,6 @@ def check(folder: Path, markdown_name: str = "BENCHMARKS.md") -> list[str]:
 def render_all(folder: Path, markdown_name: str = "BENCHMARKS.md") -> list[str]:
     """Re-render every generated section of `folder/markdown_name` from its JSON (numbers never change: a
     section is a pure function of its JSON); returns the names of the sections that changed."""
-    from sdbert.bench.report import update_markdown_section
-
     markdown = folder / markdown_name
     changed = []
     for name, body in sections(markdown.read_text()).items():

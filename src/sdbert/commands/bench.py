@@ -7,17 +7,19 @@ Each benchmark is a sub-subcommand registered in `BENCHMARKS` (name -> (add_argu
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
+from sdbert.bench import attention as bench
+from sdbert.bench.attention import METHODS, AttentionBenchConfig, lookup
+from sdbert.bench.report import add_output_arguments, bench_config, plot_scaling, text_table, update_markdown_section
+from sdbert.cli_args import add_config_arguments
 from sdbert.errors import ConfigError, missing_hint
+from sdbert.io import write_json
 
 # --- attention ----------------------------------------------------------------------------------
 
 def add_attention_arguments(p: argparse.ArgumentParser) -> None:
-    from sdbert.bench.attention import AttentionBenchConfig
-    from sdbert.bench.report import add_output_arguments
-    from sdbert.cli_args import add_config_arguments
-
     add_config_arguments(p, AttentionBenchConfig)
     p.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True,
                    help="include Hugging Face BigBird when transformers is installed (default on)")
@@ -25,8 +27,6 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from sdbert.bench import attention as bench
-
     cfg, notes = attention_config(args)
     result = bench.run_attention_bench(cfg, progress=args.progress)
     result["notes"] = notes + result.get("notes", [])
@@ -37,9 +37,6 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def attention_config(args: argparse.Namespace):
     """The benchmark's config from the flags, and notes on what was left out (HF without transformers)."""
-    from sdbert.bench import attention as bench
-    from sdbert.bench.report import bench_config
-
     methods, notes = args.methods, []
     if not args.hf:
         methods = tuple(m for m in methods if m != "hf")
@@ -50,9 +47,6 @@ def attention_config(args: argparse.Namespace):
 
 
 def print_attention(result: dict, cfg, notes: list[str]) -> None:
-    from sdbert.bench import attention as bench
-    from sdbert.bench.report import text_table
-
     machine = result["machine"]
     print(f"{machine['cpu']}, {machine['torch_threads']} threads, torch {machine['torch']}")
     print(f"batch {cfg.batch}, {cfg.heads} heads x {cfg.head_dim}, block {cfg.block_size}, "
@@ -74,10 +68,6 @@ def print_attention(result: dict, cfg, notes: list[str]) -> None:
 
 def write_attention(result: dict, out: Path, name: str) -> None:
     """NAME.json, NAME.png and the NAME section of BENCHMARKS.md in `out`."""
-    from sdbert.bench import attention as bench
-    from sdbert.bench.report import update_markdown_section
-    from sdbert.io import write_json
-
     if name != "attention":
         result["command"] += f" --name {name}"
     plotted = _plot(result, out / f"{name}.png")
@@ -91,9 +81,6 @@ def write_attention(result: dict, out: Path, name: str) -> None:
 
 
 def _plot(result: dict, path: Path) -> bool:
-    from sdbert.bench.attention import METHODS, lookup
-    from sdbert.bench.report import plot_scaling
-
     cfg = result["config"]
     series: dict = {"time_ms": {}, "memory_mb": {}}
     for panel, key in (("time_ms", "median_ms"), ("memory_mb", "peak_mb")):
@@ -114,15 +101,10 @@ def _library_benchmark(name: str):
     """`(add_arguments, run)` for `sdbert.bench.<name>`, which provides `add_arguments`, `run_from_args`,
     `text_report` and `markdown_report`; `run` prints the report, writes `<name>.json` and its
     section of BENCHMARKS.md."""
-    import importlib
-
     def add(p: argparse.ArgumentParser) -> None:
         importlib.import_module(f"sdbert.bench.{name}").add_arguments(p)
 
     def run_fn(args: argparse.Namespace) -> int:
-        from sdbert.bench.report import update_markdown_section
-        from sdbert.io import write_json
-
         module = importlib.import_module(f"sdbert.bench.{name}")
         result = module.run_from_args(args)
         print(module.text_report(result))

@@ -14,6 +14,7 @@ from sdbert.cli_args import (  # noqa: F401
     positive_int,
     ranged,
 )
+from sdbert.training.loop import TrainingArguments
 from sdbert.training.setup import TRAINING_DATA_FIELDS, DataSettings
 
 
@@ -31,6 +32,4 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
 
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     """The training loop's flags (`TrainingArguments`), with per-command `defaults` by field name."""
-    from sdbert.training.loop import TrainingArguments
-
     add_config_arguments(parser.add_argument_group("training"), TrainingArguments, defaults=defaults)

@@ -11,11 +11,11 @@ import argparse
 from sdbert.cli_args import add_config_arguments, config_from_args
 from sdbert.commands.common import add_data_arguments, add_training_arguments, data_settings
 from sdbert.hub import resolve_flag
+from sdbert.training.distill import DistillConfig, distill
+from sdbert.training.loop import TrainingArguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.training.distill import DistillConfig
-
     parser.epilog = ("Beyond the paper, a hidden-state loss: e.g. --hidden-weight 1 --hidden 256 matches each "
                      "student layer's output to a teacher layer's through a learned projection; the teacher then "
                      "runs online, on every batch, instead of from cached logits. The output folder holds the "
@@ -26,9 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.training.distill import DistillConfig, distill
-    from sdbert.training.loop import TrainingArguments
-
     config = config_from_args(DistillConfig, args, data=data_settings(args),
                               training=config_from_args(TrainingArguments, args))
     # Hub names -> their cached snapshots (main revision; a teacher's recorded start is a local folder already).

@@ -9,20 +9,17 @@ import json
 
 from sdbert.cli_args import add_config_arguments, config_from_args
 from sdbert.commands.common import add_data_arguments, data_settings
+from sdbert.evaluation import EvaluateConfig, evaluate
 from sdbert.hub import add_revision_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.evaluation import EvaluateConfig
-
     add_config_arguments(parser, EvaluateConfig)
     add_revision_argument(parser)
     add_data_arguments(parser, training=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.evaluation import EvaluateConfig, evaluate
-
     metrics, out = evaluate(config_from_args(EvaluateConfig, args, data=data_settings(args), revision=args.revision))
     print(json.dumps(metrics))
     print(f"accuracy {metrics['accuracy']:.4f} | F1 {metrics['f1']:.4f} | {metrics['examples']} examples "

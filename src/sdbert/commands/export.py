@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 from sdbert.cli_args import positive_int
+from sdbert.errors import ConfigError
+from sdbert.export import HF_CLASSES, export_hf, export_onnx, load_for_export
 from sdbert.hub import add_revision_argument
+from sdbert.model_card import read_run, write_model_card
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.errors import ConfigError
-    from sdbert.export import HF_CLASSES, export_hf, export_onnx, load_for_export
-    from sdbert.model_card import read_run, write_model_card
-
     if args.quantize and args.format != "onnx":
         raise ConfigError("--quantize applies to --format onnx only")
     source, output = Path(args.model).resolve(), Path(args.output).resolve()

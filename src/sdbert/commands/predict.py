@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from sdbert.classifier import Classifier
 from sdbert.commands.common import positive_int
 from sdbert.errors import DataError
 from sdbert.hub import add_revision_argument
@@ -48,8 +49,6 @@ def read_inputs(files: list[str]) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.classifier import Classifier
-
     # a PyTorch model folder or an ONNX export; must have a tokenizer
     classifier = Classifier.from_pretrained(args.model, backend=args.backend, threads=args.threads,
                                             revision=args.revision, precision=args.precision)

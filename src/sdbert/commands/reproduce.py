@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from sdbert.cli_args import add_config_arguments, config_from_args
+from sdbert.paper.runner import ReproduceConfig, reproduce
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.paper.runner import ReproduceConfig
-
     add_config_arguments(parser, ReproduceConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from sdbert.paper.runner import ReproduceConfig, reproduce
 
     config = config_from_args(ReproduceConfig, args, progress=args.progress and sys.stderr.isatty())
     results = reproduce(config)

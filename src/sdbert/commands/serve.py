@@ -10,6 +10,7 @@ from pathlib import Path
 from sdbert.cli_args import add_config_arguments, config_from_args, non_negative_float, positive_int, ranged
 from sdbert.errors import ConfigError
 from sdbert.hub import add_revision_argument, resolve_flag
+from sdbert.serving.settings import ServeSettings
 
 API_KEY_ENV = "SDBERT_API_KEY"
 
@@ -17,8 +18,6 @@ _port = ranged(int, 0, 65535, what="a port in 0..65535")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.serving.settings import ServeSettings
-
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="model folder: sdbert/Hugging Face weights, or an ONNX export (model.onnx); or a hub "
                              "name org/name")
@@ -67,7 +66,8 @@ def read_api_key(path: str | None, environ: Mapping[str, str] = os.environ) -> s
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.serving.app import ServeSettings, check_bind, serve
+    # optional extra [serve]: `sdbert serve --help` works without fastapi; running it says what to install
+    from sdbert.serving.app import check_bind, serve
 
     api_key = read_api_key(args.api_key_file)
     check_bind(args.host, api_key, args.insecure)  # before loading anything

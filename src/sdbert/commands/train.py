@@ -10,11 +10,11 @@ import argparse
 from sdbert.cli_args import add_config_arguments, config_from_args
 from sdbert.commands.common import add_data_arguments, add_training_arguments, data_settings
 from sdbert.hub import add_revision_argument, resolve_flag
+from sdbert.training.finetune import FinetuneConfig, finetune
+from sdbert.training.loop import TrainingArguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sdbert.training.finetune import FinetuneConfig
-
     model = parser.add_argument_group("model")
     add_config_arguments(model, FinetuneConfig)
     add_revision_argument(model)
@@ -23,9 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdbert.training.finetune import FinetuneConfig, finetune
-    from sdbert.training.loop import TrainingArguments
-
     config = config_from_args(FinetuneConfig, args, data=data_settings(args),
                               training=config_from_args(TrainingArguments, args))
     config.init = resolve_flag(config.init, args.revision, "--init")  # a hub name -> its cached snapshot

@@ -126,6 +126,7 @@ def _read_jsonl(path: Path, text_column: str, label_column: str | None) -> _Colu
 
 def _read_parquet(path: Path, text_column: str, label_column: str | None) -> _Columns:
     try:
+        # optional extra [data]: Parquet files only
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:

@@ -21,15 +21,16 @@ from typing import Literal
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from sdbert.config import TRUNCATIONS
 from sdbert.data.progress import progress_bar
 from sdbert.errors import CheckpointError, ConfigError, require
+from sdbert.hub import resolve_model_dir
 from sdbert.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
 Truncation = Literal["head", "tail", "head+tail"]
 SENTENCEPIECE_NAME = "spiece.model"  # BigBird's, ALBERT's and T5's name for it
-TRUNCATIONS: tuple[str, ...] = ("head", "tail", "head+tail")
 # BERT's special tokens, in the order that gives [PAD] id 0 (the model's pad_token_id default).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _PAD_NAMES = ("[PAD]", "<pad>", "<|pad|>", "[pad]")
@@ -73,8 +74,6 @@ def load_tokenizer(model_dir: str | os.PathLike[str], *, revision: str | None = 
 
     Built-in truncation and padding are switched off: `encode` truncates and `collate` pads.
     """
-    from sdbert.hub import resolve_model_dir
-
     model_dir = resolve_model_dir(model_dir, revision=revision)
     tokenizer_file, vocab_file = model_dir / "tokenizer.json", model_dir / "vocab.txt"
     if tokenizer_file.is_file():

@@ -20,9 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdbert.classifier import InferenceSettings
+from sdbert.checkpoint import read_inference_settings
 from sdbert.config import SDBertConfig
+from sdbert.data.tokenization import SENTENCEPIECE_NAME, load_tokenizer
 from sdbert.errors import ConfigError
+from sdbert.hub import resolve_model_dir
+from sdbert.model import SDBertForSequenceClassification
 
 TOLERANCE = 1e-4
 # Tokens of real text in the self-check probes start here: ids 0-4 are [PAD], [UNK], [CLS], ... in
@@ -47,14 +50,10 @@ class ExportResult:
 def load_for_export(path: str | os.PathLike[str], *, revision: str | None = None):
     """`(model, tokenizer or None, settings)` of a model folder: what an export writes. A folder without a
     tokenizer still exports (its card and notes say what that leaves out)."""
-    from sdbert.data.tokenization import SENTENCEPIECE_NAME, load_tokenizer
-    from sdbert.hub import resolve_model_dir
-    from sdbert.model import SDBertForSequenceClassification
-
     folder = resolve_model_dir(path, revision=revision)
     model = SDBertForSequenceClassification.from_pretrained(folder).eval()
     has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", SENTENCEPIECE_NAME, "vocab.txt"))
-    return model, load_tokenizer(folder) if has_tokenizer else None, InferenceSettings.from_folder(folder)
+    return model, load_tokenizer(folder) if has_tokenizer else None, read_inference_settings(folder)
 
 
 def probe_lengths(config: SDBertConfig) -> tuple[int, int]:

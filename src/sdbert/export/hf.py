@@ -67,6 +67,7 @@ import contextlib
 import json
 import logging
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,8 +75,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sdbert.classifier import InferenceSettings
-from sdbert.config import SDBertConfig
+from sdbert.config import InferenceSettings, SDBertConfig
+from sdbert.data.tokenization import pad_token_id, save_tokenizer, special_tokens
 from sdbert.errors import CheckpointError, ConfigError
 from sdbert.export.common import (
     TOLERANCE,
@@ -86,6 +87,7 @@ from sdbert.export.common import (
     torch_logits,
     write_folder,
 )
+from sdbert.export.remote import AUTO_MAP, REMOTE_CODE_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +186,6 @@ def hf_config(config: SDBertConfig, architecture: str, settings: InferenceSettin
 def remote_code_config(config: SDBertConfig, settings: InferenceSettings | None = None) -> dict[str, Any]:
     """`config.json` for the custom code: our fields and inference settings (sdbert loads it too) + `auto_map`
     for transformers."""
-    from sdbert.export.remote import AUTO_MAP
-
     ours = config.to_dict() | (settings.to_config_dict() if settings is not None else {})
     out = {k: v for k, v in ours.items() if k not in _LOCAL_CONFIG_FIELDS}
     out.update(architectures=[HF_CLASSES["sdbert"]], auto_map=dict(AUTO_MAP),
@@ -195,9 +195,6 @@ def remote_code_config(config: SDBertConfig, settings: InferenceSettings | None 
 
 def write_remote_code(folder: Path) -> None:
     """Copy the custom-code modules (`sdbert/export/remote/`) into `folder`, byte for byte."""
-    from importlib.resources import files
-
-    from sdbert.export.remote import REMOTE_CODE_FILES
 
     templates = files("sdbert.export.remote")
     for name in REMOTE_CODE_FILES:
@@ -224,8 +221,6 @@ def hf_state_dict(model: nn.Module, architecture: str) -> dict[str, torch.Tensor
 
 def hf_tokenizer_config(tokenizer, config: SDBertConfig, settings: InferenceSettings | None = None) -> dict[str, Any]:
     """`tokenizer_config.json` that makes `AutoTokenizer` load our `tokenizer.json` as it is."""
-    from sdbert.data.tokenization import pad_token_id, special_tokens
-
     prefix, suffix = special_tokens(tokenizer)
     out: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -286,8 +281,6 @@ def export_hf(
         if arch == "sdbert":
             write_remote_code(tmp)
         if tokenizer is not None:
-            from sdbert.data.tokenization import save_tokenizer
-
             save_tokenizer(tokenizer, tmp)
             (tmp / "tokenizer_config.json").write_text(
                 json.dumps(hf_tokenizer_config(tokenizer, config, settings), indent=2) + "\n")

@@ -33,8 +33,9 @@ import torch
 from torch import nn
 
 from sdbert.attention.traceable import random_block_table, traceable_block_sparse_attention, traceable_dense_attention
-from sdbert.classifier import InferenceSettings
-from sdbert.config import SDBertConfig
+from sdbert.checkpoint import write_config
+from sdbert.config import InferenceSettings, SDBertConfig
+from sdbert.data.tokenization import save_tokenizer
 from sdbert.errors import CheckpointError, ConfigError
 from sdbert.export.common import (
     TOLERANCE,
@@ -45,6 +46,7 @@ from sdbert.export.common import (
     torch_logits,
     write_folder,
 )
+from sdbert.onnx_runtime import create_session
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +176,8 @@ def _write_onnx_graph(model: nn.Module, onnx_path: Path, *, opset: int | None, q
 
 def _write_onnx_companions(model: nn.Module, folder: Path, tokenizer, settings: InferenceSettings | None) -> None:
     """Our `config.json` and `tokenizer.json` beside the graph, so sdbert predict/serve read the folder."""
-    from sdbert.checkpoint import write_config
-
     write_config(folder, model.config, settings)
     if tokenizer is not None:
-        from sdbert.data.tokenization import save_tokenizer
-
         save_tokenizer(tokenizer, folder)
 
 
@@ -221,6 +219,7 @@ def quantize_onnx(source: str | os.PathLike[str], target: str | os.PathLike[str]
     """Dynamic int8 quantisation of the fp32 graph `source` into `target` (same inputs and outputs),
     keeping its metadata and recording `sdbert.quantization`."""
     require_extra("onnxruntime", "onnx")
+    # optional extra [onnx]
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -245,8 +244,6 @@ def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike[str], lengths: tu
                 *, tolerance: tuple[float, float] = (TOLERANCE, 0.0)) -> float:
     """Max abs difference between onnxruntime's and our logits on padded probe batches; raises
     CheckpointError above `tolerance` = (absolute, relative to our largest |logit|)."""
-    from sdbert.onnx_runtime import create_session
-
     config: SDBertConfig = model.config
     if lengths is None:
         lengths = probe_lengths(config)

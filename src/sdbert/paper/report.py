@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from sdbert.errors import missing_hint
@@ -106,9 +107,11 @@ def render_report(results: dict, level: int = 1) -> str:
 def _pyplot():
     """matplotlib's pyplot on a file-only backend, or None (with a one-line hint) when the extra is missing."""
     try:
+        # optional extra [plot]: without it the plot is skipped
         import matplotlib
 
         matplotlib.use("Agg")
+        # optional extra [plot]: without it the plot is skipped
         import matplotlib.pyplot as plt
     except ImportError:
         logger.warning("no plot: %s", missing_hint("matplotlib", "the plots"))
@@ -183,8 +186,6 @@ def write_outputs(results: dict, output: Path) -> None:
 def publish(output: Path, folder: Path) -> str:
     """Copy a finished run's results and plot into `folder` as `table1_<preset>.*` and render its
     BENCHMARKS.md section from them (what `sdbert.bench.verify` re-checks). Returns the section name."""
-    import shutil
-
     results = json.loads((output / "results.json").read_text())
     name = f"table1_{results['preset']}"
     write_json(folder / f"{name}.json", results)

@@ -29,8 +29,9 @@ from typing import Literal
 import torch
 
 from sdbert.checkpoint import minilm_path, weights_fingerprint
-from sdbert.classifier import Classifier, InferenceSettings
+from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, positive_float, positive_int
+from sdbert.config import InferenceSettings
 from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
 from sdbert.errors import ConfigError, missing_hint
 from sdbert.hub import resolve_flag
@@ -38,6 +39,7 @@ from sdbert.io import write_json
 from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
+from sdbert.paper.report import publish, write_outputs
 from sdbert.paper.table import SYSTEMS, aggregate, compare
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.reporting import load_average, machine_info
@@ -169,6 +171,7 @@ def folder_size_mb(path: Path) -> float:
 def tfidf_baseline(train_set: TextDataset, test_set: TextDataset) -> dict | None:
     """TF-IDF (uni+bigrams) + logistic regression: the non-neural row users deserve to see."""
     try:
+        # optional extra [baseline]: without it the TF-IDF row is skipped
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
     except ImportError:
@@ -239,8 +242,6 @@ class ReproduceConfig:
 def reproduce(config: ReproduceConfig) -> dict:
     """Train and score the preset's systems into `config.output`; writes results.json, report.md and the
     plot (and, with `publish`, the benchmarks section). Finished runs in `output` are reused."""
-    from sdbert.paper.report import publish, write_outputs
-
     output = Path(config.output)
     results = Runner(config.make_preset(), config.data, output, progress=config.progress).run()
     write_outputs(results, output)

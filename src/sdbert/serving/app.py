@@ -55,7 +55,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sdbert import __version__
+from sdbert.classifier import Classifier
 from sdbert.errors import ConfigError, MissingDependency, missing_hint, require
+from sdbert.inference import model_name
 from sdbert.serving.settings import ServeSettings  # noqa: F401  (public here; defined without fastapi for --help)
 
 try:  # the [serve] extra: without it, importing this module is a one-line user error, not a traceback
@@ -566,9 +569,6 @@ def serve(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, settings
         logger.warning("listening on %s without an API key (--insecure): anyone who can reach the port can use it",
                        host)
     uvicorn = require("uvicorn", "the HTTP service")
-    from sdbert.classifier import Classifier
-    from sdbert.inference import model_name
-
     settings = settings or ServeSettings()
     classifier = Classifier.from_pretrained(model_dir, backend=backend, threads=threads, precision=settings.precision)
     classifier.resolved_precision()  # measure (and log) before the first request, not during it
@@ -620,6 +620,4 @@ def _graceful_server_class(uvicorn):
 
 
 def _version() -> str:
-    from sdbert import __version__
-
     return __version__

@@ -15,12 +15,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
+from sdbert.checkpoint import weights_fingerprint
+from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
+from sdbert.config import InferenceSettings
+from sdbert.data import tokenizer_hash
 from sdbert.errors import ConfigError
 from sdbert.io import write_json
+from sdbert.model import SDBertForSequenceClassification
+from sdbert.model_card import write_model_card
 from sdbert.precision import resolve_precision
-from sdbert.training.loop import TrainingArguments
-from sdbert.training.setup import DataSettings
+from sdbert.training.kd import (
+    HiddenProjections,
+    cached_teacher_logits,
+    check_hidden_layer_map,
+    init_student_from_pretrained,
+    init_student_from_teacher,
+    kd_loss_fn,
+    online_kd_loss_fn,
+    starting_checkpoint,
+    student_config,
+    teacher_logits_key,
+)
+from sdbert.training.loop import TrainingArguments, prepare_output_dir, setup_distributed, train
+from sdbert.training.setup import DataSettings, data_record, load_unlabeled, prepare_data, with_unlabeled
 
 
 @dataclass
@@ -113,12 +133,6 @@ class Transfer:
 
 def distill(config: DistillConfig) -> dict:
     """Train a student into `config.training.output_dir`; returns (and writes) its `summary.json`."""
-    import torch
-
-    from sdbert.model_card import write_model_card
-    from sdbert.training.loop import prepare_output_dir, setup_distributed, train
-    from sdbert.training.setup import data_record
-
     run = config.training
     prepare_output_dir(run.output_dir, resume=run.resume, overwrite=run.overwrite)
     layer_map = layer_list("--layer-map", config.layer_map)
@@ -153,9 +167,6 @@ def load_teacher(config: DistillConfig, hidden_map: list[int] | None):
     """The teacher (a `Classifier`: the student reads its tokenizer), the checkpoint it started from (for
     `--init pretrained`) and the hidden-state layer map; resolved before the data and the logit pass, so a
     missing checkpoint fails at once."""
-    from sdbert.classifier import Classifier
-    from sdbert.training.kd import check_hidden_layer_map, starting_checkpoint
-
     teacher = Classifier.from_pretrained(config.teacher, backend="torch")
     if config.hidden_weight > 0:
         hidden_map = check_hidden_layer_map(hidden_map, teacher.config.num_hidden_layers, config.layers)
@@ -165,11 +176,6 @@ def load_teacher(config: DistillConfig, hidden_map: list[int] | None):
 
 def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
     """Labelled (+ unlabelled) reviews encoded with the teacher's tokenizer, and its cached logits on them."""
-    from sdbert.checkpoint import weights_fingerprint
-    from sdbert.data import tokenizer_hash
-    from sdbert.training.kd import cached_teacher_logits, teacher_logits_key
-    from sdbert.training.setup import load_unlabeled, prepare_data, with_unlabeled
-
     max_length, truncation = config.max_length or teacher.settings.max_length or 512, config.data.truncation
     data = prepare_data(config.data, id2label=teacher.config.id2label)
     train_set, val_set = (teacher.encode_dataset(split, max_length=max_length, truncation=truncation)
@@ -194,10 +200,6 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
 def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | None, max_length: int):
     """The student (a `Classifier` with the teacher's tokenizer) before training: the teacher's config cut
     down, started per `--init`; its config records where the weights came from."""
-    from sdbert.classifier import Classifier, InferenceSettings
-    from sdbert.model import SDBertForSequenceClassification
-    from sdbert.training.kd import init_student_from_pretrained, init_student_from_teacher, student_config
-
     student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden)
     student_cfg = student_cfg.replace(gradient_checkpointing=config.gradient_checkpointing)
     student_cfg = student_cfg.replace(attention_probs_dropout_prob=config.attention_dropout)
@@ -217,8 +219,6 @@ def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | No
 def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map):
     """The training loss (from cached logits, or with the teacher online), the hidden-state projections it
     trains (or None) and a line that says which."""
-    from sdbert.training.kd import HiddenProjections, kd_loss_fn, online_kd_loss_fn
-
     if not config.online:
         source = "from cache" if transfer.cached else f"computed in {transfer.teacher_seconds:.1f}s"
         loss = kd_loss_fn(transfer.logits, alpha=config.alpha, kind=config.kind, temperature=config.temperature)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_int
 from sdbert.io import write_json
 from sdbert.model_card import write_model_card
@@ -45,8 +47,6 @@ class FinetuneConfig:
 
 def finetune(config: FinetuneConfig) -> dict:
     """Train a classifier into `config.training.output_dir`; returns (and writes) its `summary.json`."""
-    import torch
-
     run = config.training
     prepare_output_dir(run.output_dir, resume=run.resume, overwrite=run.overwrite)
     distributed = setup_distributed()

@@ -23,7 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdbert.config import SDBertConfig
+from sdbert.data.cache import cache_dir as default_cache_dir
 from sdbert.errors import ConfigError
+from sdbert.io import atomic_open
+from sdbert.model import SDBertForSequenceClassification
+from sdbert.training.loop import dataset_logits
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +129,6 @@ def init_student_from_pretrained(student, checkpoint, layer_map: list[int] | Non
 def starting_checkpoint(teacher, init_from: str | None = None):
     """The model the teacher was fine-tuned from (`init_from`, else the folder its config records),
     loaded to fit the teacher: same positions and labels, and checked to share its vocabulary."""
-    from sdbert.model import SDBertForSequenceClassification
-
     path = init_from or teacher.config.init_checkpoint
     if not path:
         raise ConfigError("--init pretrained needs the checkpoint the teacher was fine-tuned from: its config does "
@@ -167,10 +169,6 @@ def cached_teacher_logits(
     """Teacher logits `(N, C)` for `examples`: read from `<cache>/teacher_logits/<key>.npy` or computed
     once in eval mode (in `precision`, a resolved `PrecisionChoice` or a name; None: fp32) and stored
     atomically. Returns (logits, seconds spent, whether it was cached)."""
-    from sdbert.data.cache import cache_dir as default_cache_dir
-    from sdbert.io import atomic_open
-    from sdbert.training.loop import dataset_logits
-
     path = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.npy"
     if path.is_file():
         try:
@@ -197,8 +195,6 @@ def cached_teacher_logits(
 
 def teacher_logits_cost(key: str, cache_dir: str | Path | None = None) -> float | None:
     """Seconds the teacher-logit pass stored under `key` took when it was computed; None if unknown."""
-    from sdbert.data.cache import cache_dir as default_cache_dir
-
     record = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.json"
     try:
         return float(json.loads(record.read_text())["seconds"])

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -33,10 +34,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from sdbert.checkpoint import read_weights
+from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
 from sdbert.data.batching import LengthBucketedBatchSampler, collate
 from sdbert.data.encoded import EncodedDataset
 from sdbert.errors import CheckpointError, ConfigError
+from sdbert.inference import predict_logits as predict_ids
 from sdbert.io import atomic_open, fsync_dir
 from sdbert.metrics import classification_metrics
 from sdbert.precision import PRECISION_HELP, Precision, PrecisionChoice, resolve_precision
@@ -190,8 +194,6 @@ def dataset_logits(model, examples: EncodedDataset, *, batch_size: int = 64, pro
                    desc: str = "eval", precision: str | PrecisionChoice | None = "fp32") -> torch.Tensor:
     """Logits `(N, num_labels)` of an encoded dataset, in its order: `inference.predict_logits` on its ids,
     in eval mode (batches hold one block count each, so an example's logits never depend on its batch)."""
-    from sdbert.inference import predict_logits as predict_ids
-
     was_training = model.training
     model.eval()
     ids = [examples.sequence(i) for i in range(len(examples))]
@@ -302,7 +304,7 @@ def _optimizer(modules: list[torch.nn.Module], args: TrainingArguments) -> torch
 def _tensorboard_writer(folder: Path):
     """A TensorBoard writer into `folder` when the optional `tensorboard` package is installed, else None."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (the [tensorboard] extra)
+        from torch.utils.tensorboard import SummaryWriter  # optional extra [tensorboard]
     except ImportError:
         return None
     return SummaryWriter(log_dir=str(folder))
@@ -320,8 +322,6 @@ class UnsafeCheckpoint(CheckpointError):
 def _load_trainer_state(path: Path) -> dict:
     """A checkpoint's trainer state, unpickled with `weights_only=True`: tensors and plain values only, so a
     run folder from elsewhere cannot run code on `--resume`."""
-    import pickle
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -450,8 +450,6 @@ class Trainer:
                  args: TrainingArguments, *, loss_fn: LossFn = cross_entropy_loss,
                  distributed: Distributed | None = None, device: torch.device | None = None,
                  aux_module: torch.nn.Module | None = None):
-        from sdbert.classifier import Classifier
-
         if not isinstance(classifier, Classifier):  # a bare model: its folders get no tokenizer or settings
             classifier = Classifier(classifier, tokenizer=None)
         self.classifier, model = classifier, classifier.model
@@ -532,8 +530,6 @@ class Trainer:
     def _newest_readable(self, found: list[Path]) -> tuple[Path, dict, dict]:
         """The newest checkpoint whose state and weights both read (a kill or a full disk can spoil the
         last one); a state that is not plain data is refused outright, never skipped."""
-        from sdbert.checkpoint import read_weights
-
         for i, folder in enumerate(reversed(found)):
             try:
                 return folder, _load_trainer_state(folder / STATE_NAME), read_weights(folder)

@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from sdbert.checkpoint import load_config
-from sdbert.classifier import Classifier, InferenceSettings
+from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, positive_int
-from sdbert.config import SDBertConfig
+from sdbert.config import InferenceSettings, SDBertConfig
 from sdbert.data import (
     EncodedDataset,
     TextDataset,
+    load_split,
     load_splits,
     load_tokenizer,
     pad_token_id,
@@ -29,8 +32,10 @@ from sdbert.data import (
     train_validation_split,
     train_wordpiece_tokenizer,
 )
+from sdbert.data.sources import DATA_ENV
 from sdbert.errors import ConfigError
 from sdbert.model import SDBertForSequenceClassification
+from sdbert.training.kd import IGNORE_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +79,6 @@ TRAINING_DATA_FIELDS = ("train_limit", "eval_limit", "val_fraction", "val_max", 
 
 def data_record(settings: DataSettings, train_set, val_set) -> dict:
     """What a run trained on, for its summary and model card (the source as resolved: --data or $SDBERT_DATA)."""
-    from sdbert.data.sources import DATA_ENV
-
     return {"source": settings.source or os.environ.get(DATA_ENV), "train_examples": len(train_set),
             "validation_examples": len(val_set)}
 
@@ -186,8 +189,6 @@ def build_model(
 
 def load_unlabeled(spec: str, settings: DataSettings, *, limit: int | None = None) -> TextDataset:
     """Unlabelled transfer text: a split name of the main source (IMDb's `unsup`) or another source."""
-    from sdbert.data import load_split
-
     if Path(spec).exists() or spec == "imdb":
         dataset = load_split(spec, "train", text_column=settings.text_column, label_column=None,
                              errors=settings.encoding_errors, progress=settings.progress)
@@ -201,9 +202,6 @@ def load_unlabeled(spec: str, settings: DataSettings, *, limit: int | None = Non
 
 def with_unlabeled(labelled: EncodedDataset, unlabelled: EncodedDataset) -> EncodedDataset:
     """One transfer set: labelled examples first, then unlabelled ones with label -100."""
-    import numpy as np
-
-    from sdbert.training.kd import IGNORE_LABEL
 
     ids = np.concatenate([labelled.ids, unlabelled.ids])
     offsets = np.concatenate([labelled.offsets, unlabelled.offsets[1:] + labelled.offsets[-1]])
