@@ -67,3 +67,18 @@ def tiny_tokenizer():
 
     return train_wordpiece_tokenizer(TEXTS, vocab_size=150, min_frequency=1)
 
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory) -> Path:
+    """One tiny from-scratch teacher shared by every test that distils (read it, never write into it):
+    `ROOT/teacher` trained by the real command on `ROOT/reviews.csv` (160 marker reviews) with the recipe
+    of the pinned logits (test_pinned.py)."""
+    from helpers import CLI_TRAIN, PINNED_RECIPE, sdbert, write_review_csv
+
+    root = tmp_path_factory.mktemp("trained_teacher")
+    data = write_review_csv(root / "reviews.csv", 160)
+    run = sdbert("train", "--data", data, "--output", root / "teacher", *CLI_TRAIN, *PINNED_RECIPE,
+                 env_extra={"SDBERT_CACHE": str(root / "cache")})
+    assert run.returncode == 0, run.stderr
+    return root

@@ -1,22 +1,10 @@
 """Bad input: one line on stderr, exit status 2, no traceback, nothing half-written."""
 
 import json
-import subprocess
 
 import pytest
 
-from sdbert.cli import main
-from test_train import sdbert, write_review_csv
-
-
-def run_main(capsys, *argv):
-    """The CLI in-process (fast: no interpreter start per case), as a CompletedProcess."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_info:  # argparse errors
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+from helpers import assert_one_line_error, run_main, sdbert, write_review_csv
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +17,6 @@ def workspace(tmp_path_factory):
     (root / "gpt2").mkdir()
     (root / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     return root, data
-
-
-def assert_one_line_error(result, *needles):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) >= 1
-    last = lines[-1]
-    for needle in needles:
-        assert needle in last, last
 
 
 CASES = {

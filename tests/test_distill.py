@@ -97,67 +97,32 @@ def test_init_from_teacher_copies_exactly_what_it_says():
                                   teacher)
 
 
-def test_distill_command_end_to_end_reuses_cached_teacher_logits(tmp_path):
+def test_distill_command_end_to_end_reuses_cached_teacher_logits(trained_teacher, tmp_path):
     """A teacher trained on a tiny task, then two students: the second reads the teacher logits."""
     import json
 
-    from test_train import CLI_TRAIN, sdbert, write_review_csv
+    from helpers import sdbert
 
-    data = write_review_csv(tmp_path / "reviews.csv", 200)
+    data, teacher = trained_teacher / "reviews.csv", trained_teacher / "teacher"
     env = {"SDBERT_CACHE": str(tmp_path / "cache")}
-    teacher = sdbert("train", "--data", str(data), "--output", str(tmp_path / "teacher"), *CLI_TRAIN, env_extra=env)
-    assert teacher.returncode == 0, teacher.stderr
     summaries = []
     for name, init in (("kd1", "random"), ("kd2", "teacher")):
-        run = sdbert("distill", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--output",
+        run = sdbert("distill", "--teacher", str(teacher), "--data", str(data), "--output",
                      str(tmp_path / name), "--layers", "1", "--heads", "1", "--init", init, "--epochs", "2",
                      "--batch-size", "8", "--no-progress", env_extra=env)
         assert run.returncode == 0, run.stderr
         summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
     assert summaries[0]["teacher_logits_cached"] is False
-    for folder in ("teacher", "kd1"):  # each model folder gets its card, written from its summary.json
-        card = (tmp_path / folder / "README.md").read_text()
+    for folder in (teacher, tmp_path / "kd1"):  # each model folder gets its card, written from its summary.json
+        card = (folder / "README.md").read_text()
         assert card.startswith("---\nlibrary_name: sdbert") and "validation texts" in card
     assert "knowledge-distillation" in (tmp_path / "kd1" / "README.md").read_text()
     assert summaries[0]["data"]["source"] == str(data) and summaries[0]["settings"]["epochs"] == 2
     assert summaries[1]["teacher_logits_cached"] is True and summaries[1]["teacher_logits_seconds"] == 0.0
     student = Classifier.from_pretrained(tmp_path / "kd2")  # the teacher's tokenizer and this run's settings
     assert student.config.num_hidden_layers == 1 and student.config.num_attention_heads == 1
-    assert student.tokenizer.to_str() == Classifier.from_pretrained(tmp_path / "teacher").tokenizer.to_str()
-    assert summaries[0]["parameters"] < json.loads((tmp_path / "teacher" / "summary.json").read_text())["parameters"]
-
-
-def test_torchrun_distill_two_processes_equal_one_process(tmp_path):
-    import json
-    import shutil
-    import sys
-    from pathlib import Path
-
-    from sdbert.checkpoint import read_weights
-    from test_train import CLI_TRAIN, sdbert, write_review_csv
-
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
-    data = write_review_csv(tmp_path / "reviews.csv", 120)
-    env = {"SDBERT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    teacher = sdbert("train", "--data", str(data), "--output", str(tmp_path / "teacher"), *CLI_TRAIN, "--epochs", "1",
-                     env_extra=env)
-    assert teacher.returncode == 0, teacher.stderr
-    common = ["distill", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--layers", "1", "--heads", "1",
-              "--epochs", "2", "--batch-size", "8", "--no-progress", "--seed", "5", "--dropout", "0",
-              "--precision", "fp32"]
-    one = sdbert(*common, "--output", str(tmp_path / "one"), env_extra=env)
-    assert one.returncode == 0, one.stderr
-    launcher = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sdbert"]
-    two = sdbert(*common, "--output", str(tmp_path / "two"), env_extra=env, launcher=launcher)
-    assert two.returncode == 0, two.stderr[-3000:]
-    last = [sorted((tmp_path / d / "checkpoints").glob("step-*"))[-1] for d in ("one", "two")]
-    assert last[0].name == last[1].name
-    a, b = read_weights(last[0]), read_weights(last[1])
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-    acc = [json.loads((tmp_path / d / "summary.json").read_text())["validation"]["accuracy"] for d in ("one", "two")]
-    assert acc[0] == acc[1]
+    assert student.tokenizer.to_str() == Classifier.from_pretrained(teacher).tokenizer.to_str()
+    assert summaries[0]["parameters"] < json.loads((teacher / "summary.json").read_text())["parameters"]
 
 
 def _perturbed(model: SDBertForSequenceClassification) -> SDBertForSequenceClassification:
@@ -214,33 +179,30 @@ def test_starting_checkpoint_errors_are_one_line(tmp_path):
         starting_checkpoint(teacher, str(tmp_path / "other"))
 
 
-def test_distill_init_pretrained_from_the_recorded_checkpoint(tmp_path):
+def test_distill_init_pretrained_from_the_recorded_checkpoint(trained_teacher, tmp_path):
     """`train --init X` records X; `distill --init pretrained` finds it there; misuse is one line, exit 2."""
     import json
 
-    from test_train import CLI_TRAIN, sdbert, write_review_csv
+    from helpers import sdbert
 
-    data = write_review_csv(tmp_path / "reviews.csv", 120)
+    data, start = trained_teacher / "reviews.csv", trained_teacher / "teacher"  # a from-scratch model
     env = {"SDBERT_CACHE": str(tmp_path / "cache")}
-    start = sdbert("train", "--data", str(data), "--output", str(tmp_path / "start"), *CLI_TRAIN, "--epochs", "1",
-                   env_extra=env)
-    assert start.returncode == 0, start.stderr
     tuned = sdbert("train", "--data", str(data), "--output", str(tmp_path / "teacher"), "--init",
-                   str(tmp_path / "start"), "--max-length", "64", "--block-size", "8", "--epochs", "1",
+                   str(start), "--max-length", "64", "--block-size", "8", "--epochs", "1",
                    "--batch-size", "8", "--no-progress", env_extra=env)
     assert tuned.returncode == 0, tuned.stderr
     recorded = json.loads((tmp_path / "teacher" / "config.json").read_text())["init_checkpoint"]
-    assert recorded == str((tmp_path / "start").resolve())
+    assert recorded == str(start.resolve())
     common = ["distill", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--layers", "1", "--heads", "1",
               "--epochs", "1", "--batch-size", "8", "--no-progress"]
     run = sdbert(*common, "--init", "pretrained", "--output", str(tmp_path / "student"), env_extra=env)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "student" / "model.safetensors").exists()
-    bad = sdbert(*common, "--init", "teacher", "--init-from", str(tmp_path / "start"), "--output",
+    bad = sdbert(*common, "--init", "teacher", "--init-from", str(start), "--output",
                  str(tmp_path / "bad"), env_extra=env)
     assert bad.returncode == 2 and "--init-from only applies" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
-    scratch = sdbert(*common[:2], str(tmp_path / "start"), *common[3:], "--init", "pretrained", "--output",
+    scratch = sdbert(*common[:2], str(start), *common[3:], "--init", "pretrained", "--output",
                      str(tmp_path / "bad2"), env_extra=env)
     assert scratch.returncode == 2 and "--init-from PATH" in scratch.stderr, scratch.stderr
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from helpers import CLI_TRAIN, args, assert_one_line_error, run_main, synthetic_examples, weights, write_review_csv
 from sdbert import SDBertConfig, SDBertForSequenceClassification
 from sdbert.errors import ConfigError
 from sdbert.training.kd import (
@@ -19,8 +20,6 @@ from sdbert.training.kd import (
     online_kd_loss_fn,
 )
 from sdbert.training.loop import STATE_NAME, dataset_logits, train
-from test_cli_errors import assert_one_line_error, run_main
-from test_train import CLI_TRAIN, args, synthetic_examples, weights, write_review_csv
 
 
 def model(seed=0, *, hidden=32, layers=2, heads=2, attention_type="block_sparse"):
@@ -243,8 +242,8 @@ def test_torchrun_hidden_loss_two_processes_equal_one_process(teacher_dir, tmp_p
     import sys
     from pathlib import Path
 
+    from helpers import sdbert
     from sdbert.checkpoint import read_weights
-    from test_train import sdbert
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:

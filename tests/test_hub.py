@@ -123,7 +123,7 @@ def test_hub_name_resolves_to_its_cached_snapshot_offline(hub_cache, tmp_path, c
 
 
 def test_uncached_hub_name_offline_is_one_line_and_exit_2(hub_cache, tmp_path, capsys):
-    from test_train import write_review_csv
+    from helpers import write_review_csv
 
     data = write_review_csv(tmp_path / "reviews.csv", 16)
     out = tmp_path / "out"
@@ -139,7 +139,7 @@ def test_uncached_hub_name_offline_is_one_line_and_exit_2(hub_cache, tmp_path, c
 
 
 def test_a_revision_without_a_hub_name_is_refused(tmp_path, capsys):
-    from test_train import write_review_csv
+    from helpers import write_review_csv
 
     data = write_review_csv(tmp_path / "reviews.csv", 16)
     code, err = run_cli(capsys, "train", "--revision", "main", "--data", str(data), "--output", str(tmp_path / "o"))

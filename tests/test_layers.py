@@ -2,6 +2,7 @@
 layers that only point down, no cycles, and function-local imports only with a stated reason."""
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -69,9 +70,10 @@ def imports_of(module: str) -> list[tuple[str, int, bool]]:
     return found
 
 
-def package_edges() -> dict[str, set[str]]:
-    return {module: {target for name, _, _ in imports_of(module) if name.startswith("sdbert")
-                     and (target := resolve(name)) and target != module}
+@functools.cache
+def package_edges() -> dict[str, frozenset[str]]:
+    return {module: frozenset(target for name, _, _ in imports_of(module) if name.startswith("sdbert")
+                              and (target := resolve(name)) and target != module)
             for module in MODULES}
 
 

@@ -90,8 +90,8 @@ def test_bf16_inference_agrees_with_fp32(tiny_model):
 def test_train_records_the_recipe_and_evaluate_predict_take_precision(tmp_path, monkeypatch, capsys):
     """Today's recipe: no attention dropout unless asked; the precision that ran is in summary.json, the
     model card and evaluate's JSON."""
+    from helpers import CLI_TRAIN, write_review_csv
     from sdbert.cli import main
-    from test_train import CLI_TRAIN, write_review_csv
 
     monkeypatch.setenv("SDBERT_CACHE", str(tmp_path / "cache"))
     data = write_review_csv(tmp_path / "reviews.csv", 80)

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import PINNED_TINY_ACCURACIES, PINNED_TINY_PRESET, assert_pinned, probe_logits
 from sdbert.cli import main
 from sdbert.paper.report import render_report
 from sdbert.paper.runner import Runner, make_preset, state_sha256
 from sdbert.paper.table import SYSTEMS, aggregate, compare
-from test_pinned import PINNED_TINY_ACCURACIES, PINNED_TINY_PRESET, assert_pinned, probe_logits
 
 
 def _run_files(out: Path) -> list[Path]:
@@ -37,6 +37,8 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
         low, high = row["accuracy_interval"]
         assert low <= row["accuracy"] <= high
         assert len(row["runs"]) == (2 if "student" in system else 1)
+    # The TF-IDF row of the tiny preset fits the preset's own reviews (the full pool is for quick/standard).
+    assert rows["tfidf_logreg"]["train_examples"] == results["data"]["train_examples"]
     kd, no_kd = rows["sparse_student_kd"], rows["sparse_student_no_kd"]
     # The clean ablation: per seed, both students start from identical weights; seeds differ.
     assert [r["initial_weights_sha256"] for r in kd["runs"]] == [r["initial_weights_sha256"] for r in no_kd["runs"]]

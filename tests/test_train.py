@@ -4,56 +4,28 @@ import csv
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from sdbert import SDBertConfig, SDBertForSequenceClassification
-from sdbert.checkpoint import read_weights
-from sdbert.data.encoded import EncodedDataset
-from sdbert.training.loop import TrainingArguments, evaluate, train
-
-FILLER = "the a movie film plot actor scene story time very really quite some it was and of to".split()
-
-
-def synthetic_examples(n, seed=0, vocab=40):
-    """Label = which of two marker tokens (5 or 6) the sequence holds; lengths vary 8..70."""
-    rng = np.random.default_rng(seed)
-    sequences, labels = [], []
-    for _ in range(n):
-        label = int(rng.integers(2))
-        body = rng.integers(10, vocab, size=int(rng.integers(6, 68))).tolist()
-        body[int(rng.integers(len(body)))] = 5 + label
-        sequences.append([2] + body + [3])
-        labels.append(label)
-    return EncodedDataset.from_lists(sequences, labels)
-
-
-def tiny_model(seed=0, dropout=0.0, attention_type="block_sparse"):
-    torch.manual_seed(seed)
-    config = SDBertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=128, block_size=8, num_random_blocks=1,
-                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                          attention_type=attention_type)
-    return SDBertForSequenceClassification(config)
-
-
-def args(tmp_path, **overrides):
-    base = dict(output_dir=str(tmp_path), epochs=2, batch_size=16, learning_rate=3e-3, block_size=8,
-                progress=False, log_every=2, seed=1, precision="fp32")  # exact numbers on any CPU
-    base.update(overrides)
-    return TrainingArguments(**base)
-
-
-def weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+from helpers import (
+    CLI_TRAIN,
+    FILLER,
+    args,
+    final_checkpoint_weights,
+    sdbert,
+    synthetic_examples,
+    tiny_model,
+    weights,
+    write_review_csv,
+)
+from sdbert import SDBertForSequenceClassification
+from sdbert.training.loop import evaluate, train
 
 
 def test_training_learns_and_keeps_the_best_model(tmp_path):
@@ -184,35 +156,6 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 # --- the command line: kill and resume, torchrun ---------------------------------------------
 
 
-def write_review_csv(path: Path, n: int, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for _ in range(n):
-            label = rng.choice(["pos", "neg"])
-            words = [rng.choice(FILLER) for _ in range(rng.randint(5, 60))]
-            words.insert(rng.randint(0, len(words)), "great" if label == "pos" else "awful")
-            writer.writerow([" ".join(words), label])
-    return path
-
-
-CLI_TRAIN = ["--size", "tiny", "--vocab-size", "200", "--max-length", "64", "--block-size", "8",
-             "--random-blocks", "1", "--batch-size", "8", "--epochs", "3", "--lr", "1e-3", "--no-progress",
-             "--seed", "3", "--precision", "fp32"]  # fp32: the same numbers on every CPU (auto may pick bf16)
-
-
-def sdbert(*cli_args, env_extra=None, launcher=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    cmd = (launcher or [sys.executable, "-m", "sdbert"]) + list(cli_args)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def final_checkpoint_weights(output: Path):
-    last = sorted((output / "checkpoints").glob("step-*"))[-1]
-    return last.name, read_weights(last)
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = write_review_csv(tmp_path / "reviews.csv", 240)
@@ -238,29 +181,6 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     name_b, again = final_checkpoint_weights(out)
     assert name_a == name_b
     assert all(torch.equal(full[k], again[k]) for k in full)
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_equal_one_process(tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
-    data = write_review_csv(tmp_path / "reviews.csv", 160)
-    env = {"SDBERT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    common = ["--data", str(data), *CLI_TRAIN, "--dropout", "0", "--epochs", "2"]
-    single = sdbert("train", "--output", str(tmp_path / "one"), *common, env_extra=env)
-    assert single.returncode == 0, single.stderr
-    launcher = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sdbert"]
-    double = sdbert("train", "--output", str(tmp_path / "two"), *common, env_extra=env, launcher=launcher)
-    assert double.returncode == 0, double.stderr[-3000:]
-    name_a, one = final_checkpoint_weights(tmp_path / "one")
-    name_b, two = final_checkpoint_weights(tmp_path / "two")
-    assert name_a == name_b
-    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
-    import json
-
-    acc = [json.loads((tmp_path / d / "summary.json").read_text())["validation"]["accuracy"] for d in ("one", "two")]
-    assert acc[0] == acc[1]
 
 
 def _three_class_csv(path: Path, typo: bool = False) -> Path:

@@ -97,10 +97,12 @@ def render_report(results: dict, level: int = 1) -> str:
               for name, (ours, paper) in claims(results["rows"]).items()]
     settings = results["settings"]
     teacher = settings["teacher_init"] or f"a randomly initialised {settings['teacher_size']} model"
+    baseline_data = ("every training review not held out for validation." if settings.get("baseline_train", "pool")
+                     == "pool" else "the preset's own training reviews.")
     lines += ["", "Settings:", "", "```json", json.dumps(results["settings"], indent=2), "```", "",
               f"What differs from the paper: the teacher here is `{teacher}` rather than BigBird-RoBERTa-base, "
               "trained on a subset of IMDb at a shorter length on this hardware; the paper's times are GPU minutes "
-              "on the full data. The TF-IDF row is trained on every training review not held out for validation."]
+              "on the full data. The TF-IDF row is trained on " + baseline_data]
     return "\n".join(lines) + "\n"
 
 
