@@ -218,14 +218,15 @@ def test_cached_teacher_logits_remember_what_the_pass_cost(tmp_path):
     ids = torch.randint(5, 50, (30,)).numpy().astype("int32")
     examples = EncodedDataset(ids, torch.tensor([0, 10, 20, 30]).numpy(), torch.tensor([0, 1, 0]).numpy())
     assert teacher_logits_cost("k1", tmp_path) is None
-    first, seconds, cached = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
-    assert not cached and seconds > 0
-    again, zero, hit = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
-    assert hit and zero == 0.0 and torch.equal(first, again)
-    assert teacher_logits_cost("k1", tmp_path) == pytest.approx(seconds, abs=0.01)
+    first = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
+    assert not first.cached and first.seconds > 0 and first.cost == first.seconds
+    again = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
+    assert again.cached and again.seconds == 0.0 and torch.equal(first.logits, again.logits)
+    assert again.cost == pytest.approx(first.seconds, abs=0.01)  # what a user without the cache pays
+    assert teacher_logits_cost("k1", tmp_path) == pytest.approx(first.seconds, abs=0.01)
     (tmp_path / "teacher_logits" / "k1.npy").write_bytes(b"\x93NUMPY cut short")  # a corrupt cache entry
-    third, _, hit = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
-    assert not hit and torch.equal(first, third)
+    third = cached_teacher_logits(teacher, examples, key="k1", cache_dir=tmp_path, progress=False)
+    assert not third.cached and torch.equal(first.logits, third.logits)
 
 
 def test_teacher_identity_covers_its_config(tmp_path):

@@ -19,7 +19,7 @@ from sdbert.training.kd import (
     kd_loss_fn,
     online_kd_loss_fn,
 )
-from sdbert.training.loop import STATE_NAME, dataset_logits, train
+from sdbert.training.loop import STATE_NAME, Batch, dataset_logits, train
 
 
 def model(seed=0, *, hidden=32, layers=2, heads=2, attention_type="block_sparse"):
@@ -91,9 +91,9 @@ def test_online_loss_freezes_the_teacher_and_adds_the_weighted_hidden_term():
     projections = HiddenProjections(16, 32, 2)
     loss_fn = online_kd_loss_fn(teacher, alpha=0.3, hidden_weight=2.5, projections=projections)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    batch = {"input_ids": torch.randint(4, 40, (3, 16)), "attention_mask": torch.ones(3, 16, dtype=torch.long),
-             "labels": torch.tensor([0, 1, 1])}
-    batch["attention_mask"][0, 10:] = 0
+    batch = Batch(torch.randint(4, 40, (3, 16)), torch.ones(3, 16, dtype=torch.long), torch.arange(3),
+                  torch.tensor([0, 1, 1]))
+    batch.attention_mask[0, 10:] = 0
     loss = loss_fn(student, batch)
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -101,11 +101,11 @@ def test_online_loss_freezes_the_teacher_and_adds_the_weighted_hidden_term():
     assert student.classifier.weight.grad.abs().sum() > 0
 
     with torch.no_grad():  # the same number, assembled by hand: student layers 0, 1 vs teacher layers 1, 3
-        t = teacher(batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        s = student(batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        kd = distillation_loss(s.logits, t.logits, batch["labels"], 0.3)
+        t = teacher(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+        s = student(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+        kd = distillation_loss(s.logits, t.logits, batch.labels, 0.3)
         hidden = hidden_state_loss([s.hidden_states[1], s.hidden_states[2]], [t.hidden_states[2], t.hidden_states[4]],
-                                   batch["attention_mask"], projections)
+                                   batch.attention_mask, projections)
     assert torch.allclose(loss, kd + 2.5 * hidden, atol=1e-6)
     with pytest.raises(ConfigError):
         online_kd_loss_fn(teacher, alpha=0.5, hidden_weight=1.0)  # no projections

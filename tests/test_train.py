@@ -75,8 +75,8 @@ def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
         calls["n"] += 1
         if calls["n"] == 11:
             raise KeyboardInterrupt  # stands in for a kill between checkpoints (steps 8 and 12)
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return torch.nn.functional.cross_entropy(logits, batch["labels"])
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+        return torch.nn.functional.cross_entropy(logits, batch.labels)
 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_model(dropout=0.1), data, val, args(tmp_path / "cut", **settings), loss_fn=crashing_loss)

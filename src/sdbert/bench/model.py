@@ -64,7 +64,7 @@ from sdbert.model import SDBertForSequenceClassification
 from sdbert.onnx_runtime import ONNX_NAME, OnnxClassifier, is_onnx_model
 from sdbert.paper.runner import make_preset
 from sdbert.precision import resolve_precision
-from sdbert.training.kd import init_student_from_pretrained, student_config
+from sdbert.training.kd import init_student, student_config
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -189,9 +189,8 @@ def preset_models(name: str, cfg: ModelBenchConfig) -> list[tuple[torch.nn.Modul
         preset.teacher_init, attention_type="block_sparse", block_size=preset.block_size,
         num_random_blocks=preset.num_random_blocks, max_position_embeddings=positions).eval()
     torch.manual_seed(cfg.seed)
-    student = SDBertForSequenceClassification(student_config(teacher.config, layers=preset.student_layers,
-                                                             heads=preset.student_heads)).eval()
-    init_student_from_pretrained(student, teacher)
+    student = init_student(student_config(teacher.config, layers=preset.student_layers, heads=preset.student_heads),
+                           "pretrained", start=teacher).eval()
     return [(model, _describe(model, f"{name} {role}", f"preset:{name}", size_mb=None))
             for role, model in (("sparse teacher", teacher), ("student", student))]
 

@@ -82,7 +82,7 @@ from sdbert.data.dataset import TextDataset
 from sdbert.data.splits import stratified_subset
 from sdbert.errors import ConfigError, require
 from sdbert.precision import PRECISION_HELP, Precision, PrecisionChoice, resolve_precision
-from sdbert.training.loop import collate_padded, cross_entropy_loss, global_batches, padded_length
+from sdbert.training.loop import Batch, collate_padded, cross_entropy_loss, global_batches, padded_length
 from sdbert.training.setup import DataSettings, build_model, prepare_data
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Case:
     name: str
     label: str
     model: torch.nn.Module
-    batches: list[dict]
+    batches: list
     loss: Callable[[torch.nn.Module, dict], torch.Tensor]
     max_grad_norm: float
     attention_path: str
@@ -263,9 +263,7 @@ def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str,
     batches = []
     for indices in global_batches(examples.lengths, cfg.batch_size(length), cfg.seed, 0):
         pad_to = padded_length(examples.lengths[indices], cfg.block_size)
-        batch = collate_padded(examples, indices, pad_to, model.config.pad_token_id)
-        batch.pop("indices")
-        batches.append(batch)
+        batches.append(collate_padded(examples, indices, pad_to, model.config.pad_token_id))
     positions = _hf_positions(cfg.init)
     note = None if positions is None or length <= positions else \
         f"sdbert position table extended {positions} -> {length} by tiling the learned one (build_model)"
@@ -277,11 +275,11 @@ def build_sdbert_case(cfg: TrainBenchConfig, texts, length: int, attention: str,
                 attention_dropout=model.config.attention_probs_dropout_prob)
 
 
-def attention_path(model, batches: list[dict], cfg: TrainBenchConfig) -> str:
+def attention_path(model, batches: list[Batch], cfg: TrainBenchConfig) -> str:
     """Which attention code our model runs on these batches (the kernel picks per call)."""
     if model.config.attention_type == "full":
         return "dense SDPA"
-    sparse = sum(b["input_ids"].shape[1] > cfg.dense_fallback_length for b in batches)
+    sparse = sum(b.input_ids.shape[1] > cfg.dense_fallback_length for b in batches)
     if not sparse:
         return f"dense SDPA (fallback: every batch <= {cfg.dense_fallback_length} tokens)"
     if model.config.attention_probs_dropout_prob > 0:
@@ -397,13 +395,21 @@ def round_batches(cfg: TrainBenchConfig, count: int) -> list[list[int]]:
             for r in range(cfg.rounds)]
 
 
+def _ids(batch: Batch | dict) -> torch.Tensor:  # ours are a Batch, Hugging Face's a dict
+    return batch["input_ids"] if isinstance(batch, dict) else batch.input_ids
+
+
+def _mask(batch: Batch | dict) -> torch.Tensor:
+    return batch["attention_mask"] if isinstance(batch, dict) else batch.attention_mask
+
+
 def case_row(case: Case, times: list[float], cfg: TrainBenchConfig, calibration: dict) -> dict:
     """A case's JSON row: every round's time, median and spread, examples/s, tokens, FLOP rate."""
     rounds = round_batches(cfg, len(case.batches))
     timed = [case.batches[i] for r in rounds for i in r]
-    examples = sum(b["input_ids"].shape[0] for b in timed)
-    padded = sum(b["input_ids"].numel() for b in timed)
-    real = sum(int(b["attention_mask"].sum()) for b in timed)
+    examples = sum(_ids(b).shape[0] for b in timed)
+    padded = sum(_ids(b).numel() for b in timed)
+    real = sum(int(_mask(b).sum()) for b in timed)
     s = spread(times)
     weights = non_embedding_parameters(case.model)
     gflops = 6 * weights * padded / len(rounds) / s["median"] / 1e9

@@ -28,11 +28,11 @@ from typing import Literal
 
 import torch
 
-from sdbert.checkpoint import minilm_path, weights_fingerprint
+from sdbert.checkpoint import minilm_path
 from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, positive_float, positive_int
 from sdbert.config import InferenceSettings
-from sdbert.data import TextDataset, encode_dataset, stratified_subset, tokenizer_hash
+from sdbert.data import TextDataset, encode_dataset, stratified_subset
 from sdbert.errors import ConfigError, missing_hint
 from sdbert.hub import resolve_flag
 from sdbert.io import write_json
@@ -44,17 +44,10 @@ from sdbert.paper.table import SYSTEMS, aggregate, compare
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.reporting import load_average, machine_info
 from sdbert.stats import wilson_interval
-from sdbert.training.kd import (
-    cached_teacher_logits,
-    init_student_from_pretrained,
-    init_student_from_teacher,
-    kd_loss_fn,
-    student_config,
-    teacher_logits_cost,
-    teacher_logits_key,
-)
+from sdbert.training.distill import add_unlabeled, teacher_logits
+from sdbert.training.kd import init_student, kd_loss_fn, student_config
 from sdbert.training.loop import TrainingArguments, dataset_logits, train
-from sdbert.training.setup import DataSettings, build_model, data_record, load_unlabeled, prepare_data, with_unlabeled
+from sdbert.training.setup import DataSettings, build_model, data_record, prepare_data
 
 logger = logging.getLogger(__name__)
 
@@ -355,11 +348,7 @@ class Runner:
     def _student_initial(self, config, teacher, seed: int) -> dict:
         """One student's starting weights: a seeded new model, then the preset's `student_init` copy."""
         torch.manual_seed(seed)
-        student = SDBertForSequenceClassification(config)
-        if self.preset.student_init == "pretrained":
-            init_student_from_pretrained(student, self.start)
-        elif self.preset.student_init == "teacher":
-            init_student_from_teacher(student, teacher)
+        student = init_student(config, self.preset.student_init, teacher=teacher, start=self.start)
         return {k: v.clone() for k, v in student.state_dict().items()}
 
     def _transfer_logits(self, teacher, labelled: TextDataset, encoded_labelled):
@@ -369,18 +358,13 @@ class Runner:
         p = self.preset
         transfer, fingerprint = encoded_labelled, labelled.fingerprint
         if p.unlabeled_limit:
-            extra = load_unlabeled("unsup", self.settings, limit=p.unlabeled_limit)
-            transfer = with_unlabeled(transfer, self._encode(extra))
-            fingerprint += extra.fingerprint
-        key = teacher_logits_key(weights_fingerprint(self.output / "sparse_teacher"), fingerprint,
-                                 tokenizer_hash(self.tokenizer), p.max_length, p.truncation, self.precision.precision)
-        logits, seconds, cached = cached_teacher_logits(teacher, transfer, key=key, batch_size=p.eval_batch_size,
-                                                        progress=self.progress, precision=self.precision)
-        if cached:  # a user without that cache pays the pass: report what it cost when it ran
-            seconds = teacher_logits_cost(key)
-            if seconds is None:
-                logger.warning("teacher logits came from a cache without their cost: KD time is training only")
-        return transfer, logits, None if seconds is None else round(seconds, 1)
+            transfer, fingerprint = add_unlabeled(transfer, fingerprint, "unsup", self.settings,
+                                                  limit=p.unlabeled_limit, encode=self._encode)
+        found = teacher_logits(teacher, self.tokenizer, self.output / "sparse_teacher", transfer, fingerprint,
+                               max_length=p.max_length, truncation=p.truncation, precision=self.precision,
+                               batch_size=p.eval_batch_size, progress=self.progress)
+        # A user without that cache pays the pass: report what it cost when it ran.
+        return transfer, found.logits, None if found.cost is None else round(found.cost, 1)
 
     def _fresh(self, config, state) -> Classifier:
         """A model with `state` as its weights, to train with the run's tokenizer and settings."""

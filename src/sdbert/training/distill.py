@@ -11,6 +11,7 @@ The pieces it puts together (losses, student initialisation, the teacher-logit c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,18 +22,17 @@ from sdbert.checkpoint import weights_fingerprint
 from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
 from sdbert.config import InferenceSettings
-from sdbert.data import tokenizer_hash
+from sdbert.data import EncodedDataset, TextDataset, tokenizer_hash
 from sdbert.errors import ConfigError
 from sdbert.io import write_json
-from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
-from sdbert.precision import resolve_precision
+from sdbert.precision import PrecisionChoice, resolve_precision
 from sdbert.training.kd import (
     HiddenProjections,
+    TeacherLogits,
     cached_teacher_logits,
     check_hidden_layer_map,
-    init_student_from_pretrained,
-    init_student_from_teacher,
+    init_student,
     kd_loss_fn,
     online_kd_loss_fn,
     starting_checkpoint,
@@ -65,7 +65,7 @@ class DistillConfig:
     init_from: str | None = arg(None, "with --init pretrained: the teacher's starting checkpoint (default: the "
                                       "folder recorded in the teacher's config.json as init_checkpoint)",
                                 metavar="DIR")
-    layer_map: str | None = arg(None, "layers copied with --init pretrained|teacher (default: evenly spaced, "
+    layer_map: list[int] | None = arg(None, "layers copied with --init pretrained|teacher (default: evenly spaced, "
                                       "e.g. 0,4,8)", metavar="I,J,K")
     unlabeled: str | None = arg(None, "extra unlabelled transfer text: a split of --data (e.g. 'unsup' for IMDb) "
                                       "or another source; only the distillation term is used on it",
@@ -86,9 +86,14 @@ class DistillConfig:
                                     "from the teacher's width (trained and checkpointed, not saved with the model)",
                                type=non_negative_float, metavar="W")
     gradient_checkpointing: bool = arg(False, "trade compute for memory")
-    hidden_layer_map: str | None = arg(None, "teacher layers (from 0) whose outputs the student's layers are "
+    hidden_layer_map: list[int] | None = arg(None, "teacher layers (from 0) whose outputs the student's layers are "
                                              "matched to, one per student layer (default: the last of each even "
                                              "run, e.g. 3,7,11 for 12 -> 3)", metavar="I,J,K")
+
+    def __post_init__(self) -> None:
+        # The flags give "0,4,8"; from here on a layer map is a list, parsed once.
+        self.layer_map = layer_list("--layer-map", self.layer_map)
+        self.hidden_layer_map = layer_list("--hidden-layer-map", self.hidden_layer_map)
 
     @property
     def online(self) -> bool:
@@ -108,14 +113,14 @@ class DistillConfig:
             raise ConfigError("--hidden-layer-map only applies with --hidden-weight > 0")
 
 
-def layer_list(flag: str, text: str | None) -> list[int] | None:
-    """`"0,4,8"` -> `[0, 4, 8]`; the range is checked against the models later."""
-    if text is None:
-        return None
+def layer_list(flag: str, value: str | list[int] | None) -> list[int] | None:
+    """`"0,4,8"` (a flag's text) or `[0, 4, 8]` -> `[0, 4, 8]`; the range is checked against the models later."""
+    if value is None or isinstance(value, list):
+        return value
     try:
-        return [int(x) for x in text.split(",")]
+        return [int(x) for x in value.split(",")]
     except ValueError:
-        raise ConfigError(f"{flag} must be comma-separated layer numbers, got {text!r}") from None
+        raise ConfigError(f"{flag} must be comma-separated layer numbers, got {value!r}") from None
 
 
 @dataclass
@@ -123,20 +128,36 @@ class Transfer:
     """What the student learns from: the encoded transfer and validation sets, and the teacher's logits on
     the transfer set when they are cached (None when the teacher runs online)."""
 
-    train_set: object
-    val_set: object
+    train_set: EncodedDataset
+    val_set: EncodedDataset
     max_length: int
-    logits: object = None
-    teacher_seconds: float = 0.0
-    cached: bool = False
+    teacher: TeacherLogits | None = None
+
+
+def add_unlabeled(labelled: EncodedDataset, fingerprint: str, source: str, settings: DataSettings, *,
+                  limit: int | None, encode: Callable[[TextDataset], EncodedDataset]) -> tuple[EncodedDataset, str]:
+    """The transfer set widened by unlabelled texts (a split of the data or another source; only the
+    distillation term sees them), and the fingerprint of everything it holds."""
+    extra = load_unlabeled(source, settings, limit=limit)
+    return with_unlabeled(labelled, encode(extra)), fingerprint + extra.fingerprint
+
+
+def teacher_logits(model, tokenizer, teacher_dir: str | Path, transfer: EncodedDataset, fingerprint: str, *,
+                   max_length: int, truncation: str, precision: PrecisionChoice, batch_size: int,
+                   progress: bool) -> TeacherLogits:
+    """The teacher's logits on `transfer`, computed once per teacher, data, tokenizer, length and format
+    and cached on disk."""
+    key = teacher_logits_key(weights_fingerprint(teacher_dir), fingerprint, tokenizer_hash(tokenizer), max_length,
+                             truncation, precision.precision)
+    return cached_teacher_logits(model, transfer, key=key, batch_size=batch_size, progress=progress,
+                                 precision=precision)
 
 
 def distill(config: DistillConfig) -> dict:
     """Train a student into `config.training.output_dir`; returns (and writes) its `summary.json`."""
     run = config.training
     prepare_output_dir(run.output_dir, resume=run.resume, overwrite=run.overwrite)
-    layer_map = layer_list("--layer-map", config.layer_map)
-    hidden_map = layer_list("--hidden-layer-map", config.hidden_layer_map)
+    layer_map, hidden_map = config.layer_map, config.hidden_layer_map
     config.check()
     distributed = setup_distributed()
     teacher, start, hidden_map = load_teacher(config, hidden_map)
@@ -182,18 +203,15 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
                           for split in (data.train, data.validation))
     fingerprint = data.train.fingerprint
     if config.unlabeled:
-        extra = load_unlabeled(config.unlabeled, config.data, limit=config.unlabeled_limit)
-        extra_set = teacher.encode_dataset(extra, max_length=max_length, truncation=truncation)
-        train_set = with_unlabeled(train_set, extra_set)
-        fingerprint += extra.fingerprint
+        train_set, fingerprint = add_unlabeled(
+            train_set, fingerprint, config.unlabeled, config.data, limit=config.unlabeled_limit,
+            encode=lambda texts: teacher.encode_dataset(texts, max_length=max_length, truncation=truncation))
     transfer = Transfer(train_set, val_set, max_length)
     if not config.online:
         precision = resolve_precision(config.training.precision, next(teacher.model.parameters()).device)
-        key = teacher_logits_key(weights_fingerprint(config.teacher), fingerprint, tokenizer_hash(teacher.tokenizer),
-                                 max_length, truncation, precision.precision)
-        transfer.logits, transfer.teacher_seconds, transfer.cached = cached_teacher_logits(
-            teacher.model, train_set, key=key, batch_size=config.training.eval_batch_size, progress=progress,
-            precision=precision)
+        transfer.teacher = teacher_logits(teacher.model, teacher.tokenizer, config.teacher, train_set, fingerprint,
+                                          max_length=max_length, truncation=truncation, precision=precision,
+                                          batch_size=config.training.eval_batch_size, progress=progress)
     return transfer
 
 
@@ -205,12 +223,10 @@ def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | No
     student_cfg = student_cfg.replace(attention_probs_dropout_prob=config.attention_dropout)
     if config.dropout is not None:
         student_cfg = student_cfg.replace(hidden_dropout_prob=config.dropout)
-    student = SDBertForSequenceClassification(student_cfg)
+    student = init_student(student_cfg, config.init, teacher=teacher.model, start=start, layer_map=layer_map)
     if config.init == "teacher":
-        init_student_from_teacher(student, teacher.model, layer_map)
         student.config.init_checkpoint = str(Path(config.teacher).resolve())
     elif config.init == "pretrained":
-        init_student_from_pretrained(student, start, layer_map)
         student.config.init_checkpoint = str(Path(config.init_from).resolve()) if config.init_from else \
             teacher.config.init_checkpoint
     return Classifier(student, teacher.tokenizer, InferenceSettings(max_length, config.data.truncation))
@@ -220,8 +236,8 @@ def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map)
     """The training loss (from cached logits, or with the teacher online), the hidden-state projections it
     trains (or None) and a line that says which."""
     if not config.online:
-        source = "from cache" if transfer.cached else f"computed in {transfer.teacher_seconds:.1f}s"
-        loss = kd_loss_fn(transfer.logits, alpha=config.alpha, kind=config.kind, temperature=config.temperature)
+        source = "from cache" if transfer.teacher.cached else f"computed in {transfer.teacher.seconds:.1f}s"
+        loss = kd_loss_fn(transfer.teacher.logits, alpha=config.alpha, kind=config.kind, temperature=config.temperature)
         return loss, None, f"teacher logits {source}"
     projections = None
     note = "teacher runs on every batch"
@@ -245,6 +261,6 @@ def distill_summary(config: DistillConfig, result, student, transfer: Transfer, 
     if config.online:
         summary.update(hidden_weight=config.hidden_weight, hidden_layer_map=hidden_map)
     else:
-        summary.update(teacher_logits_seconds=round(transfer.teacher_seconds, 2),
-                       teacher_logits_cached=transfer.cached)
+        summary.update(teacher_logits_seconds=round(transfer.teacher.seconds, 2),
+                       teacher_logits_cached=transfer.teacher.cached)
     return summary

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,19 @@ def student_config(teacher: SDBertConfig, *, layers: int = 3, heads: int = 4, hi
         intermediate = teacher.intermediate_size * hidden // teacher.hidden_size
     return teacher.replace(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden,
                            intermediate_size=intermediate, attention_type="block_sparse", init_checkpoint=None)
+
+
+def init_student(config: SDBertConfig, init: str = "random", *, teacher=None, start=None,
+                 layer_map: list[int] | None = None) -> SDBertForSequenceClassification:
+    """A new student of `config` (its head and any layer not copied drawn from torch's RNG), started per
+    `init`: `random`, `pretrained` (the mapped layers of `start`, the checkpoint the teacher was
+    fine-tuned from) or `teacher` (the fine-tuned teacher's)."""
+    student = SDBertForSequenceClassification(config)
+    if init == "teacher":
+        init_student_from_teacher(student, teacher, layer_map)
+    elif init == "pretrained":
+        init_student_from_pretrained(student, start, layer_map)
+    return student
 
 
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -156,6 +170,20 @@ def teacher_logits_key(teacher_fingerprint: str, data_fingerprint: str, tokenize
     return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
 
+@dataclass
+class TeacherLogits:
+    """The teacher's logits on a transfer set and what they cost."""
+
+    logits: torch.Tensor
+    """`(N, num_labels)`, row i for example i of the transfer set"""
+    seconds: float
+    """what this run spent on them (0 when read from the cache)"""
+    cached: bool
+    cost: float | None
+    """what the pass cost when it ran (read back beside a cached copy, so a rerun reports what a user pays;
+    None where the cache did not record it)"""
+
+
 def cached_teacher_logits(
     teacher,
     examples,
@@ -165,10 +193,10 @@ def cached_teacher_logits(
     batch_size: int = 64,
     progress: bool = True,
     precision=None,
-) -> tuple[torch.Tensor, float, bool]:
+) -> TeacherLogits:
     """Teacher logits `(N, C)` for `examples`: read from `<cache>/teacher_logits/<key>.npy` or computed
     once in eval mode (in `precision`, a resolved `PrecisionChoice` or a name; None: fp32) and stored
-    atomically. Returns (logits, seconds spent, whether it was cached)."""
+    atomically."""
     path = default_cache_dir(cache_dir) / "teacher_logits" / f"{key}.npy"
     if path.is_file():
         try:
@@ -178,7 +206,10 @@ def cached_teacher_logits(
             logits = None
         if logits is not None and logits.ndim == 2 and logits.shape[0] == len(examples):
             logger.info("teacher logits for %d examples read from %s", len(examples), path)
-            return torch.from_numpy(logits), 0.0, True
+            cost = teacher_logits_cost(key, cache_dir)
+            if cost is None:
+                logger.warning("teacher logits came from a cache without their cost: KD time is training only")
+            return TeacherLogits(torch.from_numpy(logits), 0.0, True, cost)
     start = time.perf_counter()
     logits = dataset_logits(teacher, examples, batch_size=batch_size, progress=progress, desc="teacher logits",
                             precision=precision or "fp32")
@@ -190,7 +221,7 @@ def cached_teacher_logits(
             f.write(json.dumps({"seconds": seconds, "examples": len(examples)}))
     except OSError as exc:
         logger.warning("could not cache teacher logits in %s: %s", path, exc)
-    return logits, seconds, False
+    return TeacherLogits(logits, seconds, False, seconds)
 
 
 def teacher_logits_cost(key: str, cache_dir: str | Path | None = None) -> float | None:
@@ -206,9 +237,9 @@ def kd_loss_fn(teacher_logits: torch.Tensor, *, alpha: float, kind: str = "mse",
     """A `train` loss: the student's logits against the cached teacher logits of the batch's examples."""
 
     def loss(model, batch):
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        teacher = teacher_logits[batch["indices"].cpu()].to(logits.device)
-        return distillation_loss(logits, teacher, batch.get("labels"), alpha, kind, temperature)
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+        teacher = teacher_logits[batch.indices.cpu()].to(logits.device)
+        return distillation_loss(logits, teacher, batch.labels, alpha, kind, temperature)
 
     return loss
 
@@ -314,13 +345,13 @@ def online_kd_loss_fn(
     want_states = bool(pairs)
 
     def loss(model, batch):
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids, mask = batch.input_ids, batch.attention_mask
         if next(teacher.parameters()).device != ids.device:
             teacher.to(ids.device)
         with torch.no_grad():
             target = teacher(ids, attention_mask=mask, output_hidden_states=want_states)
         out = model(ids, attention_mask=mask, output_hidden_states=want_states)
-        total = distillation_loss(out.logits, target.logits, batch.get("labels"), alpha, kind, temperature)
+        total = distillation_loss(out.logits, target.logits, batch.labels, alpha, kind, temperature)
         if want_states:
             student_states = list(out.hidden_states[1:])  # output of each student layer
             teacher_states = [target.hidden_states[m + 1] for m in pairs]

@@ -117,13 +117,31 @@ class TrainingArguments:
                 raise ConfigError(message)
 
 
-def collate_padded(examples: EncodedDataset, indices, pad_to: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+@dataclass
+class Batch:
+    """One padded micro-batch, what every loss function (`loss_fn(model, batch)`) receives."""
+
+    input_ids: torch.Tensor
+    """(B, S) token ids, S a block multiple"""
+    attention_mask: torch.Tensor
+    """(B, S) 1 for real tokens, 0 for padding"""
+    indices: torch.Tensor
+    """(B,) the examples' positions in the training set: the key of per-example targets (cached teacher logits)"""
+    labels: torch.Tensor | None = None
+    """(B,) class ids; -100 (ignored by the label loss) for unlabelled transfer texts; None without labels"""
+
+    def to(self, device) -> Batch:
+        move = lambda t: None if t is None else t.to(device)
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.indices), move(self.labels))
+
+
+def collate_padded(examples: EncodedDataset, indices, pad_to: int, pad_token_id: int) -> Batch:
     """Collate `indices` padded to exactly `pad_to` tokens; `indices` rides along for lookups."""
     sequences = [examples.sequence(i) for i in indices]
     labels = None if examples.labels is None else examples.labels[np.asarray(indices)]
-    batch = collate(sequences, pad_token_id, multiple_of=pad_to, labels=labels)
-    batch["indices"] = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    return batch
+    padded = collate(sequences, pad_token_id, multiple_of=pad_to, labels=labels)
+    return Batch(padded["input_ids"], padded["attention_mask"], torch.as_tensor(np.asarray(indices, dtype=np.int64)),
+                 padded.get("labels"))
 
 
 def padded_length(lengths, multiple: int) -> int:
@@ -223,8 +241,8 @@ LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
 
 
 def cross_entropy_loss(model, batch: dict) -> torch.Tensor:
-    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+    logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+    return torch.nn.functional.cross_entropy(logits.float(), batch.labels)
 
 
 def _set_seed(seed: int) -> None:
@@ -645,7 +663,7 @@ class Trainer:
             if len(part) == 0:
                 continue
             batch = collate_padded(self.train_examples, part, pad_to, args.pad_token_id)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = batch.to(self.device)
             sync = i == len(mine) - 1 or world == 1
             with (nullcontext() if sync else self.train_model.no_sync()), self.autocast:
                 loss = self.loss_fn(self.train_model, batch)
