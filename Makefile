@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 # The IMDb archive; `make demo SDBERT_DATA=imdb` downloads the official one once.
 SDBERT_DATA ?= $(if $(wildcard ../shared/data/aclImdb_v1.tar.gz),../shared/data/aclImdb_v1.tar.gz,imdb)
-# Where `make bench` writes; elsewhere, `python -m sdbert.bench.compare benchmarks $(BENCH_OUT)` checks the rerun.
+# Where `make bench` writes; elsewhere, `python tools/bench_compare.py benchmarks $(BENCH_OUT)` checks the rerun.
 BENCH_OUT ?= benchmarks
 
 .DEFAULT_GOAL := help
@@ -38,7 +38,7 @@ demo: install  ## the main job: the paper's Table 1, quick preset (about 15 min 
 	$(BIN)/sdbert reproduce --preset quick --data $(SDBERT_DATA) --output runs/quick
 
 bench: bench-kernels bench-models  ## every benchmark the README quotes, one after the other (about 30 min)
-	$(BIN)/python -m sdbert.bench.verify $(BENCH_OUT)
+	$(BIN)/python tools/bench_verify.py $(BENCH_OUT)
 
 bench-kernels: install  ## attention kernels and whole encoders, sparse vs dense -> BENCH_OUT (default benchmarks/)
 	$(BIN)/sdbert bench attention --lengths 512,2048,4096,8192 --hf-max-length 4096 --no-progress --output $(BENCH_OUT)

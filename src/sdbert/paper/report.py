@@ -187,7 +187,7 @@ def write_outputs(results: dict, output: Path) -> None:
 
 def publish(output: Path, folder: Path) -> str:
     """Copy a finished run's results and plot into `folder` as `table1_<preset>.*` and render its
-    BENCHMARKS.md section from them (what `sdbert.bench.verify` re-checks). Returns the section name."""
+    BENCHMARKS.md section from them (what `tools/bench_verify.py` re-checks). Returns the section name."""
     results = json.loads((output / "results.json").read_text())
     name = f"table1_{results['preset']}"
     write_json(folder / f"{name}.json", results)

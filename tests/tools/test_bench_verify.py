@@ -1,12 +1,12 @@
-"""`sdbert.bench.verify`: generated BENCHMARKS.md sections must equal what their JSON renders to."""
+"""`tools/bench_verify.py`: generated BENCHMARKS.md sections must equal what their JSON renders to."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from bench_verify import check, main
 from sdbert import SDBertConfig, SDBertForSequenceClassification
-from sdbert.bench.verify import check, main
 from sdbert.cli import main as sdbert_main
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"

@@ -1,11 +1,11 @@
-"""`python -m sdbert.bench.compare`: a rerun's speed-ups against a reference run's round ranges."""
+"""`python tools/bench_compare.py`: a rerun's speed-ups against a reference run's round ranges."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from sdbert.bench.compare import compare, main, ratio
+from bench_compare import compare, main, ratio
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -50,13 +50,13 @@ def test_the_committed_run_reproduces_itself_and_a_folder_without_ratios_fails(t
 
 
 def test_output_writes_a_reproduction_section_that_verify_accepts(tmp_path, capsys):
-    from sdbert.bench.verify import check
+    from bench_verify import check
 
     reference = attention_run(tmp_path / "ref", [280.0, 290.0, 300.0])
     rerun = attention_run(tmp_path / "rerun", [600.0, 620.0, 650.0])
     assert main([str(reference), str(rerun), "--output", str(rerun)]) == 1
     result = json.loads((rerun / "reproduction.json").read_text())
-    assert result["command"] == f"python -m sdbert.bench.compare {reference} {rerun} --output {rerun}"
+    assert result["command"] == f"python tools/bench_compare.py {reference} {rerun} --output {rerun}"
     assert [r["inside"] for r in result["rows"]] == [True, False]
     section = (rerun / "BENCHMARKS.md").read_text()
     assert "| attention: hf/sparse_proj forward 4096 | 2.04x | 1.87-2.14 | 4.37x | 4.00-4.64 | **no** |" in section
@@ -66,7 +66,7 @@ def test_output_writes_a_reproduction_section_that_verify_accepts(tmp_path, caps
 
 
 def test_a_run_on_another_machine_is_listed_but_never_a_reproduction(tmp_path, capsys):
-    from sdbert.bench.compare import result_of, same_machine
+    from bench_compare import result_of, same_machine
 
     reference = attention_run(tmp_path / "ref", [280.0, 290.0, 300.0])
     intel = attention_run(tmp_path / "intel", [285.0, 295.0, 305.0], {**MACHINE, "cpu": "Intel Xeon"})

@@ -6,8 +6,8 @@ or a `sdbert reproduce` results file (it has a `preset`). Re-rendering the JSON 
 this commit must give the section byte for byte, so no number in it can be typed by hand, stale,
 or from another run.
 
-    python -m sdbert.bench.verify benchmarks        # exit 1 and one line per problem
-    python -m sdbert.bench.verify benchmarks --render   # after a change of a renderer: re-render every section
+    python tools/bench_verify.py benchmarks        # exit 1 and one line per problem
+    python tools/bench_verify.py benchmarks --render   # after a change of a renderer: re-render every section
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def render(result: dict) -> str:
     """The markdown section a result JSON renders to with this commit's code."""
     if "preset" in result and "benchmark" not in result:
         return render_report(result, level=2).strip()
-    module = importlib.import_module(f"sdbert.bench.{result['benchmark']}")
+    # A rerun's comparison is rendered by the compare tool beside this one; every other JSON by its benchmark.
+    name = result["benchmark"]
+    module = importlib.import_module("bench_compare" if name == "compare" else f"sdbert.bench.{name}")
     return module.markdown_report(result).strip()
 
 

@@ -1,7 +1,7 @@
 """Does a rerun reproduce the speed-ups of a committed run? Every ratio, side by side.
 
-    python -m sdbert.bench.compare benchmarks /tmp/clone/benchmarks   # exit 1 if any ratio falls outside
-    python -m sdbert.bench.compare benchmarks/previous_run benchmarks --output benchmarks   # + reproduction.json
+    python tools/bench_compare.py benchmarks /tmp/clone/benchmarks   # exit 1 if any ratio falls outside
+    python tools/bench_compare.py benchmarks/previous_run benchmarks --output benchmarks   # + reproduction.json
 
 For each speed-up the README quotes (dense/ours and HF/ours+proj attention, full/block-sparse encoders,
 teacher/student models, HF/ours training loops), the reference run gives its median ratio and its
@@ -147,7 +147,7 @@ def markdown_report(result: dict) -> str:
             for r in result["rows"]]
     inside = sum(r["inside"] for r in result["rows"])
     return "\n".join([
-        "## Reproduction: a rerun's speed-ups against a reference run (`python -m sdbert.bench.compare`)", "",
+        "## Reproduction: a rerun's speed-ups against a reference run (`python tools/bench_compare.py`)", "",
         f"Command: `{result['command']}`", "",
         f"Reference: `{result['reference']}`; rerun: `{result['rerun']}`. A speed-up reproduces when the rerun's "
         "median ratio lies within the range the reference's rounds allow (its slowest round of one case over "
@@ -171,13 +171,13 @@ def print_rows(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdbert.bench.compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python tools/bench_compare.py", description=__doc__.splitlines()[0])
     parser.add_argument("reference", type=Path, help="folder of the reference run's benchmark JSONs")
     parser.add_argument("rerun", type=Path, help="folder of the rerun's benchmark JSONs")
     parser.add_argument("--output", type=Path, help="write reproduction.json and its BENCHMARKS.md section here")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    command = "python -m sdbert.bench.compare " + shlex.join(argv)
+    command = "python tools/bench_compare.py " + shlex.join(argv)
     result = result_of(args.reference, args.rerun, command)
     print_rows(result)
     if args.output is not None:
