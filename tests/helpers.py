@@ -27,7 +27,7 @@ from sdbert.training.loop import TrainingArguments
 FILLER = "the a movie film plot actor scene story time very really quite some it was and of to".split()
 # A from-scratch teacher on `write_review_csv` data; fp32: the same numbers on every CPU (auto may pick bf16).
 CLI_TRAIN = ["--size", "tiny", "--vocab-size", "200", "--max-length", "64", "--block-size", "8",
-             "--random-blocks", "1", "--batch-size", "8", "--epochs", "3", "--lr", "1e-3", "--no-progress",
+             "--random-blocks", "1", "--batch-size", "8", "--epochs", "3", "--lr", "3e-3", "--no-progress",
              "--seed", "3", "--precision", "fp32"]
 # The recipe the pinned logits were taken with: BERT's attention dropout and fp32 (today's defaults: 0, auto).
 PINNED_RECIPE = ["--attention-dropout", "0.1", "--precision", "fp32"]

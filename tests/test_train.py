@@ -222,7 +222,7 @@ def test_resume_with_another_lr_exits_2_naming_it(tmp_path, capsys, monkeypatch)
     capsys.readouterr()
     assert main([*base, "--resume", "--lr", "0.002"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--lr 0.001 -> 0.002" in err and len(err.splitlines()) == 1
+    assert "--lr 0.003 -> 0.002" in err and len(err.splitlines()) == 1
 
 
 def test_resume_falls_back_from_an_unreadable_newest_checkpoint(tmp_path, caplog):
