@@ -10,7 +10,7 @@ from helpers import PINNED_TINY_ACCURACIES, PINNED_TINY_PRESET, assert_pinned, p
 from sdbert.cli import main
 from sdbert.paper.report import render_report
 from sdbert.paper.runner import Runner, make_preset, state_sha256
-from sdbert.paper.table import SYSTEMS, aggregate, compare
+from sdbert.paper.table import SYSTEMS, RunSummary, aggregate, compare
 
 
 def _run_files(out: Path) -> list[Path]:
@@ -100,11 +100,12 @@ def test_students_start_from_the_teachers_starting_weights_not_the_fine_tuned_on
                                                          "classifier.weight", "bert.pooler.dense.weight"))
 
 
-def _run(system, seed, accuracy, predictions, seconds, **extra):
-    return {"system": system, "seed": seed, "accuracy": accuracy, "accuracy_interval": [accuracy - 0.1, accuracy],
+def _run(system, seed, accuracy, predictions, seconds, **extra) -> RunSummary:
+    return RunSummary.from_dict({
+        "system": system, "seed": seed, "accuracy": accuracy, "accuracy_interval": [accuracy - 0.1, accuracy],
             "eval_examples": len(predictions), "train_seconds": seconds, "parameters": 10e6 if "student" in system
             else 20e6, "examples_per_second": 1.0, "validation_accuracy": accuracy, "train_examples": 10,
-            "attention_type": "block_sparse", "layers": 3, "heads": 4, "test_predictions": predictions, **extra}
+            "attention_type": "block_sparse", "layers": 3, "heads": 4, "test_predictions": predictions, **extra})
 
 
 def test_presets_and_report_rendering(tmp_path):

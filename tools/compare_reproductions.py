@@ -17,16 +17,16 @@ from pathlib import Path
 
 from sdbert.errors import SDBertError
 from sdbert.io import write_json
-from sdbert.paper.table import SYSTEMS, paired_comparison
+from sdbert.paper.table import SYSTEMS, RunSummary, paired_comparison
 
 
 def run_records(folder: Path, system: str) -> list[dict]:
     """Each seed's `result.json` of one system (teachers: one run; students: one per seed folder)."""
     files = sorted((folder / system).glob("seed_*/result.json")) or sorted((folder / system).glob("result.json"))
-    return [json.loads(f.read_text()) for f in files]
+    return [RunSummary.from_dict(json.loads(f.read_text())) for f in files]
 
 
-def b_minus_a(a: list[dict], b: list[dict], labels: list[int]) -> dict:
+def b_minus_a(a: list[RunSummary], b: list[RunSummary], labels: list[int]) -> dict:
     """`paired_comparison` with B as the first system, its fields named for A and B as given."""
     c = paired_comparison(b, a, labels)
     verdict = {"A better": "B better", "B better": "A better"}.get(c["verdict"], c["verdict"])
@@ -46,11 +46,11 @@ def compare(folder_a: Path, folder_b: Path) -> dict:
     systems = {}
     for system in SYSTEMS:
         a, b = run_records(folder_a, system), run_records(folder_b, system)
-        if not a or [r["seed"] for r in a] != [r["seed"] for r in b]:
+        if not a or [r.seed for r in a] != [r.seed for r in b]:
             continue
-        systems[system] = {"seeds": [r["seed"] for r in a],
-                           "accuracy": [[r["accuracy"] for r in a], [r["accuracy"] for r in b]],
-                           "train_seconds": [[r["train_seconds"] for r in a], [r["train_seconds"] for r in b]],
+        systems[system] = {"seeds": [r.seed for r in a],
+                           "accuracy": [[r.accuracy for r in a], [r.accuracy for r in b]],
+                           "train_seconds": [[r.train_seconds for r in a], [r.train_seconds for r in b]],
                            "b_minus_a": b_minus_a(a, b, labels[0])}
     return {"a": str(folder_a), "b": str(folder_b), "preset": results[0]["preset"], "settings_differ": differ,
             "precision": [r.get("precision") for r in results], "wall_seconds": [r["wall_seconds"] for r in results],

@@ -18,6 +18,7 @@ skipped when `reproduce` runs again, an unfinished one resumes from its last che
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
 from sdbert.paper.report import publish, write_outputs
-from sdbert.paper.table import SYSTEMS, aggregate, compare
+from sdbert.paper.table import SYSTEMS, RunSummary, aggregate, compare
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.reporting import load_average, machine_info
 from sdbert.stats import wilson_interval
@@ -304,7 +305,7 @@ class Runner:
         return encode_dataset(self.tokenizer, dataset, self.preset.max_length, self.preset.truncation,
                               progress=self.progress)
 
-    def _teachers(self, config, encoded: dict) -> dict[str, dict]:
+    def _teachers(self, config, encoded: dict) -> dict[str, RunSummary]:
         """Full and block-sparse attention from the same starting weights, one run each."""
         p, initial = self.preset, self.start.state_dict()
         out = {}
@@ -314,7 +315,7 @@ class Runner:
                                        lr=p.teacher_lr, seed=p.seed)
         return out
 
-    def _students(self, data, encoded: dict) -> dict[str, list[dict]]:
+    def _students(self, data, encoded: dict) -> dict[str, list[RunSummary]]:
         """Both students per seed, from one initial state per seed; only the loss and the transfer set differ."""
         p = self.preset
         teacher = SDBertForSequenceClassification.from_pretrained(self.output / "sparse_teacher")
@@ -330,15 +331,15 @@ class Runner:
         # sees within that budget instead of making its training longer.
         steps = -(-len(student_data["train"]) // p.batch_size) * p.student_epochs
         loss_fn = kd_loss_fn(logits, alpha=p.alpha, kind=p.kd_kind, temperature=p.temperature)
-        runs: dict[str, list[dict]] = {"sparse_student_kd": [], "sparse_student_no_kd": []}
+        runs: dict[str, list[RunSummary]] = {"sparse_student_kd": [], "sparse_student_no_kd": []}
         for seed in student_seeds(p):
             initial = self._student_initial(config, teacher, seed)
             kd = self._system("sparse_student_kd", self.output / "sparse_student_kd" / f"seed_{seed}",
                               self._fresh(config, initial), dict(student_data, train=transfer),
                               epochs=p.student_epochs, lr=p.student_lr, seed=seed, max_steps=steps, loss_fn=loss_fn)
-            kd.update(teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
-                      total_seconds=None if logit_seconds is None else round(kd["train_seconds"] + logit_seconds, 1))
-            runs["sparse_student_kd"].append(kd)
+            runs["sparse_student_kd"].append(dataclasses.replace(
+                kd, teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
+                total_seconds=None if logit_seconds is None else round(kd.train_seconds + logit_seconds, 1)))
             runs["sparse_student_no_kd"].append(
                 self._system("sparse_student_no_kd", self.output / "sparse_student_no_kd" / f"seed_{seed}",
                              self._fresh(config, initial), student_data, epochs=p.student_epochs,
@@ -373,7 +374,7 @@ class Runner:
         return Classifier(model, self.tokenizer, InferenceSettings(self.preset.max_length, self.preset.truncation))
 
     def _system(self, system: str, out: Path, classifier: Classifier, encoded: dict, *, epochs: int, lr: float,
-                seed: int, max_steps: int | None = None, loss_fn=None) -> dict:
+                seed: int, max_steps: int | None = None, loss_fn=None) -> RunSummary:
         """Train one run into `out` and score it on the test reviews; a finished run is read back."""
         p, model = self.preset, classifier.model
         spec = {"system": system, "seed": seed, "epochs": epochs, "learning_rate": lr, "max_steps": max_steps,
@@ -390,21 +391,22 @@ class Runner:
         trained = train(classifier, encoded["train"], encoded["validation"], args,
                         **({} if loss_fn is None else {"loss_fn": loss_fn}))
         best = SDBertForSequenceClassification.from_pretrained(out)
-        run = score_run(best, encoded["test"], batch_size=p.eval_batch_size, progress=self.progress,
-                        desc=f"test {system}", precision=self.precision)
-        run.update(system=system, seed=seed, initial_weights_sha256=spec["initial_weights_sha256"], run_spec=spec,
-                   train_seconds=round(trained.train_seconds, 1), train_examples=len(encoded["train"]),
-                   validation_accuracy=round(trained.best_metrics.get("accuracy", float("nan")), 4),
-                   size_mb=folder_size_mb(out))
-        write_json(result_file, run)
-        write_model_card(out, dict(run, data=data_record(self.settings, encoded["train"], encoded["validation"])))
-        logger.info("%s (seed %d): test accuracy %.4f, trained in %.0fs", system, seed, run["accuracy"],
-                    run["train_seconds"])
+        scores = score_run(best, encoded["test"], batch_size=p.eval_batch_size, progress=self.progress,
+                           desc=f"test {system}", precision=self.precision)
+        run = RunSummary(**scores, system=system, seed=seed, initial_weights_sha256=spec["initial_weights_sha256"],
+                         run_spec=spec, train_seconds=round(trained.train_seconds, 1),
+                         train_examples=len(encoded["train"]), size_mb=folder_size_mb(out),
+                         validation_accuracy=round(trained.best_metrics.get("accuracy", float("nan")), 4))
+        write_json(result_file, run.to_dict())
+        write_model_card(out, run.to_dict() | {"data": data_record(self.settings, encoded["train"],
+                                                                   encoded["validation"])})
+        logger.info("%s (seed %d): test accuracy %.4f, trained in %.0fs", system, seed, run.accuracy,
+                    run.train_seconds)
         return run
 
 
     @staticmethod
-    def _finished(out: Path, spec: dict) -> dict:
+    def _finished(out: Path, spec: dict) -> RunSummary:
         """A run finished earlier, if it was made with these settings (else a one-line error, not a mix)."""
         run = json.loads((out / "result.json").read_text())
         stored = run.get("run_spec", {})
@@ -413,7 +415,7 @@ class Runner:
             raise ConfigError(f"{out} holds a finished run with other settings ({', '.join(different)}) or from an "
                               "older sdbert: delete it or choose another --output")
         logger.info("%s: finished earlier with the same settings, reusing it", out)
-        return run
+        return RunSummary.from_dict(run)
 
 
 def student_seeds(preset: Preset) -> list[int]:

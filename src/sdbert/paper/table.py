@@ -8,7 +8,9 @@ McNemar p-value of each seed's pair. A difference whose interval contains 0 is "
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,40 +33,84 @@ RUN_FIELDS = ("seed", "accuracy", "accuracy_interval", "train_seconds", "validat
               "initial_weights_sha256")
 
 
-def _mean(runs: list[dict], key: str) -> float:
-    return float(np.mean([run[key] for run in runs]))
+@dataclass
+class RunSummary:
+    """One trained system of Table 1 at one seed: its test score and what it cost (its `result.json`)."""
+
+    system: str
+    seed: int
+    accuracy: float
+    accuracy_interval: list[float]
+    eval_examples: int
+    examples_per_second: float
+    """test reviews scored per second"""
+    parameters: int
+    attention_type: str
+    layers: int
+    heads: int
+    test_predictions: list[int]
+    """the predicted class of every test review, in order: what paired comparisons pair"""
+    train_seconds: float
+    train_examples: int
+    validation_accuracy: float
+    initial_weights_sha256: str = ""
+    f1: float | None = None
+    size_mb: float | None = None
+    run_spec: dict = field(default_factory=dict)
+    """the settings it was trained with: a rerun into the same folder reuses it only when they match"""
+    teacher_logits_seconds: float | None = None
+    """KD runs: what the teacher-logit pass cost (None where unknown)"""
+    transfer_examples: int | None = None
+    """KD runs: labelled + teacher-labelled unlabelled examples"""
+    total_seconds: float | None = None
+
+    @property
+    def distilled(self) -> bool:
+        return self.transfer_examples is not None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSummary:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
-def aggregate(system: str, runs: list[dict]) -> dict:
+def _mean(runs: list[RunSummary], key: str) -> float:
+    return float(np.mean([getattr(run, key) for run in runs]))
+
+
+def aggregate(system: str, runs: list[RunSummary]) -> dict:
     """One row from a system's runs (the KD rows also carry the teacher-logit pass they need)."""
-    first, n = runs[0], runs[0]["eval_examples"]
-    accuracies = [run["accuracy"] for run in runs]
+    first, n = runs[0], runs[0].eval_examples
+    accuracies = [run.accuracy for run in runs]
     mean = float(np.mean(accuracies))
     low, high = wilson_interval(round(mean * n), n)
     row = {"system": system, "accuracy": round(mean, 4),
            "accuracy_std": round(float(np.std(accuracies, ddof=1)) if len(runs) > 1 else 0.0, 4),
            "accuracy_interval": [round(low, 4), round(high, 4)], "seeds": len(runs),
-           "train_seconds": round(_mean(runs, "train_seconds"), 1), "parameters": first["parameters"],
-           "size_mb": first.get("size_mb"), "eval_examples": n, "train_examples": first["train_examples"],
+           "train_seconds": round(_mean(runs, "train_seconds"), 1), "parameters": first.parameters,
+           "size_mb": first.size_mb, "eval_examples": n, "train_examples": first.train_examples,
            "examples_per_second": round(_mean(runs, "examples_per_second"), 2),
            "validation_accuracy": round(_mean(runs, "validation_accuracy"), 4),
-           "attention_type": first["attention_type"], "layers": first["layers"], "heads": first["heads"]}
+           "attention_type": first.attention_type, "layers": first.layers, "heads": first.heads}
     row["total_seconds"] = row["train_seconds"]
-    if "teacher_logits_seconds" in first:
-        logits = first["teacher_logits_seconds"]
-        row.update(teacher_logits_seconds=logits, transfer_examples=first["transfer_examples"],
+    if first.distilled:
+        logits = first.teacher_logits_seconds
+        row.update(teacher_logits_seconds=logits, transfer_examples=first.transfer_examples,
                    total_seconds=None if logits is None else round(row["train_seconds"] + logits, 1))
-    row["runs"] = [{key: run.get(key) for key in RUN_FIELDS} for run in runs]
+    row["runs"] = [{key: getattr(run, key) for key in RUN_FIELDS} for run in runs]
     return row
 
 
-def correctness(runs: list[dict], labels) -> np.ndarray:
+def correctness(runs: list[RunSummary], labels) -> np.ndarray:
     """`(runs, reviews)` booleans: which test reviews each run classified correctly."""
     labels = np.asarray(labels)
-    return np.stack([np.asarray(run["test_predictions"]) == labels for run in runs])
+    return np.stack([np.asarray(run.test_predictions) == labels for run in runs])
 
 
-def paired_comparison(runs_a: list[dict], runs_b: list[dict], labels) -> dict:
+def paired_comparison(runs_a: list[RunSummary], runs_b: list[RunSummary], labels) -> dict:
     """A minus B on the same reviews; runs are paired by position (seed order)."""
     a, b = correctness(runs_a, labels), correctness(runs_b, labels)
     difference, low, high = paired_bootstrap(a, b)
@@ -76,7 +122,7 @@ def paired_comparison(runs_a: list[dict], runs_b: list[dict], labels) -> dict:
             "mcnemar_p": [round(mcnemar_exact(*p), 4) for p in pairs], "verdict": verdict}
 
 
-def compare(runs: dict[str, list[dict]], labels) -> dict:
+def compare(runs: dict[str, list[RunSummary]], labels) -> dict:
     out = {}
     for claim, (a, b) in COMPARISONS.items():
         if runs.get(a) and runs.get(b):
