@@ -47,6 +47,13 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
     assert kd["parameters"] < rows["sparse_teacher"]["parameters"]
     assert kd["transfer_examples"] == 240 + 60  # labelled subset + unlabelled reviews
     assert kd["total_seconds"] == pytest.approx(kd["train_seconds"] + kd["teacher_logits_seconds"], abs=0.11)
+    # KD at equal labelled data: the same start and transfer set, over all of it (more steps than the ablation's).
+    equal = rows["sparse_student_kd_equal_data"]
+    assert [r["initial_weights_sha256"] for r in equal["runs"]] == [r["initial_weights_sha256"] for r in kd["runs"]]
+    assert equal["transfer_examples"] == 300 and equal["teacher_logits_seconds"] == kd["teacher_logits_seconds"]
+    spec = json.loads((out / "sparse_student_kd_equal_data" / "seed_42" / "result.json").read_text())["run_spec"]
+    assert spec["max_steps"] is None and spec["train_examples"] == 300
+    assert "kd_equal_data_vs_no_kd" in results["comparisons"]
     claim = results["comparisons"]["kd_vs_no_kd"]
     assert len(claim["mcnemar_p"]) == 2 and claim["interval_points"][0] <= claim["interval_points"][1]
     assert (out / "sparse_student_kd" / "seed_43" / "model.safetensors").exists()
@@ -64,7 +71,7 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
 
     # A second run finds every run finished and only re-reports them, with the same logit cost.
     before = {p: p.stat().st_mtime for p in _run_files(out)}
-    assert len(before) == 6
+    assert len(before) == 8  # two teachers; per seed, the two KD students and the no-KD one
     assert main(tiny) == 0
     assert before == {p: p.stat().st_mtime for p in _run_files(out)}
     again = json.loads((out / "results.json").read_text())

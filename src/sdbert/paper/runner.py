@@ -41,7 +41,7 @@ from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
 from sdbert.paper.report import publish, write_outputs
-from sdbert.paper.table import SYSTEMS, RunSummary, aggregate, compare
+from sdbert.paper.table import KD_EQUAL_DATA, SYSTEMS, RunSummary, aggregate, compare
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.reporting import load_average, machine_info
 from sdbert.stats import wilson_interval
@@ -82,6 +82,9 @@ class Preset:
     teacher: the fine-tuned sparse teacher, head included (a recipe, not an ablation)."""
     student_seeds: int = 1
     """Runs per student (seed of head init, data order, dropout); the teachers are trained once."""
+    kd_equal_data: bool = True
+    """With unlabelled reviews: also train a KD student over the whole transfer set at its own step budget
+    (KD at equal labelled data, beside the equal-steps ablation), from the same initial weights."""
     student_train_limit: int | None = None
     """Labelled reviews for the students (a seeded subset of the teachers'); None: all of them."""
     student_epochs: int = 2
@@ -277,7 +280,7 @@ class Runner:
         self.start = full_teacher.model
         runs = {system: [run] for system, run in self._teachers(full_teacher.config, encoded).items()}
         runs.update(self._students(data, encoded))
-        rows = [aggregate(system, runs[system]) for system in SYSTEMS]
+        rows = [aggregate(system, runs[system]) for system in (*SYSTEMS, KD_EQUAL_DATA) if runs.get(system)]
         if p.baseline:
             baseline = tfidf_baseline(data.train_pool if p.baseline_train == "pool" else data.train, data.test)
             if baseline:
@@ -331,15 +334,19 @@ class Runner:
         # sees within that budget instead of making its training longer.
         steps = -(-len(student_data["train"]) // p.batch_size) * p.student_epochs
         loss_fn = kd_loss_fn(logits, alpha=p.alpha, kind=p.kd_kind, temperature=p.temperature)
-        runs: dict[str, list[RunSummary]] = {"sparse_student_kd": [], "sparse_student_no_kd": []}
+        kd_systems = {"sparse_student_kd": steps}  # system -> its step budget (None: the whole transfer set)
+        if p.kd_equal_data and p.unlabeled_limit:
+            kd_systems[KD_EQUAL_DATA] = None
+        runs: dict[str, list[RunSummary]] = {system: [] for system in (*kd_systems, "sparse_student_no_kd")}
         for seed in student_seeds(p):
             initial = self._student_initial(config, teacher, seed)
-            kd = self._system("sparse_student_kd", self.output / "sparse_student_kd" / f"seed_{seed}",
-                              self._fresh(config, initial), dict(student_data, train=transfer),
-                              epochs=p.student_epochs, lr=p.student_lr, seed=seed, max_steps=steps, loss_fn=loss_fn)
-            runs["sparse_student_kd"].append(dataclasses.replace(
-                kd, teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
-                total_seconds=None if logit_seconds is None else round(kd.train_seconds + logit_seconds, 1)))
+            for system, max_steps in kd_systems.items():
+                kd = self._system(system, self.output / system / f"seed_{seed}", self._fresh(config, initial),
+                                  dict(student_data, train=transfer), epochs=p.student_epochs, lr=p.student_lr,
+                                  seed=seed, max_steps=max_steps, loss_fn=loss_fn)
+                runs[system].append(dataclasses.replace(
+                    kd, teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
+                    total_seconds=None if logit_seconds is None else round(kd.train_seconds + logit_seconds, 1)))
             runs["sparse_student_no_kd"].append(
                 self._system("sparse_student_no_kd", self.output / "sparse_student_no_kd" / f"seed_{seed}",
                              self._fresh(config, initial), student_data, epochs=p.student_epochs,
