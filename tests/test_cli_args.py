@@ -79,7 +79,6 @@ def test_a_missing_optional_package_names_the_extra_that_installs_it():
 @pytest.mark.parametrize("command, config, given", [
     (["bench", "attention"], "sdbert.bench.attention:AttentionBenchConfig", {}),
     (["bench", "encoder"], "sdbert.bench.encoder:EncoderBenchConfig", {}),
-    (["bench", "serve", "--preset", "quick"], "sdbert.bench.serve:ServeBenchConfig", {"preset": "quick"}),
     (["bench", "model", "--preset", "quick"], "sdbert.bench.model:ModelBenchConfig", {"presets": ("quick",)}),
     (["serve", "--model", "m"], "sdbert.serving.settings:ServeSettings", {}),
     (["evaluate", "--model", "m"], "sdbert.evaluation:EvaluateConfig", {"model": "m"}),

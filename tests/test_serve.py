@@ -267,7 +267,7 @@ def test_health_is_503_once_draining_and_model_info_has_no_server_paths(classifi
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    from sdbert.bench.serve import running_server
+    from bench_serve import running_server
 
     # fp32: the answers are compared with an fp32 classifier to 1e-5 (auto may pick bf16 on this CPU)
     with running_server(model_dir, server_args=["--max-texts", "8", "--threads", "1", "--precision", "fp32"],
@@ -311,7 +311,7 @@ def _wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float = 120.0
 
 def test_sigterm_stops_the_server_gracefully(model_dir):
     """An in-flight request still gets its answer after SIGTERM; the process then exits with 0."""
-    from sdbert.bench.serve import free_port
+    from bench_serve import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sdbert", "serve", "--model", str(model_dir), "--port", str(port),
@@ -357,7 +357,7 @@ def test_concurrent_oversized_requests_leave_memory_bounded_and_good_requests_an
     """50 concurrent bodies of ~7 MB (64 texts of escaped non-ASCII, under the body limit): with 2 requests
     in flight at most, the rest are refused before their bodies are read, so the server's peak memory grows
     by a few bodies, not by 50; every good request afterwards is answered."""
-    from sdbert.bench.serve import free_port
+    from bench_serve import free_port
 
     port, cap = free_port(), 2
     proc = subprocess.Popen([sys.executable, "-m", "sdbert", "serve", "--model", str(model_dir), "--port", str(port),

@@ -21,6 +21,7 @@ from pathlib import Path
 from sdbert.bench.report import update_markdown_section
 from sdbert.paper.report import render_report
 
+TOOLS = {"compare": "bench_compare", "serve": "bench_serve"}
 SECTION = re.compile(r"<!-- generated:([\w-]+):begin -->\n(.*?)\n<!-- generated:\1:end -->", re.DOTALL)
 
 
@@ -32,9 +33,10 @@ def render(result: dict) -> str:
     """The markdown section a result JSON renders to with this commit's code."""
     if "preset" in result and "benchmark" not in result:
         return render_report(result, level=2).strip()
-    # A rerun's comparison is rendered by the compare tool beside this one; every other JSON by its benchmark.
+    # The tools beside this one render their own JSON (a rerun's comparison, the HTTP load test); every
+    # other JSON is rendered by its benchmark in sdbert.bench.
     name = result["benchmark"]
-    module = importlib.import_module("bench_compare" if name == "compare" else f"sdbert.bench.{name}")
+    module = importlib.import_module(TOOLS.get(name, f"sdbert.bench.{name}"))
     return module.markdown_report(result).strip()
 
 

@@ -118,6 +118,7 @@ def weights_fingerprint(path: str | Path) -> str:
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """The raw `config.json` of a model folder (ours or Hugging Face's); one-line errors for the rest."""
     if path.is_file():
         raise CheckpointError(f"{path} is a file, not a model folder: give the folder that holds it")
     if not path.is_dir():

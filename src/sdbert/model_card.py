@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdbert import __version__
+from sdbert.checkpoint import read_config
 from sdbert.io import write_text
 from sdbert.stats import wilson_interval
 
@@ -195,7 +196,7 @@ def write_model_card(folder: str | os.PathLike[str], run: dict[str, Any] | None 
     """Write `folder/README.md` from `config` (default: its `config.json`; an export passes the source
     model's, whose fields are ours) and `run` (default: the folder's own run record)."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text()) if config is None else config
+    config = read_config(folder) if config is None else config
     path = folder / "README.md"
     write_text(path, render(config, read_run(folder) if run is None else run, folder.name, fmt))
     return path

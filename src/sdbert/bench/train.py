@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -67,7 +66,7 @@ from sdbert.bench.timing import (
     speedup_text,
     spread,
 )
-from sdbert.checkpoint import minilm_path
+from sdbert.checkpoint import minilm_path, read_config
 from sdbert.cli_args import (
     add_config_arguments,
     arg,
@@ -80,7 +79,7 @@ from sdbert.cli_args import (
 from sdbert.config import dense_fallback_blocks
 from sdbert.data.dataset import TextDataset
 from sdbert.data.splits import stratified_subset
-from sdbert.errors import ConfigError, require
+from sdbert.errors import ConfigError, SDBertError, require
 from sdbert.precision import PRECISION_HELP, Precision, PrecisionChoice, resolve_precision
 from sdbert.training.loop import Batch, collate_padded, cross_entropy_loss, global_batches, padded_length
 from sdbert.training.setup import DataSettings, build_model, prepare_data
@@ -309,8 +308,8 @@ def quiet_transformers():
 
 def _hf_positions(path: str) -> int | None:
     try:
-        return json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
+        return read_config(Path(path)).get("max_position_embeddings")
+    except SDBertError:
         return None
 
 

@@ -1,7 +1,7 @@
 """`sdbert bench attention ...`: measure, print tables, write JSON, a plot and BENCHMARKS.md.
 
 Each benchmark is a sub-subcommand registered in `BENCHMARKS` (name -> (add_arguments, run));
-`model`, `train` and `serve` slot in beside `attention`.
+`model` and `train` slot in beside `attention` (the HTTP load test is `tools/bench_serve.py`).
 """
 
 from __future__ import annotations
@@ -97,15 +97,15 @@ def _plot(result: dict, path: Path) -> bool:
 
 # --- train, model: arguments and reports live in sdbert.bench.<name>; here they are printed --------
 
-def _library_benchmark(name: str):
-    """`(add_arguments, run)` for `sdbert.bench.<name>`, which provides `add_arguments`, `run_from_args`,
-    `text_report` and `markdown_report`; `run` prints the report, writes `<name>.json` and its
-    section of BENCHMARKS.md."""
+def benchmark_command(module_name: str, name: str):
+    """`(add_arguments, run)` for the benchmark module `module_name` (`sdbert.bench.<name>`, or a
+    repository tool such as `bench_serve`), which provides `add_arguments`, `run_from_args`, `text_report`
+    and `markdown_report`; `run` prints the report, writes `<name>.json` and its section of BENCHMARKS.md."""
     def add(p: argparse.ArgumentParser) -> None:
-        importlib.import_module(f"sdbert.bench.{name}").add_arguments(p)
+        importlib.import_module(module_name).add_arguments(p)
 
     def run_fn(args: argparse.Namespace) -> int:
-        module = importlib.import_module(f"sdbert.bench.{name}")
+        module = importlib.import_module(module_name)
         result = module.run_from_args(args)
         print(module.text_report(result))
         stem = args.name  # `--name` keeps several runs of one benchmark apart
@@ -119,6 +119,10 @@ def _library_benchmark(name: str):
     return add, run_fn
 
 
+def _library_benchmark(name: str):
+    return benchmark_command(f"sdbert.bench.{name}", name)
+
+
 # --- dispatch -----------------------------------------------------------------------------------
 
 BENCHMARKS = {
@@ -129,7 +133,6 @@ BENCHMARKS = {
               "inference throughput, latency, parameters and size on disk of model folders"),
     "encoder": (*_library_benchmark("encoder"),
                 "one model's whole forward pass with block-sparse vs full attention, beside the FLOP bound"),
-    "serve": (*_library_benchmark("serve"), "HTTP service load test on loopback: latency percentiles, throughput"),
 }
 
 

