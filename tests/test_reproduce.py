@@ -126,6 +126,10 @@ def test_presets_and_report_rendering(tmp_path):
     quick = make_preset("quick", teacher_init=str(tmp_path))
     assert (quick.student_seeds, quick.student_init) == (2, "pretrained")
     assert make_preset("standard", teacher_init=str(tmp_path), student_seeds=5).student_seeds == 5
+    from sdbert.paper.runner import ReproduceConfig
+
+    config = ReproduceConfig(output="x", preset="quick", teacher_init=str(tmp_path), unlabeled_limit=3200)
+    assert config.make_preset().unlabeled_limit == 3200 and quick.unlabeled_limit == 800
     with pytest.raises(ConfigError, match="student init"):
         make_preset("tiny", student_init="nope")
     # The quick preset must exercise the sparse path: longer reviews exceed the dense fallback.

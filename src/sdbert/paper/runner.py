@@ -31,7 +31,7 @@ import torch
 
 from sdbert.checkpoint import minilm_path
 from sdbert.classifier import Classifier
-from sdbert.cli_args import arg, fraction, positive_float, positive_int
+from sdbert.cli_args import arg, fraction, non_negative_int, positive_float, positive_int
 from sdbert.config import InferenceSettings
 from sdbert.data import TextDataset, encode_dataset, stratified_subset
 from sdbert.errors import ConfigError, missing_hint
@@ -222,6 +222,8 @@ class ReproduceConfig:
                                      metavar="N")
     student_lr: float | None = arg(None, "peak learning rate of the students (default: the preset's)",
                                    type=positive_float, metavar="LR")
+    unlabeled_limit: int | None = arg(None, "teacher-labelled IMDb unsup reviews in the KD students' transfer set "
+                                            "(default: the preset's; 0: none)", type=non_negative_int, metavar="N")
     alpha: float | None = arg(None, "weight of the label loss in KD (default 0.5)", type=fraction)
     kd_kind: Literal["mse", "kl"] | None = arg(None, "distillation term: the paper's squared L2 of logits "
                                                      "(default) or Hinton's KL")
@@ -237,6 +239,7 @@ class ReproduceConfig:
         return make_preset(self.preset, self.teacher_init, student_seeds=self.student_seeds,
                            student_init=self.student_init, student_epochs=self.student_epochs,
                            student_lr=self.student_lr, alpha=self.alpha, kd_kind=self.kd_kind,
+                           unlabeled_limit=self.unlabeled_limit,
                            temperature=self.temperature, teacher_revision=self.revision,
                            attention_dropout=self.attention_dropout, precision=self.precision)
 
