@@ -671,7 +671,7 @@ def markdown_report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python tools/bench_serve.py ...`: the load test, its report, `serve.json` and its section."""
     parser = argparse.ArgumentParser(prog="python tools/bench_serve.py", description=__doc__.splitlines()[0])
-    add, run = benchmark_command("bench_serve", "serve")
+    add, run = benchmark_command(sys.modules[__name__], "serve")  # this module, not a second import of it
     add(parser)
     args = parser.parse_args(argv)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sdbert.errors import SDBertError
 from sdbert.io import write_json
-from sdbert.paper.table import SYSTEMS, RunSummary, paired_comparison
+from sdbert.paper.table import TRAINED_SYSTEMS, RunSummary, paired_comparison
 
 
 def run_records(folder: Path, system: str) -> list[dict]:
@@ -44,7 +44,7 @@ def compare(folder_a: Path, folder_b: Path) -> dict:
     differ = {k: [settings[0].get(k), settings[1].get(k)] for k in sorted(set(settings[0]) | set(settings[1]))
               if settings[0].get(k) != settings[1].get(k)}
     systems = {}
-    for system in SYSTEMS:
+    for system in TRAINED_SYSTEMS:
         a, b = run_records(folder_a, system), run_records(folder_b, system)
         if not a or [r.seed for r in a] != [r.seed for r in b]:
             continue

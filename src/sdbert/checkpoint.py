@@ -72,11 +72,7 @@ def companions_of(folder: Path):
 
 def read_inference_settings(folder: str | os.PathLike[str]) -> InferenceSettings:
     """The inference settings recorded in `folder/config.json` (a Hugging Face folder's: the defaults)."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        return InferenceSettings.from_config_dict(json.loads(path.read_text()))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    return InferenceSettings.from_config_dict(read_config(Path(folder)))
 
 
 def write_config(folder: Path, config, settings=None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from pathlib import Path
+from types import ModuleType
 
 from sdbert.bench import attention as bench
 from sdbert.bench.attention import METHODS, AttentionBenchConfig, lookup
@@ -97,15 +98,14 @@ def _plot(result: dict, path: Path) -> bool:
 
 # --- train, model: arguments and reports live in sdbert.bench.<name>; here they are printed --------
 
-def benchmark_command(module_name: str, name: str):
-    """`(add_arguments, run)` for the benchmark module `module_name` (`sdbert.bench.<name>`, or a
-    repository tool such as `bench_serve`), which provides `add_arguments`, `run_from_args`, `text_report`
-    and `markdown_report`; `run` prints the report, writes `<name>.json` and its section of BENCHMARKS.md."""
+def benchmark_command(module: ModuleType, name: str):
+    """`(add_arguments, run)` for a benchmark module (`sdbert.bench.<name>`, or a repository tool such as
+    `bench_serve`), which provides `add_arguments`, `run_from_args`, `text_report` and `markdown_report`;
+    `run` prints the report, writes `<name>.json` and its section of BENCHMARKS.md."""
     def add(p: argparse.ArgumentParser) -> None:
-        importlib.import_module(module_name).add_arguments(p)
+        module.add_arguments(p)
 
     def run_fn(args: argparse.Namespace) -> int:
-        module = importlib.import_module(module_name)
         result = module.run_from_args(args)
         print(module.text_report(result))
         stem = args.name  # `--name` keeps several runs of one benchmark apart
@@ -120,7 +120,7 @@ def benchmark_command(module_name: str, name: str):
 
 
 def _library_benchmark(name: str):
-    return benchmark_command(f"sdbert.bench.{name}", name)
+    return benchmark_command(importlib.import_module(f"sdbert.bench.{name}"), name)
 
 
 # --- dispatch -----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ skipped when `reproduce` runs again, an unfinished one resumes from its last che
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +32,7 @@ from sdbert.checkpoint import minilm_path
 from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_float, positive_int
 from sdbert.config import InferenceSettings
-from sdbert.data import TextDataset, encode_dataset, stratified_subset
+from sdbert.data import EncodedDataset, TextDataset, encode_dataset, stratified_subset
 from sdbert.errors import ConfigError, missing_hint
 from sdbert.hub import resolve_flag
 from sdbert.io import write_json
@@ -41,12 +40,12 @@ from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
 from sdbert.paper.report import publish, write_outputs
-from sdbert.paper.table import KD_EQUAL_DATA, SYSTEMS, RunSummary, aggregate, compare
+from sdbert.paper.table import KD_EQUAL_DATA, TRAINED_SYSTEMS, RunSummary, aggregate, compare
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.reporting import load_average, machine_info
 from sdbert.stats import wilson_interval
 from sdbert.training.distill import add_unlabeled, teacher_logits
-from sdbert.training.kd import init_student, kd_loss_fn, student_config
+from sdbert.training.kd import TeacherLogits, init_student, kd_loss_fn, student_config
 from sdbert.training.loop import TrainingArguments, dataset_logits, train
 from sdbert.training.setup import DataSettings, build_model, data_record, prepare_data
 
@@ -285,7 +284,7 @@ class Runner:
         self.start = full_teacher.model
         runs = {system: [run] for system, run in self._teachers(full_teacher.config, encoded).items()}
         runs.update(self._students(data, encoded))
-        rows = [aggregate(system, runs[system]) for system in (*SYSTEMS, KD_EQUAL_DATA) if runs.get(system)]
+        rows = [aggregate(system, runs[system]) for system in TRAINED_SYSTEMS if runs.get(system)]
         if p.baseline:
             baseline = tfidf_baseline(data.train_pool if p.baseline_train == "pool" else data.train, data.test)
             if baseline:
@@ -332,13 +331,15 @@ class Runner:
             labelled = stratified_subset(labelled, p.student_train_limit, seed=p.seed)
         self.student_train_examples = len(labelled)
         student_data = dict(encoded, train=self._encode(labelled))
-        transfer, logits, logit_seconds = self._transfer_logits(teacher, labelled, student_data["train"])
+        transfer, found = self._transfer_logits(teacher, labelled, student_data["train"])
+        # A user without that cache pays the pass: report what it cost when it ran.
+        logit_seconds = None if found.cost is None else round(found.cost, 1)
         config = student_config(teacher.config, layers=p.student_layers, heads=p.student_heads)
         config = config.replace(attention_probs_dropout_prob=p.attention_dropout)
         # The same optimizer steps for both students: unlabelled reviews widen what the KD student
         # sees within that budget instead of making its training longer.
         steps = -(-len(student_data["train"]) // p.batch_size) * p.student_epochs
-        loss_fn = kd_loss_fn(logits, alpha=p.alpha, kind=p.kd_kind, temperature=p.temperature)
+        loss_fn = kd_loss_fn(found.logits, alpha=p.alpha, kind=p.kd_kind, temperature=p.temperature)
         kd_systems = {"sparse_student_kd": steps}  # system -> its step budget (None: the whole transfer set)
         if p.kd_equal_data and p.unlabeled_limit:
             kd_systems[KD_EQUAL_DATA] = None
@@ -349,7 +350,7 @@ class Runner:
                 kd = self._system(system, self.output / system / f"seed_{seed}", self._fresh(config, initial),
                                   dict(student_data, train=transfer), epochs=p.student_epochs, lr=p.student_lr,
                                   seed=seed, max_steps=max_steps, loss_fn=loss_fn)
-                runs[system].append(dataclasses.replace(
+                runs[system].append(replace(
                     kd, teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
                     total_seconds=None if logit_seconds is None else round(kd.train_seconds + logit_seconds, 1)))
             runs["sparse_student_no_kd"].append(
@@ -364,20 +365,19 @@ class Runner:
         student = init_student(config, self.preset.student_init, teacher=teacher, start=self.start)
         return {k: v.clone() for k, v in student.state_dict().items()}
 
-    def _transfer_logits(self, teacher, labelled: TextDataset, encoded_labelled):
+    def _transfer_logits(self, teacher, labelled: TextDataset,
+                         encoded_labelled: EncodedDataset) -> tuple[EncodedDataset, TeacherLogits]:
         """The KD transfer set (students' labelled reviews + unlabelled ones) and the teacher's logits on it,
-        with the seconds the logit pass took (stored beside the cached logits, so a rerun that reads them
-        still reports what a user pays)."""
+        with what the logit pass cost (stored beside the cached logits, so a rerun that reads them still
+        reports what a user pays)."""
         p = self.preset
         transfer, fingerprint = encoded_labelled, labelled.fingerprint
         if p.unlabeled_limit:
             transfer, fingerprint = add_unlabeled(transfer, fingerprint, "unsup", self.settings,
                                                   limit=p.unlabeled_limit, encode=self._encode)
-        found = teacher_logits(teacher, self.tokenizer, self.output / "sparse_teacher", transfer, fingerprint,
-                               max_length=p.max_length, truncation=p.truncation, precision=self.precision,
-                               batch_size=p.eval_batch_size, progress=self.progress)
-        # A user without that cache pays the pass: report what it cost when it ran.
-        return transfer, found.logits, None if found.cost is None else round(found.cost, 1)
+        return transfer, teacher_logits(teacher, self.tokenizer, self.output / "sparse_teacher", transfer, fingerprint,
+                                        max_length=p.max_length, truncation=p.truncation, precision=self.precision,
+                                        batch_size=p.eval_batch_size, progress=self.progress)
 
     def _fresh(self, config, state) -> Classifier:
         """A model with `state` as its weights, to train with the run's tokenizer and settings."""

@@ -29,6 +29,7 @@ PAPER = {  # Table 1 of the paper: accuracy (%), training time (minutes)
 # transfer set (the labelled reviews + teacher-labelled unlabelled ones) at its own step budget, while
 # `sparse_student_kd` is held to the no-KD student's steps (the ablation that isolates the loss).
 KD_EQUAL_DATA = "sparse_student_kd_equal_data"
+TRAINED_SYSTEMS = (*SYSTEMS, KD_EQUAL_DATA)  # every system a run may train, in the order rows are reported
 COMPARISONS = {  # claim: (system A, system B), reported as A minus B
     "kd_vs_no_kd": ("sparse_student_kd", "sparse_student_no_kd"),
     "kd_equal_data_vs_no_kd": (KD_EQUAL_DATA, "sparse_student_no_kd"),
