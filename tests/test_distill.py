@@ -106,10 +106,11 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(trained_teacher
     data, teacher = trained_teacher / "reviews.csv", trained_teacher / "teacher"
     env = {"SDBERT_CACHE": str(tmp_path / "cache")}
     summaries = []
-    for name, init in (("kd1", "random"), ("kd2", "teacher")):
+    for name, init, extra in (("kd1", "random", []), ("kd2", "teacher", []),
+                              ("kd3", "teacher", ["--embedding-size", "8", "--augment", "2"])):
         run = sdbert("distill", "--teacher", str(teacher), "--data", str(data), "--output",
                      str(tmp_path / name), "--layers", "1", "--heads", "1", "--init", init, "--epochs", "2",
-                     "--batch-size", "8", "--no-progress", env_extra=env)
+                     "--batch-size", "8", "--no-progress", *extra, env_extra=env)
         assert run.returncode == 0, run.stderr
         summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
     assert summaries[0]["teacher_logits_cached"] is False
@@ -123,6 +124,42 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(trained_teacher
     assert student.config.num_hidden_layers == 1 and student.config.num_attention_heads == 1
     assert student.tokenizer.to_str() == Classifier.from_pretrained(teacher).tokenizer.to_str()
     assert summaries[0]["parameters"] < json.loads((teacher / "summary.json").read_text())["parameters"]
+    small = Classifier.from_pretrained(tmp_path / "kd3")  # factorised embeddings, saved and loaded as such
+    assert small.config.embedding_size == 8 and summaries[2]["parameters"] < summaries[1]["parameters"]
+    assert small.model.bert.embeddings.word_embeddings.weight.shape[1] == 8
+    # --augment 2: two teacher-labelled copies of every labelled text join the transfer set (new logits)
+    assert summaries[2]["data"]["train_examples"] == 3 * summaries[1]["data"]["train_examples"]
+    assert summaries[2]["teacher_logits_cached"] is False
+
+
+def test_factorised_embeddings_are_a_truncated_svd_of_the_source():
+    """At full width the student embeds exactly as its source; narrower, its tables are the source's projected
+    onto the top singular directions of the stacked tables, and the error shrinks as the width grows."""
+    from sdbert.training.kd import embedding_tables, init_student
+
+    cfg = SDBertConfig(vocab_size=60, hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=48, max_position_embeddings=64, block_size=8, attention_type="full")
+    torch.manual_seed(0)
+    source = SDBertForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 60, (3, 40))
+    full = init_student(cfg.replace(embedding_size=24), "teacher", teacher=source).eval()
+    with torch.no_grad():
+        assert torch.allclose(full(ids).logits, source(ids).logits, atol=1e-5)
+    stacked = torch.cat(embedding_tables(source.bert.embeddings))
+    errors = []
+    for width in (4, 8, 16):
+        small = init_student(cfg.replace(embedding_size=width), "pretrained", start=source)
+        projection = small.bert.embeddings.projection.weight  # (hidden, width), orthonormal columns
+        assert torch.allclose(projection.T @ projection, torch.eye(width), atol=1e-5)
+        approx = torch.cat(embedding_tables(small.bert.embeddings))
+        singular = torch.linalg.svdvals(stacked)  # Eckart-Young: the best rank-`width` error
+        error = torch.linalg.matrix_norm(stacked - approx)
+        assert error == pytest.approx(float(singular[width:].square().sum().sqrt()), rel=1e-3)
+        errors.append(float(error))
+        assert not torch.equal(small.classifier.weight, source.classifier.weight)  # pretrained: a new head
+    assert errors == sorted(errors, reverse=True)
+    with pytest.raises(ConfigError, match="hidden_size"):
+        cfg.replace(embedding_size=25)
 
 
 def _perturbed(model: SDBertForSequenceClassification) -> SDBertForSequenceClassification:

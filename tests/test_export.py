@@ -83,10 +83,12 @@ def test_traceable_attention_equals_block_sparse_kernel(seq_len, r):
     assert (got[~mask[:, None, :].expand(-1, heads, -1)] == 0).all()  # padding query rows are zero
 
 
-@pytest.mark.parametrize("attention_type, pooling",
-                         [("block_sparse", "cls"), ("full", "cls"), ("block_sparse", "mean")])
-def test_traceable_classifier_matches_model_in_eager_mode(tokenizer, attention_type, pooling):
-    model = tiny_model(tokenizer, attention_type=attention_type, classifier_pooling=pooling)
+@pytest.mark.parametrize("attention_type, pooling, embedding_size",
+                         [("block_sparse", "cls", None), ("full", "cls", None), ("block_sparse", "mean", None),
+                          ("block_sparse", "mean", 8)])  # the last: factorised embeddings (the small student)
+def test_traceable_classifier_matches_model_in_eager_mode(tokenizer, attention_type, pooling, embedding_size):
+    model = tiny_model(tokenizer, attention_type=attention_type, classifier_pooling=pooling,
+                       embedding_size=embedding_size)
     wrapper = TraceableClassifier(model).eval()
     with torch.inference_mode():
         for length in (50, 112, 200, 512):

@@ -104,6 +104,7 @@ def remote_classifier(folder):
     (dict(max_position_embeddings=112), "bert", ["big_bird"]),  # never longer than the dense fallback
     (dict(classifier_pooling="mean"), "sdbert", ["bert", "big_bird"]),
     (dict(attention_type="full", pooler_activation="relu"), "sdbert", ["bert", "big_bird"]),
+    (dict(attention_type="full", embedding_size=8), "sdbert", ["bert", "big_bird"]),  # factorised embeddings
 ])
 def test_auto_picks_a_stock_class_only_where_it_is_exact_at_every_length(settings, auto, refused):
     base = dict(hidden_size=32, num_attention_heads=4, max_position_embeddings=512, block_size=16, num_random_blocks=1)
@@ -311,3 +312,20 @@ def test_export_cli_custom_code(tiny_tokenizer, tmp_path, capsys):
     with torch.inference_mode():
         logits = remote_classifier(tmp_path / "c")(input_ids=ids, attention_mask=mask).logits
         assert max_diff(logits, full.model(ids, attention_mask=mask).logits) < ATOL
+
+
+def test_factorised_embeddings_export_and_give_our_logits(tiny_tokenizer, tmp_path):
+    """A student with ALBERT-style factorised embeddings (the small Table 1 row) exports as custom code
+    whose logits are ours, in the dense and the sparse regime."""
+    classifier = student(tiny_tokenizer, seed=3, embedding_size=16)
+    model = classifier.model
+    result = export_hf(model, tmp_path / "small", tokenizer=classifier.tokenizer, settings=classifier.settings)
+    assert result.architecture == "sdbert" and result.max_abs_diff < ATOL
+    assert json.loads((tmp_path / "small" / "config.json").read_text())["embedding_size"] == 16
+    hf = remote_classifier(tmp_path / "small")
+    assert hf.bert.embeddings.word_embeddings.weight.shape[1] == 16
+    with torch.inference_mode():
+        for length in (100, 256):
+            ids, mask = probe_batch(model.config, length, seed=length)
+            expected = model(ids, attention_mask=mask).logits
+            assert max_diff(hf(input_ids=ids, attention_mask=mask).logits, expected) < ATOL

@@ -34,6 +34,8 @@ def test_config_json_round_trip(tmp_path):
     (dict(num_labels=3), "id2label"),
     (dict(block_size=0), "block_size"),
     (dict(hidden_act="swish2"), "hidden_act"),
+    (dict(embedding_size=0), "embedding_size"),
+    (dict(embedding_size=10_000), "embedding_size"),
 ])
 def test_impossible_configs_are_refused(bad, match):
     with pytest.raises(ConfigError, match=match):

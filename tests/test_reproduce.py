@@ -54,6 +54,14 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
     spec = json.loads((out / "sparse_student_kd_equal_data" / "seed_42" / "result.json").read_text())["run_spec"]
     assert spec["max_steps"] is None and spec["train_examples"] == 300
     assert "kd_equal_data_vs_no_kd" in results["comparisons"]
+    # The size claim's row: the equal-data student with factorised embeddings, distilled the same way.
+    small = rows["sparse_student_kd_small"]
+    assert small["parameters"] < equal["parameters"] and small["transfer_examples"] == 300
+    assert small["weights_mb"] < equal["weights_mb"] and small["weights_mb_int8"] < small["weights_mb"] / 2
+    assert [r["initial_weights_sha256"] for r in small["runs"]] != [r["initial_weights_sha256"] for r in equal["runs"]]
+    assert "kd_small_vs_kd_equal_data" in results["comparisons"]
+    small_config = json.loads((out / "sparse_student_kd_small" / "seed_43" / "config.json").read_text())
+    assert small_config["embedding_size"] == 32 and small_config["num_hidden_layers"] == 1
     claim = results["comparisons"]["kd_vs_no_kd"]
     assert len(claim["mcnemar_p"]) == 2 and claim["interval_points"][0] <= claim["interval_points"][1]
     assert (out / "sparse_student_kd" / "seed_43" / "model.safetensors").exists()
@@ -71,7 +79,7 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
 
     # A second run finds every run finished and only re-reports them, with the same logit cost.
     before = {p: p.stat().st_mtime for p in _run_files(out)}
-    assert len(before) == 8  # two teachers; per seed, the two KD students and the no-KD one
+    assert len(before) == 10  # two teachers; per seed, the three KD students and the no-KD one
     assert main(tiny) == 0
     assert before == {p: p.stat().st_mtime for p in _run_files(out)}
     again = json.loads((out / "results.json").read_text())

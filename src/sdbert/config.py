@@ -39,6 +39,9 @@ class SDBertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = 0
+    embedding_size: int | None = None
+    """ALBERT-style factorised embeddings: word, position and type tables this wide, summed, then projected
+    to `hidden_size` (None: tables at `hidden_size`, no projection, BERT's layout)"""
     attention_type: AttentionType = "block_sparse"
     """"block_sparse": BigBird's ITC pattern (global + window + random blocks); "full": dense SDPA"""
     block_size: int = 64
@@ -80,6 +83,8 @@ class SDBertConfig:
             (self.intermediate_size > 0, "intermediate_size must be positive"),
             (self.max_position_embeddings > 0, "max_position_embeddings must be positive"),
             (self.type_vocab_size > 0, "type_vocab_size must be positive"),
+            (self.embedding_size is None or 0 < self.embedding_size <= self.hidden_size,
+             f"embedding_size must be in [1, hidden_size {self.hidden_size}], got {self.embedding_size}"),
             (self.attention_type in ("block_sparse", "full"),
              f"attention_type must be 'block_sparse' or 'full', got {self.attention_type!r}"),
             (self.block_size > 0, "block_size must be positive"),

@@ -154,6 +154,11 @@ def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
     return list(probe.ids[:start]), list(probe.ids[end:])
 
 
+def mask_token(tokenizer: Tokenizer) -> str | None:
+    """The mask token's text (BERT's [MASK], RoBERTa's <mask>), or None for a tokenizer without one."""
+    return next((t for t in ("[MASK]", "<mask>") if tokenizer.token_to_id(t) is not None), None)
+
+
 def pad_token_id(tokenizer: Tokenizer) -> int:
     """The padding id: the tokenizer's padding setting, else a token named like [PAD], else 0."""
     if tokenizer.padding is not None:

@@ -77,7 +77,7 @@ from torch import nn
 
 from sdbert.checkpoint import read_config
 from sdbert.config import InferenceSettings, SDBertConfig
-from sdbert.data.tokenization import pad_token_id, save_tokenizer, special_tokens
+from sdbert.data.tokenization import mask_token, pad_token_id, save_tokenizer, special_tokens
 from sdbert.errors import CheckpointError, ConfigError
 from sdbert.export.common import (
     TOLERANCE,
@@ -111,6 +111,10 @@ def choose_hf_architecture(config: SDBertConfig, requested: HFArchitecture = "au
         return exact_stock_architecture(config) or "sdbert"
     if requested == "sdbert":
         return requested
+    if getattr(config, "embedding_size", None) is not None:
+        raise ConfigError(f"no stock Hugging Face form: this model's embeddings are factorised "
+                          f"({config.embedding_size} wide, projected to the hidden size), BERT's and BigBird's are "
+                          "not (--hf-architecture sdbert, the custom code, keeps it exact)")
     if getattr(config, "classifier_pooling", "cls") != "cls":
         raise ConfigError(f"no stock Hugging Face form: this model classifies from the {config.classifier_pooling} "
                           "of its token states, BERT's and BigBird's heads read the first token "
@@ -129,6 +133,8 @@ def choose_hf_architecture(config: SDBertConfig, requested: HFArchitecture = "au
 def exact_stock_architecture(config: SDBertConfig) -> str | None:
     """The stock class that gives our logits at every length the model accepts, if there is one."""
     if getattr(config, "classifier_pooling", "cls") != "cls" or runs_sparse(config):
+        return None
+    if getattr(config, "embedding_size", None) is not None:
         return None
     if config.pooler_activation == "tanh":
         return "bert"
@@ -237,7 +243,7 @@ def hf_tokenizer_config(tokenizer, config: SDBertConfig, settings: InferenceSett
         "sep_token": tokenizer.id_to_token(suffix[-1]) if suffix else None,
         "pad_token": tokenizer.id_to_token(pad_token_id(tokenizer)),
         "unk_token": json.loads(tokenizer.to_str()).get("model", {}).get("unk_token"),
-        "mask_token": next((t for t in ("[MASK]", "<mask>") if tokenizer.token_to_id(t) is not None), None),
+        "mask_token": mask_token(tokenizer),
     }
     if names["cls_token"] == "<s>":  # RoBERTa-style template: <s> ... </s>
         names.update(bos_token="<s>", eos_token=names["sep_token"])

@@ -51,17 +51,28 @@ def _time_cell(row: dict) -> str:
 
 
 def _rows_table(results: dict) -> list[str]:
-    lines = ["Accuracy: mean ± standard deviation over seeds, [95% Wilson interval over the test reviews]. "
-             "Time: what a user pays, the KD student's teacher-logit pass included.", "",
-             "| system | accuracy | paper accuracy | time | paper time | parameters | size (MB) | test examples/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    intro = ("Accuracy: mean ± standard deviation over seeds, [95% Wilson interval over the test reviews]. "
+             "Time: what a user pays, the KD student's teacher-logit pass included.")
+    size = "size (MB)"  # the model folder, in results from before the weights' sizes were recorded
+    weights = any(row.get("weights_mb") is not None for row in results["rows"])
+    if weights:
+        intro += " Weights: MiB in fp32 / with every matrix in int8 (as `export --quantize int8` stores them)."
+        size = "weights fp32 / int8 (MiB)"
+    lines = [intro, "", f"| system | accuracy | paper accuracy | time | paper time | parameters | {size} | "
+                        "test examples/s |", "|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         paper_acc, paper_min = PAPER.get(row["system"], (None, None))
         lines.append(f"| {row['system']} | {_accuracy_cell(row)} | "
                      f"{'' if paper_acc is None else f'{paper_acc / 100:.3f}'} | {_time_cell(row)} | "
                      f"{'' if paper_min is None else f'{paper_min} min'} | {row['parameters'] / 1e6:.1f}M | "
-                     f"{row.get('size_mb') or ''} | {row['examples_per_second']} |")
+                     f"{_size_cell(row, weights)} | {row['examples_per_second']} |")
     return lines
+
+
+def _size_cell(row: dict, weights: bool) -> str:
+    if weights:
+        return "" if row.get("weights_mb") is None else f"{row['weights_mb']} / {row['weights_mb_int8']}"
+    return f"{row.get('size_mb') or ''}"
 
 
 def _runs_table(results: dict) -> list[str]:

@@ -33,6 +33,8 @@ from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_float, positive_int
 from sdbert.config import InferenceSettings
 from sdbert.data import EncodedDataset, TextDataset, encode_dataset, stratified_subset
+from sdbert.data.augment import AugmentSettings
+from sdbert.data.tokenization import mask_token
 from sdbert.errors import ConfigError, missing_hint
 from sdbert.hub import resolve_flag
 from sdbert.io import write_json
@@ -40,11 +42,11 @@ from sdbert.metrics import classification_metrics
 from sdbert.model import SDBertForSequenceClassification
 from sdbert.model_card import write_model_card
 from sdbert.paper.report import publish, write_outputs
-from sdbert.paper.table import KD_EQUAL_DATA, TRAINED_SYSTEMS, RunSummary, aggregate, compare
+from sdbert.paper.table import KD_EQUAL_DATA, KD_SMALL, TRAINED_SYSTEMS, RunSummary, aggregate, compare
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.reporting import load_average, machine_info
 from sdbert.stats import wilson_interval
-from sdbert.training.distill import add_unlabeled, teacher_logits
+from sdbert.training.distill import add_augmented, add_unlabeled, teacher_logits
 from sdbert.training.kd import TeacherLogits, init_student, kd_loss_fn, student_config
 from sdbert.training.loop import TrainingArguments, dataset_logits, train
 from sdbert.training.setup import DataSettings, build_model, data_record, prepare_data
@@ -66,6 +68,9 @@ class Preset:
     train_limit: int | None = 2000
     unlabeled_limit: int = 0
     """IMDb `unsup` reviews added to the distillation transfer set (teacher-labelled)."""
+    augment_copies: int = 0
+    """augmented copies of the students' labelled reviews added to the transfer set (teacher-labelled;
+    `sdbert.data.augment`, Tang et al. 2019)"""
     test_limit: int | None = 1000
     val_max: int = 500
     max_length: int = 256
@@ -76,6 +81,9 @@ class Preset:
     teacher_lr: float = 1e-4
     student_layers: int = 3
     student_heads: int = 4
+    small_student_embedding_size: int | None = None
+    """With it: also a KD student with embedding tables this wide (a truncated SVD of the starting
+    checkpoint's, ALBERT-style), distilled like the equal-data one: the paper's size claim"""
     student_init: str = "pretrained"
     """pretrained: the teachers' starting checkpoint, new head (a clean KD ablation); random: the paper's;
     teacher: the fine-tuned sparse teacher, head included (a recipe, not an ablation)."""
@@ -123,6 +131,11 @@ class Preset:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
+# The small student's embedding width from all-MiniLM-L6-v2 (384 wide): 3 layers and 112-wide tables are
+# 0.396 of the 512-position teacher's parameters, under the paper's 40% (benchmarks/size_tradeoff).
+SMALL_EMBEDDING_SIZE = 112
+
+
 def make_preset(name: str, teacher_init: str | None = None, **overrides) -> Preset:
     """The named preset; `teacher_init` replaces its teacher checkpoint, `overrides` (non-None) its fields."""
     preset = named_preset(name, teacher_init)
@@ -137,7 +150,8 @@ def named_preset(name: str, teacher_init: str | None) -> Preset:
         return Preset(name, teacher_init, teacher_size="tiny", vocab_size=2000, train_limit=240, test_limit=120,
                       val_max=60, max_length=128, block_size=16, num_random_blocks=1, teacher_epochs=1,
                       student_epochs=1, teacher_lr=1e-3, student_lr=1e-3, student_layers=1, student_heads=1,
-                      batch_size=16, unlabeled_limit=60, baseline=True, baseline_train="train", student_seeds=2)
+                      batch_size=16, unlabeled_limit=60, baseline=True, baseline_train="train", student_seeds=2,
+                      small_student_embedding_size=32)
     init = teacher_init or minilm_path()
     if name in ("quick", "standard") and init is None:
         raise ConfigError("the quick and standard presets start from all-MiniLM-L6-v2: "
@@ -147,13 +161,16 @@ def named_preset(name: str, teacher_init: str | None) -> Preset:
         # each left a seed at chance), so the baseline is not handicapped by the lr.
         return Preset(name, init, train_limit=1000, unlabeled_limit=800, test_limit=1000, val_max=200,
                       max_length=256, block_size=16, num_random_blocks=1, teacher_epochs=1, student_epochs=1,
-                      student_lr=5e-4, student_seeds=2, student_train_limit=800)
+                      student_lr=5e-4, student_seeds=2, student_train_limit=800,
+                      small_student_embedding_size=SMALL_EMBEDDING_SIZE)
     if name == "standard":  # sized for 90 minutes on a 2-core CPU with today's recipe
         # 4,000 labelled + 4,000 unlabelled reviews and 2 student seeds (was 3,000 + 3,000 and 3 seeds in
         # fp32): the time the recipe saved buys data, and the equal-data KD student, rather than a third seed.
+        # Student lr 2e-4: the no-KD student's best validation accuracy of 1e-4, 2e-4, 5e-4 and 1e-3
+        # (benchmarks/recipe/standard_student_lr).
         return Preset(name, init, train_limit=4000, unlabeled_limit=4000, test_limit=5000, val_max=500,
                       max_length=512, block_size=32, num_random_blocks=2, teacher_epochs=1, student_epochs=1,
-                      student_seeds=2)
+                      student_seeds=2, small_student_embedding_size=SMALL_EMBEDDING_SIZE)
     if name == "paper":
         if teacher_init is None:
             raise ConfigError("the paper preset needs --teacher-init: google/bigbird-roberta-base (a hub name, "
@@ -223,6 +240,13 @@ class ReproduceConfig:
                                    type=positive_float, metavar="LR")
     unlabeled_limit: int | None = arg(None, "teacher-labelled IMDb unsup reviews in the KD students' transfer set "
                                             "(default: the preset's; 0: none)", type=non_negative_int, metavar="N")
+    small_embedding_size: int | None = arg(None, "embedding width of the small KD student, its tables a truncated "
+                                                 "SVD of the starting checkpoint's (default: the preset's, 112 for "
+                                                 "quick/standard; 0: no small student)", type=non_negative_int,
+                                           metavar="E")
+    augment_copies: int | None = arg(None, "augmented copies of the students' labelled reviews in the KD transfer "
+                                           "set, teacher-labelled (masked words, random windows; default 0)",
+                                     type=non_negative_int, metavar="N")
     alpha: float | None = arg(None, "weight of the label loss in KD (default 0.5)", type=fraction)
     kd_kind: Literal["mse", "kl"] | None = arg(None, "distillation term: the paper's squared L2 of logits "
                                                      "(default) or Hinton's KL")
@@ -238,7 +262,8 @@ class ReproduceConfig:
         return make_preset(self.preset, self.teacher_init, student_seeds=self.student_seeds,
                            student_init=self.student_init, student_epochs=self.student_epochs,
                            student_lr=self.student_lr, alpha=self.alpha, kd_kind=self.kd_kind,
-                           unlabeled_limit=self.unlabeled_limit,
+                           unlabeled_limit=self.unlabeled_limit, small_student_embedding_size=self.small_embedding_size,
+                           augment_copies=self.augment_copies,
                            temperature=self.temperature, teacher_revision=self.revision,
                            attention_dropout=self.attention_dropout, precision=self.precision)
 
@@ -340,14 +365,18 @@ class Runner:
         # sees within that budget instead of making its training longer.
         steps = -(-len(student_data["train"]) // p.batch_size) * p.student_epochs
         loss_fn = kd_loss_fn(found.logits, alpha=p.alpha, kind=p.kd_kind, temperature=p.temperature)
-        kd_systems = {"sparse_student_kd": steps}  # system -> its step budget (None: the whole transfer set)
+        # system -> (its config, its step budget; None: the whole transfer set)
+        kd_systems = {"sparse_student_kd": (config, steps)}
         if p.kd_equal_data and p.unlabeled_limit:
-            kd_systems[KD_EQUAL_DATA] = None
+            kd_systems[KD_EQUAL_DATA] = (config, None)
+        if p.small_student_embedding_size:
+            kd_systems[KD_SMALL] = (config.replace(embedding_size=p.small_student_embedding_size), None)
         runs: dict[str, list[RunSummary]] = {system: [] for system in (*kd_systems, "sparse_student_no_kd")}
         for seed in student_seeds(p):
             initial = self._student_initial(config, teacher, seed)
-            for system, max_steps in kd_systems.items():
-                kd = self._system(system, self.output / system / f"seed_{seed}", self._fresh(config, initial),
+            for system, (system_config, max_steps) in kd_systems.items():
+                start = initial if system_config is config else self._student_initial(system_config, teacher, seed)
+                kd = self._system(system, self.output / system / f"seed_{seed}", self._fresh(system_config, start),
                                   dict(student_data, train=transfer), epochs=p.student_epochs, lr=p.student_lr,
                                   seed=seed, max_steps=max_steps, loss_fn=loss_fn)
                 runs[system].append(replace(
@@ -375,6 +404,10 @@ class Runner:
         if p.unlabeled_limit:
             transfer, fingerprint = add_unlabeled(transfer, fingerprint, "unsup", self.settings,
                                                   limit=p.unlabeled_limit, encode=self._encode)
+        if p.augment_copies:
+            transfer, fingerprint = add_augmented(transfer, fingerprint, labelled,
+                                                  AugmentSettings(copies=p.augment_copies, seed=p.seed),
+                                                  mask_token(self.tokenizer), encode=self._encode)
         return transfer, teacher_logits(teacher, self.tokenizer, self.output / "sparse_teacher", transfer, fingerprint,
                                         max_length=p.max_length, truncation=p.truncation, precision=self.precision,
                                         batch_size=p.eval_batch_size, progress=self.progress)
@@ -456,6 +489,15 @@ def score_run(model, test, *, batch_size: int, progress: bool, desc: str, precis
     return {"accuracy": round(correct / len(test), 4), "accuracy_interval": [round(low, 4), round(high, 4)],
             "f1": round(metrics["f1"], 4), "eval_examples": len(test),
             "examples_per_second": round(len(test) / max(seconds, 1e-9), 2),
-            "parameters": model.num_parameters(), "attention_type": model.config.attention_type,
+            "parameters": model.num_parameters(), **weights_mb(model), "attention_type": model.config.attention_type,
             "layers": model.config.num_hidden_layers, "heads": model.config.num_attention_heads,
             "test_predictions": predictions.tolist()}
+
+
+def weights_mb(model) -> dict:
+    """The weights' size in MiB: all in fp32, and with every matrix (linear weights, embedding tables) in
+    int8 as `export --format onnx --quantize int8` stores them (vectors stay fp32; scales not counted)."""
+    matrices = sum(p.numel() for p in model.parameters() if p.dim() == 2)
+    vectors = sum(p.numel() for p in model.parameters() if p.dim() != 2)
+    return {"weights_mb": round(4 * (matrices + vectors) / 2**20, 1),
+            "weights_mb_int8": round((matrices + 4 * vectors) / 2**20, 1)}

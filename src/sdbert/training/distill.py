@@ -21,9 +21,11 @@ from torch import nn
 
 from sdbert.checkpoint import weights_fingerprint
 from sdbert.classifier import Classifier
-from sdbert.cli_args import arg, fraction, non_negative_float, positive_float, positive_int
+from sdbert.cli_args import arg, fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from sdbert.config import InferenceSettings
 from sdbert.data import EncodedDataset, TextDataset, tokenizer_hash
+from sdbert.data.augment import AugmentSettings, augment_dataset
+from sdbert.data.tokenization import mask_token
 from sdbert.errors import ConfigError
 from sdbert.io import write_json
 from sdbert.model_card import write_model_card
@@ -58,6 +60,10 @@ class DistillConfig:
     layers: int = arg(3, "student layers", type=positive_int)
     heads: int = arg(4, "student attention heads", type=positive_int)
     hidden: int | None = arg(None, "student width (default: the teacher's)", type=positive_int)
+    embedding_size: int | None = arg(None, "factorised (ALBERT-style) embedding tables this wide, projected to "
+                                           "the student width; with --init pretrained|teacher they start from a "
+                                           "truncated SVD of the source's tables (default: the teacher's layout)",
+                                     type=positive_int, metavar="E")
     init: Literal["random", "pretrained", "teacher"] = arg(
         "random", "student start: random (the paper's); pretrained: embeddings, evenly spaced layers and pooler "
                   "of the checkpoint the teacher was fine-tuned from, with a new classifier (a clean KD ablation: "
@@ -72,6 +78,9 @@ class DistillConfig:
                                       "or another source; only the distillation term is used on it",
                                 metavar="SRC|SPLIT")
     unlabeled_limit: int | None = arg(None, "use N unlabelled texts", type=positive_int, metavar="N")
+    augment: int = arg(0, "add N augmented copies of every labelled text to the transfer set, labelled by the "
+                          "teacher: 10%% of words masked, a random window of the text in a quarter of the copies "
+                          "(Tang et al. 2019)", type=non_negative_int, metavar="N")
     max_length: int | None = arg(None, "tokens per text (default: the teacher's)", type=positive_int)
     dropout: float | None = arg(None, "student hidden-state dropout (default: the teacher's)", type=fraction)
     attention_dropout: float = arg(0.0, "student dropout on the attention probabilities; 0 (the default) lets "
@@ -141,6 +150,13 @@ def add_unlabeled(labelled: EncodedDataset, fingerprint: str, source: str, setti
     distillation term sees them), and the fingerprint of everything it holds."""
     extra = load_unlabeled(source, settings, limit=limit)
     return with_unlabeled(labelled, encode(extra)), fingerprint + extra.fingerprint
+
+
+def add_augmented(transfer: EncodedDataset, fingerprint: str, labelled: TextDataset, settings: AugmentSettings,
+                  mask: str | None, *, encode: Callable[[TextDataset], EncodedDataset]) -> tuple[EncodedDataset, str]:
+    """The transfer set widened by augmented, unlabelled copies of the labelled texts (`sdbert.data.augment`)."""
+    extra = augment_dataset(labelled, settings, mask)
+    return with_unlabeled(transfer, encode(extra)), fingerprint + extra.fingerprint
 
 
 def teacher_logits(model, tokenizer, teacher_dir: str | Path, transfer: EncodedDataset, fingerprint: str, *,
@@ -225,6 +241,11 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
         train_set, fingerprint = add_unlabeled(
             train_set, fingerprint, config.unlabeled, config.data, limit=config.unlabeled_limit,
             encode=lambda texts: teacher.encode_dataset(texts, max_length=max_length, truncation=truncation))
+    if config.augment:
+        train_set, fingerprint = add_augmented(
+            train_set, fingerprint, data.train, AugmentSettings(copies=config.augment, seed=config.training.seed),
+            mask_token(teacher.tokenizer),
+            encode=lambda texts: teacher.encode_dataset(texts, max_length=max_length, truncation=truncation))
     transfer = Transfer(train_set, val_set, max_length)
     if not config.online:
         precision = resolve_precision(config.training.precision, next(teacher.model.parameters()).device)
@@ -237,7 +258,8 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
 def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | None, max_length: int):
     """The student (a `Classifier` with the teacher's tokenizer) before training: the teacher's config cut
     down, started per `--init`; its config records where the weights came from."""
-    student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden)
+    student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden,
+                                 embedding_size=config.embedding_size)
     student_cfg = student_cfg.replace(gradient_checkpointing=config.gradient_checkpointing)
     student_cfg = student_cfg.replace(attention_probs_dropout_prob=config.attention_dropout)
     if config.dropout is not None:

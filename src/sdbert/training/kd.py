@@ -68,13 +68,15 @@ def distillation_loss(
 
 
 def student_config(teacher: SDBertConfig, *, layers: int = 3, heads: int = 4, hidden: int | None = None,
-                   intermediate: int | None = None) -> SDBertConfig:
-    """The teacher's config with fewer layers and heads; attention stays block-sparse."""
+                   intermediate: int | None = None, embedding_size: int | None = None) -> SDBertConfig:
+    """The teacher's config with fewer layers and heads (and, with `embedding_size`, factorised
+    embeddings); attention stays block-sparse."""
     hidden = hidden or teacher.hidden_size
     if intermediate is None:
         intermediate = teacher.intermediate_size * hidden // teacher.hidden_size
     return teacher.replace(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden,
-                           intermediate_size=intermediate, attention_type="block_sparse", init_checkpoint=None)
+                           intermediate_size=intermediate, attention_type="block_sparse", init_checkpoint=None,
+                           embedding_size=embedding_size or teacher.embedding_size)
 
 
 def init_student(config: SDBertConfig, init: str = "random", *, teacher=None, start=None,
@@ -124,8 +126,42 @@ def copy_mapped_weights(student, source, layer_map: list[int] | None = None, *,
         if source_state[origin].shape == student_state[name].shape:
             copied[name] = source_state[origin].clone()
     student.load_state_dict(copied, strict=False)
+    if s_cfg.embedding_size != t_cfg.embedding_size:  # other tables (their shapes may still match at full width)
+        factorise_embeddings(student, source)
+        copied.update(dict.fromkeys(n for n in student_state if n.startswith("bert.embeddings.")))
     logger.info("student initialised from layers %s (%d tensors copied)", layer_map, len(copied))
     return sorted(copied)
+
+
+def embedding_tables(embeddings) -> list[torch.Tensor]:
+    """The word, position and type tables of an embeddings module at the hidden size (a factorised
+    module's tables times its projection)."""
+    tables = [embeddings.word_embeddings.weight, embeddings.position_embeddings.weight,
+              embeddings.token_type_embeddings.weight]
+    if embeddings.projection is not None:
+        tables = [table @ embeddings.projection.weight.T for table in tables]
+    return [table.detach().float() for table in tables]
+
+
+@torch.no_grad()
+def factorise_embeddings(student, source) -> None:
+    """The student's narrower embedding tables from `source`'s, ALBERT-style: every table projected onto
+    the top `embedding_size` right singular vectors of the stacked tables (one truncated SVD), which then
+    form the projection back to the hidden size. At full width the student embeds exactly as `source`."""
+    mine = student.bert.embeddings
+    if mine.projection is None:
+        raise ConfigError("the student's embedding tables differ from the source's: give it an embedding_size "
+                          "(factorised embeddings) or the source's vocabulary and positions")
+    tables = embedding_tables(source.bert.embeddings)
+    targets = (mine.word_embeddings, mine.position_embeddings, mine.token_type_embeddings)
+    for table, target in zip(tables, targets, strict=True):
+        if table.shape[0] != target.num_embeddings:
+            raise ConfigError(f"cannot factorise the source's embeddings: a table of {table.shape[0]} rows for "
+                              f"the student's {target.num_embeddings}")
+    basis = torch.linalg.svd(torch.cat(tables), full_matrices=False).Vh[:student.config.embedding_size]
+    for table, target in zip(tables, targets, strict=True):
+        target.weight.copy_(table @ basis.T)
+    mine.projection.weight.copy_(basis.T)
 
 
 def init_student_from_teacher(student, teacher, layer_map: list[int] | None = None) -> list[str]:

@@ -23,6 +23,8 @@ class SDBertConfig(PretrainedConfig):
         resample_random_blocks (`bool`): draw a new pattern at every training forward instead.
         pooler_activation (`str`): activation between the pooler dense and the classifier.
         classifier_pooling (`str`): `"cls"` (first token) or `"mean"` (mean of the real tokens).
+        embedding_size (`int`, *optional*): ALBERT-style factorised embeddings this wide, projected to
+            `hidden_size` before the LayerNorm (None: BERT's layout).
     """
 
     model_type = "sdbert"
@@ -50,6 +52,7 @@ class SDBertConfig(PretrainedConfig):
         pooler_activation="tanh",
         classifier_pooling="cls",
         classifier_dropout=None,
+        embedding_size=None,
         **kwargs,
     ):
         if attention_type not in ("block_sparse", "full"):
@@ -81,4 +84,5 @@ class SDBertConfig(PretrainedConfig):
         self.pooler_activation = pooler_activation
         self.classifier_pooling = classifier_pooling
         self.classifier_dropout = classifier_dropout
+        self.embedding_size = embedding_size
         super().__init__(pad_token_id=pad_token_id, **kwargs)

@@ -180,9 +180,12 @@ def _sparse_rows(q, k, v, bs, plan, key_padding_mask, dropout_p):
 class SDBertEmbeddings(nn.Module):
     def __init__(self, config: SDBertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        factorised = getattr(config, "embedding_size", None)
+        width = factorised or config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, width, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, width)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width)
+        self.projection = None if factorised is None else nn.Linear(width, config.hidden_size, bias=False)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -197,6 +200,8 @@ class SDBertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + self.token_type_embeddings(token_type_ids)
+        if self.projection is not None:
+            x = self.projection(x)
         return self.dropout(self.LayerNorm(x))
 
 
