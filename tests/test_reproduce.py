@@ -167,3 +167,24 @@ def test_presets_and_report_rendering(tmp_path):
     assert "| kd vs no kd (sparse_student_kd - sparse_student_no_kd) | +20.00 points |" in report
     assert "Goals" not in report  # goals are judged in the notes that cite the JSON, not by library code
     assert "| sparse_student_no_kd | 43 | 0.6000 |" in report
+
+
+def test_augmented_copies_join_the_kd_transfer_set_teacher_labelled(trained_teacher, tmp_path, monkeypatch):
+    """`--augment-copies 2`: the students' labelled reviews, then two augmented copies of each (label -100),
+    all scored by the teacher; the equal-data student trains over them even without unlabelled reviews."""
+    import shutil
+
+    from sdbert.classifier import Classifier
+    from sdbert.data.dataset import make_dataset
+
+    monkeypatch.setenv("SDBERT_CACHE", str(tmp_path / "cache"))
+    preset = make_preset("tiny", augment_copies=2, unlabeled_limit=0)
+    runner = Runner(preset, None, tmp_path / "run", progress=False)
+    shutil.copytree(trained_teacher / "teacher", tmp_path / "run" / "sparse_teacher")  # the logit cache's home
+    teacher = Classifier.from_pretrained(tmp_path / "run" / "sparse_teacher")
+    runner.tokenizer = teacher.tokenizer
+    labelled = make_dataset(["a great film, wonderful acting", "dull and far too long", "loved it"], [1, 0, 1],
+                            {0: "neg", 1: "pos"})
+    transfer, logits = runner._transfer_logits(teacher.model, labelled, runner._encode(labelled))
+    assert len(transfer) == 9 and transfer.labels[:3].tolist() == [1, 0, 1]
+    assert (transfer.labels[3:] == -100).all() and tuple(logits.logits.shape) == (9, 2)

@@ -30,8 +30,14 @@ def _header(results: dict, level: int) -> list[str]:
             f"({data.get('student_train_examples', data['train_examples']):,} of them for the students), "
             f"{data['validation_examples']:,} validation, {data['test_examples']:,} test reviews (the same seeded "
             f"stratified subset for every system), {data['unlabeled_examples']:,} unlabelled reviews in the KD "
-            f"transfer set. Students: `{results['settings']['student_init']}` initialisation, "
+            f"transfer set{_augmented(results['settings'])}. "
+            f"Students: `{results['settings']['student_init']}` initialisation, "
             f"{results['settings']['student_seeds']} seed(s) each, the same initial weights for KD and no-KD.", ""]
+
+
+def _augmented(settings: dict) -> str:
+    copies = settings.get("augment_copies")
+    return f" with {copies} augmented cop{'y' if copies == 1 else 'ies'} of each student review" if copies else ""
 
 
 def _accuracy_cell(row: dict) -> str:

@@ -90,8 +90,9 @@ class Preset:
     student_seeds: int = 1
     """Runs per student (seed of head init, data order, dropout); the teachers are trained once."""
     kd_equal_data: bool = True
-    """With unlabelled reviews: also train a KD student over the whole transfer set at its own step budget
-    (KD at equal labelled data, beside the equal-steps ablation), from the same initial weights."""
+    """With unlabelled reviews or augmented copies: also train a KD student over the whole transfer set at
+    its own step budget (KD at equal labelled data, beside the equal-steps ablation), from the same initial
+    weights."""
     student_train_limit: int | None = None
     """Labelled reviews for the students (a seeded subset of the teachers'); None: all of them."""
     student_epochs: int = 2
@@ -367,7 +368,7 @@ class Runner:
         loss_fn = kd_loss_fn(found.logits, alpha=p.alpha, kind=p.kd_kind, temperature=p.temperature)
         # system -> (its config, its step budget; None: the whole transfer set)
         kd_systems = {"sparse_student_kd": (config, steps)}
-        if p.kd_equal_data and p.unlabeled_limit:
+        if p.kd_equal_data and (p.unlabeled_limit or p.augment_copies):
             kd_systems[KD_EQUAL_DATA] = (config, None)
         if p.small_student_embedding_size:
             kd_systems[KD_SMALL] = (config.replace(embedding_size=p.small_student_embedding_size), None)
