@@ -57,9 +57,11 @@ def test_the_committed_benchmarks_match_their_json():
 QUOTING = [BENCHMARKS.parent / "README.md", *sorted((BENCHMARKS.parent / "docs").glob("*.md"))]
 # Tables written by hand, not copied from a generated section (their header rows): the KD variants of
 # docs/results.md (from benchmarks/kd_variants/), the refusals of docs/limits.md, the recipe comparison
-# of docs/precision.md (from benchmarks/amd_epyc/train_precision.json). Every other table is a copy.
+# of docs/precision.md (from benchmarks/amd_epyc/train_precision.json), the size trade-off of
+# docs/results.md (from benchmarks/size_tradeoff/). Every other table is a copy.
 HAND_WRITTEN = (
     "| variant | KD student | no-KD student | KD - no-KD | McNemar p per seed |",
+    "| student | share of the teacher's parameters | accuracy [95% Wilson] |",
     "| input | what happens |",
     "| 512 tokens, batch 8 | examples/s |",
     "| 2048 tokens, batch 2 (reviews concatenated to fill) | examples/s |",
