@@ -33,6 +33,7 @@ def test_settings_do_what_they_say():
     masked = AugmentSettings(mask_probability=1.0, window_probability=0.0)
     assert augment_text(TEXTS[0], rng, masked, "[MASK]") == " ".join(["[MASK]"] * 10)
     assert augment_text(TEXTS[0], rng, masked, None) == "one"  # no mask token: words dropped, never empty
+    assert augment_text("  ", rng, masked, None) == augment_text("", rng, masked, "[MASK]") == ""  # nothing to copy
     windows = AugmentSettings(mask_probability=0.0, window_probability=1.0, min_window=0.5)
     words = TEXTS[0].split()
     for _ in range(20):

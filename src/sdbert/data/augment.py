@@ -45,8 +45,8 @@ def augment_text(text: str, rng: random.Random, settings: AugmentSettings, mask_
         start = rng.randrange(len(words) - keep + 1)
         words = words[start:start + keep]
     out = [mask_token if rng.random() < settings.mask_probability else word for word in words]
-    kept = [word for word in out if word is not None]
-    return " ".join(kept) if kept else (mask_token or words[0])
+    # Without a mask token masked words are dropped; a copy keeps its first word rather than none.
+    return " ".join([word for word in out if word is not None] or words[:1])
 
 
 def augment_dataset(dataset: TextDataset, settings: AugmentSettings, mask_token: str | None) -> TextDataset:

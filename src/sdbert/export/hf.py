@@ -132,9 +132,8 @@ def choose_hf_architecture(config: SDBertConfig, requested: HFArchitecture = "au
 
 def exact_stock_architecture(config: SDBertConfig) -> str | None:
     """The stock class that gives our logits at every length the model accepts, if there is one."""
-    if getattr(config, "classifier_pooling", "cls") != "cls" or runs_sparse(config):
-        return None
-    if getattr(config, "embedding_size", None) is not None:
+    if (getattr(config, "classifier_pooling", "cls") != "cls" or runs_sparse(config)
+            or getattr(config, "embedding_size", None) is not None):
         return None
     if config.pooler_activation == "tanh":
         return "bert"
