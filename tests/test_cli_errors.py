@@ -29,6 +29,8 @@ CASES = {
                                    ["not a multiple"]),
     "model of another kind": (["train", "--data", "{data}", "--init", "{root}/gpt2"], ["gpt2"]),
     "alpha out of range": (["distill", "--teacher", "{root}/gpt2", "--data", "{data}", "--alpha", "7"], ["--alpha"]),
+    "labels only with unlabelled texts": (["distill", "--teacher", "{root}/gpt2", "--data", "{data}", "--alpha", "1",
+                                           "--augment", "1"], ["--alpha 1", "--augment"]),
     "unknown flag": (["train", "--data", "{data}", "--epochz", "2"], ["--epochz"]),
 }
 

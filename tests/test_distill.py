@@ -107,12 +107,15 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(trained_teacher
     env = {"SDBERT_CACHE": str(tmp_path / "cache")}
     summaries = []
     for name, init, extra in (("kd1", "random", []), ("kd2", "teacher", []),
-                              ("kd3", "teacher", ["--embedding-size", "8", "--augment", "2"])):
+                              ("kd3", "teacher", ["--embedding-size", "8", "--augment", "2"]),
+                              ("labels", "teacher", ["--alpha", "1"])):
         run = sdbert("distill", "--teacher", str(teacher), "--data", str(data), "--output",
                      str(tmp_path / name), "--layers", "1", "--heads", "1", "--init", init, "--epochs", "2",
                      "--batch-size", "8", "--no-progress", *extra, env_extra=env)
         assert run.returncode == 0, run.stderr
         summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
+        if name == "kd3":  # every logit pass so far is cached
+            logit_files = len(list((tmp_path / "cache" / "teacher_logits").glob("*.npy")))
     assert summaries[0]["teacher_logits_cached"] is False
     for folder in (teacher, tmp_path / "kd1"):  # each model folder gets its card, written from its summary.json
         card = (folder / "README.md").read_text()
@@ -130,6 +133,9 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(trained_teacher
     # --augment 2: two teacher-labelled copies of every labelled text join the transfer set (new logits)
     assert summaries[2]["data"]["train_examples"] == 3 * summaries[1]["data"]["train_examples"]
     assert summaries[2]["teacher_logits_cached"] is False
+    # --alpha 1: the labels alone; the teacher only lends its tokenizer and weights, its logits are not computed
+    assert summaries[3]["teacher_mode"] == "none" and "teacher_logits_seconds" not in summaries[3]
+    assert len(list((tmp_path / "cache" / "teacher_logits").glob("*.npy"))) == logit_files == 2
 
 
 def test_factorised_embeddings_are_a_truncated_svd_of_the_source():

@@ -42,7 +42,7 @@ from sdbert.training.kd import (
     student_config,
     teacher_logits_key,
 )
-from sdbert.training.loop import TrainingArguments, prepare_output_dir, setup_distributed, train
+from sdbert.training.loop import TrainingArguments, cross_entropy_loss, prepare_output_dir, setup_distributed, train
 from sdbert.training.setup import DataSettings, data_record, load_unlabeled, prepare_data, with_unlabeled
 
 
@@ -106,9 +106,15 @@ class DistillConfig:
         self.hidden_layer_map = layer_list("--hidden-layer-map", self.hidden_layer_map)
 
     @property
+    def labels_only(self) -> bool:
+        """alpha 1 without the hidden-state loss: the teacher's signal weighs 0, so its logits are not computed
+        (the no-KD baseline pays nothing for a teacher it ignores)."""
+        return self.alpha == 1.0 and self.hidden_weight == 0
+
+    @property
     def online(self) -> bool:
         """The teacher runs on every batch (the hidden-state loss needs its hidden states)."""
-        return self.teacher_mode == "online" or self.hidden_weight > 0
+        return not self.labels_only and (self.teacher_mode == "online" or self.hidden_weight > 0)
 
     def check(self) -> None:
         """Flag combinations that cannot work, before anything is loaded."""
@@ -121,6 +127,9 @@ class DistillConfig:
                               "use --teacher-mode online (the default with --hidden-weight)")
         if self.hidden_layer_map is not None and self.hidden_weight == 0:
             raise ConfigError("--hidden-layer-map only applies with --hidden-weight > 0")
+        if self.labels_only and (self.unlabeled or self.augment):
+            raise ConfigError("--alpha 1 trains on the labels alone: the texts of --unlabeled and --augment have "
+                              "none, so they would only cost time; lower --alpha or drop them")
 
 
 def layer_list(flag: str, value: str | list[int] | None) -> list[int] | None:
@@ -247,7 +256,7 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
             mask_token(teacher.tokenizer),
             encode=lambda texts: teacher.encode_dataset(texts, max_length=max_length, truncation=truncation))
     transfer = Transfer(train_set, val_set, max_length)
-    if not config.online:
+    if not config.online and not config.labels_only:
         precision = resolve_precision(config.training.precision, next(teacher.model.parameters()).device)
         transfer.teacher = teacher_logits(teacher.model, teacher.tokenizer, config.teacher, train_set, fingerprint,
                                           max_length=max_length, truncation=truncation, precision=precision,
@@ -274,7 +283,9 @@ def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | No
 
 
 def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map) -> StudentLoss:
-    """The training loss: from cached logits, or with the teacher online."""
+    """The training loss: the labels alone, from cached logits, or with the teacher online."""
+    if config.labels_only:
+        return StudentLoss(cross_entropy_loss, None, "labels only (alpha 1: the teacher's logits are not computed)")
     if not config.online:
         source = "from cache" if transfer.teacher.cached else f"computed in {transfer.teacher.seconds:.1f}s"
         loss = kd_loss_fn(transfer.teacher.logits, alpha=config.alpha, kind=config.kind, temperature=config.temperature)
@@ -293,14 +304,15 @@ def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map)
 
 def distill_summary(config: DistillConfig, result, student, transfer: Transfer, hidden_map, wall: float) -> dict:
     summary = {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
-               "teacher_mode": "online" if config.online else "cached", "wall_seconds": round(wall, 2),
+               "teacher_mode": "online" if config.online else "none" if config.labels_only else "cached",
+               "wall_seconds": round(wall, 2),
                "examples_per_second": round(result.examples_per_second, 2), "steps": result.final_step,
                "parameters": student.num_parameters(), "alpha": config.alpha, "kind": config.kind,
                "precision": result.precision, "dropout": {"hidden": student.config.hidden_dropout_prob,
                                                           "attention": student.config.attention_probs_dropout_prob}}
     if config.online:
         summary.update(hidden_weight=config.hidden_weight, hidden_layer_map=hidden_map)
-    else:
+    elif not config.labels_only:
         summary.update(teacher_logits_seconds=round(transfer.teacher.seconds, 2),
                        teacher_logits_cached=transfer.teacher.cached)
     return summary
