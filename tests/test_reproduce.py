@@ -8,6 +8,7 @@ import torch
 
 from helpers import PINNED_TINY_ACCURACIES, PINNED_TINY_PRESET, assert_pinned, probe_logits
 from sdbert.cli import main
+from sdbert.errors import ConfigError
 from sdbert.paper.report import render_report
 from sdbert.paper.runner import Runner, make_preset, state_sha256
 from sdbert.paper.table import SYSTEMS, RunSummary, aggregate, compare
@@ -115,6 +116,25 @@ def test_students_start_from_the_teachers_starting_weights_not_the_fine_tuned_on
                                                          "classifier.weight", "bert.pooler.dense.weight"))
 
 
+def test_teacher_dropout_reaches_the_teachers_and_not_the_students(tmp_path, monkeypatch):
+    from sdbert import SDBertConfig, SDBertForSequenceClassification
+
+    runner = Runner(make_preset("tiny", teacher_dropout=0.0, attention_dropout=0.1), None, tmp_path)
+    cfg = SDBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=32, max_position_embeddings=128, block_size=16, hidden_dropout_prob=0.1)
+    runner.start, runner.tokenizer = SDBertForSequenceClassification(cfg), None
+    trained = {}
+    monkeypatch.setattr(runner, "_system", lambda system, out, classifier, *a, **k:
+                        trained.setdefault(system, classifier.model.config))
+    runner._teachers(cfg, {})
+    assert [trained[s].attention_type for s in trained] == ["full", "block_sparse"]
+    assert all(trained[s].hidden_dropout_prob == 0.0 for s in trained)
+    student = runner._student_config(trained["sparse_teacher"])  # the fine-tuned teacher's config, cut down
+    assert (student.hidden_dropout_prob, student.attention_probs_dropout_prob) == (0.1, 0.1)
+    with pytest.raises(ConfigError, match="teacher dropout"):
+        make_preset("tiny", teacher_dropout=1.0)
+
+
 def _run(system, seed, accuracy, predictions, seconds, **extra) -> RunSummary:
     return RunSummary.from_dict({
         "system": system, "seed": seed, "accuracy": accuracy, "accuracy_interval": [accuracy - 0.1, accuracy],
@@ -124,8 +144,6 @@ def _run(system, seed, accuracy, predictions, seconds, **extra) -> RunSummary:
 
 
 def test_presets_and_report_rendering(tmp_path):
-    from sdbert.errors import ConfigError
-
     with pytest.raises(ConfigError, match="teacher-init"):
         make_preset("paper")
     paper = make_preset("paper", teacher_init="/models/bigbird-roberta-base")
