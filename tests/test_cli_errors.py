@@ -29,8 +29,10 @@ CASES = {
                                    ["not a multiple"]),
     "model of another kind": (["train", "--data", "{data}", "--init", "{root}/gpt2"], ["gpt2"]),
     "alpha out of range": (["distill", "--teacher", "{root}/gpt2", "--data", "{data}", "--alpha", "7"], ["--alpha"]),
+    "labels only with augmented texts": (["distill", "--teacher", "{root}/gpt2", "--data", "{data}", "--alpha", "1",
+                                          "--augment", "1"], ["--alpha 1", "--augment"]),
     "labels only with unlabelled texts": (["distill", "--teacher", "{root}/gpt2", "--data", "{data}", "--alpha", "1",
-                                           "--augment", "1"], ["--alpha 1", "--augment"]),
+                                           "--unlabeled", "unsup"], ["--alpha 1", "--unlabeled"]),
     "unknown flag": (["train", "--data", "{data}", "--epochz", "2"], ["--epochz"]),
 }
 

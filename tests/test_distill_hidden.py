@@ -261,3 +261,13 @@ def test_torchrun_hidden_loss_two_processes_equal_one_process(teacher_dir, tmp_p
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     pa, pb = (torch.load(p / STATE_NAME, weights_only=False)["aux"] for p in last)
     assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-5
+
+
+def test_alpha_one_skips_the_teacher_unless_the_hidden_loss_needs_it():
+    from sdbert.training.distill import DistillConfig
+
+    labels = DistillConfig(teacher="t", alpha=1.0, teacher_mode="online")  # the teacher would add nothing
+    assert labels.labels_only and not labels.online
+    hidden = DistillConfig(teacher="t", alpha=1.0, hidden_weight=0.5)  # its hidden states still teach
+    assert not hidden.labels_only and hidden.online
+    assert not DistillConfig(teacher="t", alpha=0.5).labels_only

@@ -47,6 +47,15 @@ def test_a_distilled_student_card_has_hub_metadata_and_its_validation_interval()
     assert "- Dropout: hidden states 0.1, attention probabilities 0.0" in card
 
 
+def test_a_labels_only_distill_card_claims_no_distillation():
+    run = {k: v for k, v in DISTILL_SUMMARY.items() if k != "teacher_logits_seconds"} | {"alpha": 1.0,
+                                                                                         "teacher_mode": "none"}
+    card = render(SPARSE_CONFIG, run, "student")
+    assert "knowledge-distillation" not in header(card)["tags"]
+    assert "- Loss: cross-entropy on the labels (alpha = 1: no distillation term)" in card
+    assert "distillation, alpha" not in card
+
+
 def test_the_model_index_reads_back_with_huggingface_hub():
     hub = pytest.importorskip("huggingface_hub")
     from huggingface_hub.repocard_data import model_index_to_eval_results

@@ -156,6 +156,9 @@ def test_presets_and_report_rendering(tmp_path):
 
     config = ReproduceConfig(output="x", preset="quick", teacher_init=str(tmp_path), unlabeled_limit=3200)
     assert config.make_preset().unlabeled_limit == 3200 and quick.unlabeled_limit == 800
+    assert make_preset("standard", teacher_init=str(tmp_path)).teacher_dropout == 0.0 and quick.teacher_dropout is None
+    assert ReproduceConfig(output="x", preset="standard", teacher_init=str(tmp_path),
+                           teacher_dropout=0.1).make_preset().teacher_dropout == 0.1
     with pytest.raises(ConfigError, match="student init"):
         make_preset("tiny", student_init="nope")
     # The quick preset must exercise the sparse path: longer reviews exceed the dense fallback.

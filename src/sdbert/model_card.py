@@ -54,7 +54,7 @@ def dataset_id(run: dict[str, Any]) -> str | None:
 def metadata(config: dict[str, Any], run: dict[str, Any], name: str) -> list[str]:
     """The YAML header's lines; values are JSON, which YAML reads as flow scalars and sequences."""
     tags = ["sdbert", "text-classification", "block-sparse-attention" if sparse(config) else "full-attention"]
-    if "alpha" in run or "kd" in str(run.get("run_spec", {}).get("loss", "")):
+    if distilled(run):
         tags.append("knowledge-distillation")
     lines = ["library_name: sdbert", f"tags: {json.dumps(tags)}", "pipeline_tag: text-classification"]
     dataset, scored = dataset_id(run), evaluation(run)
@@ -64,6 +64,14 @@ def metadata(config: dict[str, Any], run: dict[str, Any], name: str) -> list[str
         lines.append('metrics: ["accuracy"]')
         lines.append(f"model-index: {json.dumps([model_index(name, dataset, scored)])}")
     return ["---", *lines, "---"]
+
+
+def distilled(run: dict[str, Any]) -> bool:
+    """A distill run that learnt from its teacher (at `--alpha 1` the teacher only lent its tokenizer), or a
+    reproduce KD run."""
+    if "alpha" in run:
+        return run.get("teacher_mode") != "none"
+    return "kd" in str(run.get("run_spec", {}).get("loss", ""))
 
 
 def model_index(name: str, dataset: str | None, scored: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +136,12 @@ def training(config: dict[str, Any], run: dict[str, Any]) -> list[str]:
     lines += [f"- {key.replace('_', ' ').capitalize()}: {value}" for key, value in run.get("settings", {}).items()]
     spec = run.get("run_spec", {})
     lines += [f"- {key.replace('_', ' ').capitalize()}: {spec[key]}" for key in (
-        "loss", "epochs", "learning_rate", "max_steps", "seed", "precision", "attention_dropout") if key in spec]
+        "loss", "epochs", "learning_rate", "max_steps", "seed", "precision", "attention_dropout", "hidden_dropout")
+        if key in spec]
     lines += recipe(run)
-    if "alpha" in run:
+    if "alpha" in run and not distilled(run):
+        lines.append("- Loss: cross-entropy on the labels (alpha = 1: no distillation term)")
+    elif "alpha" in run:
         lines.append(f"- Loss: alpha * cross-entropy + (1 - alpha) * {run.get('kind')} distillation, "
                      f"alpha = {run['alpha']}")
     return lines

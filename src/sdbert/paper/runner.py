@@ -260,6 +260,9 @@ class ReproduceConfig:
     kd_kind: Literal["mse", "kl"] | None = arg(None, "distillation term: the paper's squared L2 of logits "
                                                      "(default) or Hinton's KL")
     temperature: float | None = arg(None, "KL temperature (default 2)", type=positive_float)
+    teacher_dropout: float | None = arg(None, "hidden-state dropout of the two teachers (default: the preset's, 0 "
+                                              "for standard, else the checkpoint's); the students keep the "
+                                              "checkpoint's", type=fraction)
     attention_dropout: float | None = arg(None, "dropout on the attention probabilities of every system "
                                                 "(default 0: the fused kernels run; 0.1 is BERT's)", type=fraction)
     precision: Precision = arg("auto", PRECISION_HELP)
@@ -274,7 +277,8 @@ class ReproduceConfig:
                            unlabeled_limit=self.unlabeled_limit, small_student_embedding_size=self.small_embedding_size,
                            augment_copies=self.augment_copies,
                            temperature=self.temperature, teacher_revision=self.revision,
-                           attention_dropout=self.attention_dropout, precision=self.precision)
+                           teacher_dropout=self.teacher_dropout, attention_dropout=self.attention_dropout,
+                           precision=self.precision)
 
 
 def reproduce(config: ReproduceConfig) -> dict:

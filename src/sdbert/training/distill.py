@@ -89,7 +89,7 @@ class DistillConfig:
     teacher_mode: Literal["cached", "online"] | None = arg(
         None, "cached: the teacher's logits are computed once and stored on disk (the default); online: the "
               "teacher runs on every batch (eval mode, no gradient), slower but needed for --hidden-weight, "
-              "which selects it automatically")
+              "which selects it automatically; neither runs at --alpha 1 without --hidden-weight")
     hidden_weight: float = arg(0.0, "add W x the MSE between student and teacher hidden states (beyond the "
                                     "paper; 0 = off): each student layer's output against one teacher layer's "
                                     "output, over real tokens, through a learned linear map when --hidden differs "
