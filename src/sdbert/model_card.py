@@ -139,11 +139,10 @@ def training(config: dict[str, Any], run: dict[str, Any]) -> list[str]:
         "loss", "epochs", "learning_rate", "max_steps", "seed", "precision", "attention_dropout", "hidden_dropout")
         if key in spec]
     lines += recipe(run)
-    if "alpha" in run and not distilled(run):
-        lines.append("- Loss: cross-entropy on the labels (alpha = 1: no distillation term)")
-    elif "alpha" in run:
-        lines.append(f"- Loss: alpha * cross-entropy + (1 - alpha) * {run.get('kind')} distillation, "
-                     f"alpha = {run['alpha']}")
+    if "alpha" in run:
+        loss = (f"alpha * cross-entropy + (1 - alpha) * {run.get('kind')} distillation, alpha = {run['alpha']}"
+                if distilled(run) else "cross-entropy on the labels (alpha = 1: no distillation term)")
+        lines.append(f"- Loss: {loss}")
     return lines
 
 

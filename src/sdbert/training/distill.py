@@ -106,15 +106,21 @@ class DistillConfig:
         self.hidden_layer_map = layer_list("--hidden-layer-map", self.hidden_layer_map)
 
     @property
+    def teacher_use(self) -> Literal["none", "cached", "online"]:
+        """How the teacher's signal reaches the student: not at all (alpha 1 without the hidden-state loss: it
+        weighs 0, so the no-KD baseline pays nothing for a teacher it ignores), through logits computed once
+        and cached, or with the teacher running on every batch (the hidden-state loss needs its hidden states)."""
+        if self.alpha == 1.0 and self.hidden_weight == 0:
+            return "none"
+        return "online" if self.teacher_mode == "online" or self.hidden_weight > 0 else "cached"
+
+    @property
     def labels_only(self) -> bool:
-        """alpha 1 without the hidden-state loss: the teacher's signal weighs 0, so its logits are not computed
-        (the no-KD baseline pays nothing for a teacher it ignores)."""
-        return self.alpha == 1.0 and self.hidden_weight == 0
+        return self.teacher_use == "none"
 
     @property
     def online(self) -> bool:
-        """The teacher runs on every batch (the hidden-state loss needs its hidden states)."""
-        return not self.labels_only and (self.teacher_mode == "online" or self.hidden_weight > 0)
+        return self.teacher_use == "online"
 
     def check(self) -> None:
         """Flag combinations that cannot work, before anything is loaded."""
@@ -256,7 +262,7 @@ def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
             mask_token(teacher.tokenizer),
             encode=lambda texts: teacher.encode_dataset(texts, max_length=max_length, truncation=truncation))
     transfer = Transfer(train_set, val_set, max_length)
-    if not config.online and not config.labels_only:
+    if config.teacher_use == "cached":
         precision = resolve_precision(config.training.precision, next(teacher.model.parameters()).device)
         transfer.teacher = teacher_logits(teacher.model, teacher.tokenizer, config.teacher, train_set, fingerprint,
                                           max_length=max_length, truncation=truncation, precision=precision,
@@ -286,7 +292,7 @@ def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map)
     """The training loss: the labels alone, from cached logits, or with the teacher online."""
     if config.labels_only:
         return StudentLoss(cross_entropy_loss, None, "labels only (alpha 1: the teacher's logits are not computed)")
-    if not config.online:
+    if config.teacher_use == "cached":
         source = "from cache" if transfer.teacher.cached else f"computed in {transfer.teacher.seconds:.1f}s"
         loss = kd_loss_fn(transfer.teacher.logits, alpha=config.alpha, kind=config.kind, temperature=config.temperature)
         return StudentLoss(loss, None, f"teacher logits {source}")
@@ -304,15 +310,14 @@ def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map)
 
 def distill_summary(config: DistillConfig, result, student, transfer: Transfer, hidden_map, wall: float) -> dict:
     summary = {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
-               "teacher_mode": "online" if config.online else "none" if config.labels_only else "cached",
-               "wall_seconds": round(wall, 2),
+               "teacher_mode": config.teacher_use, "wall_seconds": round(wall, 2),
                "examples_per_second": round(result.examples_per_second, 2), "steps": result.final_step,
                "parameters": student.num_parameters(), "alpha": config.alpha, "kind": config.kind,
                "precision": result.precision, "dropout": {"hidden": student.config.hidden_dropout_prob,
                                                           "attention": student.config.attention_probs_dropout_prob}}
     if config.online:
         summary.update(hidden_weight=config.hidden_weight, hidden_layer_map=hidden_map)
-    elif not config.labels_only:
+    elif config.teacher_use == "cached":
         summary.update(teacher_logits_seconds=round(transfer.teacher.seconds, 2),
                        teacher_logits_cached=transfer.teacher.cached)
     return summary
