@@ -33,6 +33,9 @@ CASES = {
                                           "--augment", "1"], ["--alpha 1", "--augment"]),
     "labels only with unlabelled texts": (["distill", "--teacher", "{root}/gpt2", "--data", "{data}", "--alpha", "1",
                                            "--unlabeled", "unsup"], ["--alpha 1", "--unlabeled"]),
+    "cut vocabulary with an online teacher": (["distill", "--teacher", "{root}/gpt2", "--data", "{data}",
+                                               "--vocab-size", "500", "--hidden-weight", "1"],
+                                              ["--vocab-size", "cached logits"]),
     "unknown flag": (["train", "--data", "{data}", "--epochz", "2"], ["--epochz"]),
 }
 

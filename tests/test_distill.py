@@ -108,6 +108,7 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(trained_teacher
     summaries = []
     for name, init, extra in (("kd1", "random", []), ("kd2", "teacher", []),
                               ("kd3", "teacher", ["--embedding-size", "8", "--augment", "2"]),
+                              ("cut", "teacher", ["--vocab-size", "120"]),
                               ("labels", "teacher", ["--alpha", "1"])):
         run = sdbert("distill", "--teacher", str(teacher), "--data", str(data), "--output",
                      str(tmp_path / name), "--layers", "1", "--heads", "1", "--init", init, "--epochs", "2",
@@ -133,8 +134,15 @@ def test_distill_command_end_to_end_reuses_cached_teacher_logits(trained_teacher
     # --augment 2: two teacher-labelled copies of every labelled text join the transfer set (new logits)
     assert summaries[2]["data"]["train_examples"] == 3 * summaries[1]["data"]["train_examples"]
     assert summaries[2]["teacher_logits_cached"] is False
+    # --vocab-size: the student's own, smaller tokenizer and table; the teacher's logits on its own encoding
+    cut = Classifier.from_pretrained(tmp_path / "cut")
+    assert cut.tokenizer.get_vocab_size() == cut.config.vocab_size == summaries[3]["vocab_size"] <= 120
+    assert cut.model.bert.embeddings.word_embeddings.weight.shape[0] == cut.config.vocab_size
+    assert summaries[3]["teacher_logits_cached"] is True and summaries[3]["parameters"] < summaries[1]["parameters"]
+    assert cut(["a wonderful film"])[0]["label"] in ("neg", "pos")
+    assert f"Its vocabulary holds {cut.config.vocab_size:,} tokens." in (tmp_path / "cut" / "README.md").read_text()
     # --alpha 1: the labels alone; the teacher only lends its tokenizer and weights, its logits are not computed
-    assert summaries[3]["teacher_mode"] == "none" and "teacher_logits_seconds" not in summaries[3]
+    assert summaries[4]["teacher_mode"] == "none" and "teacher_logits_seconds" not in summaries[4]
     assert len(list((tmp_path / "cache" / "teacher_logits").glob("*.npy"))) == logit_files == 2
 
 
@@ -166,6 +174,30 @@ def test_factorised_embeddings_are_a_truncated_svd_of_the_source():
     assert errors == sorted(errors, reverse=True)
     with pytest.raises(ConfigError, match="hidden_size"):
         cfg.replace(embedding_size=25)
+
+
+def test_a_cut_vocabulary_keeps_the_sources_rows_and_its_logits_on_kept_pieces():
+    """With `vocab_ids`, the student's word table is the source's kept rows (factorised too): on ids of kept
+    pieces, renumbered, it gives exactly the logits of the student over the whole vocabulary."""
+    from sdbert.data.vocabulary import VocabularyCut
+    from sdbert.training.kd import init_student, with_vocabulary
+
+    cfg = SDBertConfig(vocab_size=60, hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=48, max_position_embeddings=64, block_size=8, attention_type="full")
+    torch.manual_seed(0)
+    source = SDBertForSequenceClassification(cfg).eval()
+    kept = [0, *range(5, 60, 2)]  # [PAD] and every other piece
+    cut = VocabularyCut(tokenizer=None, ids=kept)
+    ids = torch.tensor([[kept[i] for i in range(1, 29)] * 2])
+    renumbered = torch.tensor([[kept.index(int(i)) for i in ids[0]]])
+    for embedding_size in (None, 24):
+        whole = init_student(cfg.replace(embedding_size=embedding_size), "teacher", teacher=source).eval()
+        small_cfg = with_vocabulary(cfg.replace(embedding_size=embedding_size), cut)
+        small = init_student(small_cfg, "teacher", teacher=source, vocab_ids=kept).eval()
+        assert small.config.vocab_size == len(kept) and small.config.pad_token_id == 0
+        assert small.bert.embeddings.word_embeddings.weight.shape[0] == len(kept)
+        with torch.no_grad():
+            assert torch.allclose(small(renumbered).logits, whole(ids).logits, atol=1e-5)
 
 
 def _perturbed(model: SDBertForSequenceClassification) -> SDBertForSequenceClassification:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import PINNED_TINY_ACCURACIES, PINNED_TINY_PRESET, assert_pinned, probe_logits
+from sdbert.classifier import Classifier
 from sdbert.cli import main
 from sdbert.errors import ConfigError
 from sdbert.paper.report import render_report
@@ -63,6 +64,10 @@ def test_tiny_preset_end_to_end(tmp_path, monkeypatch, capsys, imdb_archive):
     assert "kd_small_vs_kd_equal_data" in results["comparisons"]
     small_config = json.loads((out / "sparse_student_kd_small" / "seed_43" / "config.json").read_text())
     assert small_config["embedding_size"] == 32 and small_config["num_hidden_layers"] == 1
+    # ... and a vocabulary cut to the transfer texts' pieces: its own tokenizer encoded train, validation and test
+    small_model = Classifier.from_pretrained(out / "sparse_student_kd_small" / "seed_43")
+    teacher_vocab = json.loads((out / "sparse_teacher" / "config.json").read_text())["vocab_size"]
+    assert small_model.tokenizer.get_vocab_size() == small_config["vocab_size"] <= 600 < teacher_vocab
     claim = results["comparisons"]["kd_vs_no_kd"]
     assert len(claim["mcnemar_p"]) == 2 and claim["interval_points"][0] <= claim["interval_points"][1]
     assert (out / "sparse_student_kd" / "seed_43" / "model.safetensors").exists()
@@ -195,7 +200,6 @@ def test_augmented_copies_join_the_kd_transfer_set_teacher_labelled(trained_teac
     all scored by the teacher; the equal-data student trains over them even without unlabelled reviews."""
     import shutil
 
-    from sdbert.classifier import Classifier
     from sdbert.data.dataset import make_dataset
 
     monkeypatch.setenv("SDBERT_CACHE", str(tmp_path / "cache"))
@@ -206,6 +210,6 @@ def test_augmented_copies_join_the_kd_transfer_set_teacher_labelled(trained_teac
     runner.tokenizer = teacher.tokenizer
     labelled = make_dataset(["a great film, wonderful acting", "dull and far too long", "loved it"], [1, 0, 1],
                             {0: "neg", 1: "pos"})
-    transfer, logits = runner._transfer_logits(teacher.model, labelled, runner._encode(labelled))
+    _, transfer, logits = runner._transfer_logits(teacher.model, labelled)
     assert len(transfer) == 9 and transfer.labels[:3].tolist() == [1, 0, 1]
     assert (transfer.labels[3:] == -100).all() and tuple(logits.logits.shape) == (9, 2)

@@ -21,3 +21,5 @@ run w192_l3_random_hidden --layers 3 --heads 4 --hidden 192 --init random --hidd
 run e192_l3_pretrained --layers 3 --heads 4 --init pretrained --embedding-size 192
 run e112_l3_pretrained --layers 3 --heads 4 --init pretrained --embedding-size 112
 run e64_l3_pretrained --layers 3 --heads 4 --init pretrained --embedding-size 64
+# A vocabulary cut to the wordpieces the transfer texts use most (full-width tables, MiniLM's rows)
+run v8192_l3_pretrained --layers 3 --heads 4 --init pretrained --vocab-size 8192

@@ -94,8 +94,11 @@ def architecture(config: dict[str, Any]) -> str:
                  f"blocks; cost linear in length)" if sparse(config) else "full attention")
     pooling = "the mean of its tokens" if config.get("classifier_pooling") == "mean" else "the first token"
     labels = ", ".join(str(v) for v in (config.get("id2label") or {}).values())
+    tables = f" in {config['embedding_size']}-wide factorised tables" if config.get("embedding_size") else ""
+    vocabulary = f" Its vocabulary holds {config['vocab_size']:,} tokens{tables}." if config.get("vocab_size") else ""
     return (f"A {layers}-layer, {heads}-head, {width}-wide transformer encoder with {attention}, classifying "
-            f"from {pooling} ({config.get('pooler_activation', 'tanh')} pooler) into: {labels}. It reads up to "
+            f"from {pooling} ({config.get('pooler_activation', 'tanh')} pooler) into: {labels}.{vocabulary} "
+            f"It reads up to "
             f"{config.get('max_length') or config.get('max_position_embeddings')} tokens per text "
             f"(truncation: {config.get('truncation', 'head+tail')}).")
 

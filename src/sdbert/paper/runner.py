@@ -24,17 +24,17 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
 from sdbert.checkpoint import minilm_path
 from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, non_negative_int, positive_float, positive_int
-from sdbert.config import InferenceSettings
+from sdbert.config import InferenceSettings, SDBertConfig
 from sdbert.data import EncodedDataset, TextDataset, encode_dataset, stratified_subset
-from sdbert.data.augment import AugmentSettings
 from sdbert.data.tokenization import mask_token
+from sdbert.data.vocabulary import VocabularyCut, cut_vocabulary
 from sdbert.errors import ConfigError, missing_hint
 from sdbert.hub import resolve_flag
 from sdbert.io import write_json
@@ -46,8 +46,14 @@ from sdbert.paper.table import KD_EQUAL_DATA, KD_SMALL, TRAINED_SYSTEMS, RunSumm
 from sdbert.precision import PRECISION_HELP, PRECISIONS, Precision, resolve_precision
 from sdbert.reporting import load_average, machine_info
 from sdbert.stats import wilson_interval
-from sdbert.training.distill import add_augmented, add_unlabeled, teacher_logits
-from sdbert.training.kd import TeacherLogits, init_student, kd_loss_fn, student_config
+from sdbert.training.distill import (
+    augment_settings,
+    encode_transfer,
+    teacher_logits,
+    transfer_fingerprint,
+    transfer_texts,
+)
+from sdbert.training.kd import TeacherLogits, init_student, kd_loss_fn, student_config, with_vocabulary
 from sdbert.training.loop import TrainingArguments, dataset_logits, train
 from sdbert.training.setup import DataSettings, build_model, data_record, prepare_data
 
@@ -87,6 +93,9 @@ class Preset:
     small_student_embedding_size: int | None = None
     """With it: also a KD student with embedding tables this wide (a truncated SVD of the starting
     checkpoint's, ALBERT-style), distilled like the equal-data one: the paper's size claim"""
+    small_student_vocab_size: int | None = None
+    """With it: that small KD student's vocabulary cut to this many wordpieces of the transfer texts
+    (`sdbert.data.vocabulary`), alone or with factorised tables"""
     student_init: str = "pretrained"
     """pretrained: the teachers' starting checkpoint, new head (a clean KD ablation); random: the paper's;
     teacher: the fine-tuned sparse teacher, head included (a recipe, not an ablation)."""
@@ -137,9 +146,11 @@ class Preset:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
-# The small student's embedding width from all-MiniLM-L6-v2 (384 wide): 3 layers and 112-wide tables are
-# 0.396 of the 512-position teacher's parameters, under the paper's 40% (benchmarks/size_tradeoff).
-SMALL_EMBEDDING_SIZE = 112
+# The small student's vocabulary: all-MiniLM-L6-v2's 3 layers over 8,192 of its 30,522 wordpieces are 0.388
+# of the 512-position teacher's parameters, under the paper's 40%. At the quick preset's scale it matched the
+# student with the whole table (0.821 vs 0.820) where 112-wide factorised tables lost 1.2 points
+# (benchmarks/size_tradeoff).
+SMALL_VOCAB_SIZE = 8192
 
 
 def make_preset(name: str, teacher_init: str | None = None, **overrides) -> Preset:
@@ -157,7 +168,7 @@ def named_preset(name: str, teacher_init: str | None) -> Preset:
                       val_max=60, max_length=128, block_size=16, num_random_blocks=1, teacher_epochs=1,
                       student_epochs=1, teacher_lr=1e-3, student_lr=1e-3, student_layers=1, student_heads=1,
                       batch_size=16, unlabeled_limit=60, baseline=True, baseline_train="train", student_seeds=2,
-                      small_student_embedding_size=32)
+                      small_student_embedding_size=32, small_student_vocab_size=600)
     init = teacher_init or minilm_path()
     if name in ("quick", "standard") and init is None:
         raise ConfigError("the quick and standard presets start from all-MiniLM-L6-v2: "
@@ -168,7 +179,7 @@ def named_preset(name: str, teacher_init: str | None) -> Preset:
         return Preset(name, init, train_limit=1000, unlabeled_limit=800, test_limit=1000, val_max=200,
                       max_length=256, block_size=16, num_random_blocks=1, teacher_epochs=1, student_epochs=1,
                       student_lr=5e-4, student_seeds=2, student_train_limit=800,
-                      small_student_embedding_size=SMALL_EMBEDDING_SIZE)
+                      small_student_vocab_size=SMALL_VOCAB_SIZE)
     if name == "standard":  # sized for 90 minutes on a 2-core CPU with today's recipe
         # The teachers train on 6,000 labelled reviews, the students on 4,000 of them + 4,000 unlabelled, with
         # 2 student seeds: the time the recipe saved buys the teachers data, the students the equal-data KD row.
@@ -179,7 +190,7 @@ def named_preset(name: str, teacher_init: str | None) -> Preset:
         return Preset(name, init, train_limit=6000, student_train_limit=4000, unlabeled_limit=4000,
                       test_limit=5000, val_max=500, max_length=512, block_size=32, num_random_blocks=2,
                       teacher_epochs=1, teacher_dropout=0.0, student_epochs=1, student_seeds=2,
-                      small_student_embedding_size=SMALL_EMBEDDING_SIZE)
+                      small_student_vocab_size=SMALL_VOCAB_SIZE)
     if name == "paper":
         if teacher_init is None:
             raise ConfigError("the paper preset needs --teacher-init: google/bigbird-roberta-base (a hub name, "
@@ -249,10 +260,15 @@ class ReproduceConfig:
                                    type=positive_float, metavar="LR")
     unlabeled_limit: int | None = arg(None, "teacher-labelled IMDb unsup reviews in the KD students' transfer set "
                                             "(default: the preset's; 0: none)", type=non_negative_int, metavar="N")
-    small_embedding_size: int | None = arg(None, "embedding width of the small KD student, its tables a truncated "
-                                                 "SVD of the starting checkpoint's (default: the preset's, 112 for "
-                                                 "quick/standard; 0: no small student)", type=non_negative_int,
-                                           metavar="E")
+    small_embedding_size: int | None = arg(None, "factorised embedding tables of the small KD student, this wide, "
+                                                 "a truncated SVD of the starting checkpoint's (default: the "
+                                                 "preset's, none for quick/standard; 0: none)",
+                                           type=non_negative_int, metavar="E")
+    small_vocab_size: int | None = arg(None, "vocabulary of the small KD student: the wordpieces its transfer "
+                                             "texts use most, at most N (default: the preset's, 8192 for "
+                                             "quick/standard; 0: the teachers' whole vocabulary; with neither a "
+                                             "cut nor factorised tables there is no small student)",
+                                       type=non_negative_int, metavar="N")
     augment_copies: int | None = arg(None, "augmented copies of the students' labelled reviews in the KD transfer "
                                            "set, teacher-labelled (masked words, random windows; default 0)",
                                      type=non_negative_int, metavar="N")
@@ -275,6 +291,7 @@ class ReproduceConfig:
                            student_init=self.student_init, student_epochs=self.student_epochs,
                            student_lr=self.student_lr, alpha=self.alpha, kd_kind=self.kd_kind,
                            unlabeled_limit=self.unlabeled_limit, small_student_embedding_size=self.small_embedding_size,
+                           small_student_vocab_size=self.small_vocab_size,
                            augment_copies=self.augment_copies,
                            temperature=self.temperature, teacher_revision=self.revision,
                            teacher_dropout=self.teacher_dropout, attention_dropout=self.attention_dropout,
@@ -370,7 +387,7 @@ class Runner:
             labelled = stratified_subset(labelled, p.student_train_limit, seed=p.seed)
         self.student_train_examples = len(labelled)
         student_data = dict(encoded, train=self._encode(labelled))
-        transfer, found = self._transfer_logits(teacher, labelled, student_data["train"])
+        parts, transfer, found = self._transfer_logits(teacher, labelled)
         # A user without that cache pays the pass: report what it cost when it ran.
         logit_seconds = None if found.cost is None else round(found.cost, 1)
         config = self._student_config(teacher.config)
@@ -378,28 +395,45 @@ class Runner:
         # sees within that budget instead of making its training longer.
         steps = -(-len(student_data["train"]) // p.batch_size) * p.student_epochs
         loss_fn = kd_loss_fn(found.logits, alpha=p.alpha, kind=p.kd_kind, temperature=p.temperature)
-        # system -> (its config, its step budget; None: the whole transfer set)
-        kd_systems = {"sparse_student_kd": (config, steps)}
+        kd_data = dict(student_data, train=transfer)
+        kd_systems = {"sparse_student_kd": KDSystem(config, steps, kd_data)}
         if p.kd_equal_data and (p.unlabeled_limit or p.augment_copies):
-            kd_systems[KD_EQUAL_DATA] = (config, None)
-        if p.small_student_embedding_size:
-            kd_systems[KD_SMALL] = (config.replace(embedding_size=p.small_student_embedding_size), None)
+            kd_systems[KD_EQUAL_DATA] = KDSystem(config, None, kd_data)
+        if p.small_student_embedding_size or p.small_student_vocab_size:
+            kd_systems[KD_SMALL] = self._small_student(config, parts, data, kd_data)
         runs: dict[str, list[RunSummary]] = {system: [] for system in (*kd_systems, "sparse_student_no_kd")}
         for seed in student_seeds(p):
             initial = self._student_initial(config, teacher, seed)
-            for system, (system_config, max_steps) in kd_systems.items():
-                start = initial if system_config is config else self._student_initial(system_config, teacher, seed)
-                kd = self._system(system, self.output / system / f"seed_{seed}", self._fresh(system_config, start),
-                                  dict(student_data, train=transfer), epochs=p.student_epochs, lr=p.student_lr,
-                                  seed=seed, max_steps=max_steps, loss_fn=loss_fn)
+            for system, kd in kd_systems.items():
+                start = initial if kd.config is config else \
+                    self._student_initial(kd.config, teacher, seed, kd.vocabulary)
+                run = self._system(system, self.output / system / f"seed_{seed}",
+                                   self._fresh(kd.config, start, kd.vocabulary), kd.data, epochs=p.student_epochs,
+                                   lr=p.student_lr, seed=seed, max_steps=kd.max_steps, loss_fn=loss_fn)
                 runs[system].append(replace(
-                    kd, teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
-                    total_seconds=None if logit_seconds is None else round(kd.train_seconds + logit_seconds, 1)))
+                    run, teacher_logits_seconds=logit_seconds, transfer_examples=len(transfer),
+                    total_seconds=None if logit_seconds is None else round(run.train_seconds + logit_seconds, 1)))
             runs["sparse_student_no_kd"].append(
                 self._system("sparse_student_no_kd", self.output / "sparse_student_no_kd" / f"seed_{seed}",
                              self._fresh(config, initial), student_data, epochs=p.student_epochs,
                              lr=p.student_lr, seed=seed))
         return runs
+
+    def _small_student(self, config, parts: list[TextDataset], data, kd_data: dict) -> KDSystem:
+        """The size claim's student: the equal-data KD student with factorised embedding tables and/or a
+        vocabulary cut to the transfer texts' most used pieces (its own tokenizer encodes every split)."""
+        p = self.preset
+        if p.small_student_embedding_size:
+            config = config.replace(embedding_size=p.small_student_embedding_size)
+        if not p.small_student_vocab_size:
+            return KDSystem(config, None, kd_data)
+        cut = cut_vocabulary(self.tokenizer, [text for part in parts for text in part.texts],
+                             p.small_student_vocab_size, keep=[config.pad_token_id])
+        def encode(texts):
+            return encode_dataset(cut.tokenizer, texts, p.max_length, p.truncation, progress=self.progress)
+        small_data = {"train": encode_transfer(parts, encode), "validation": encode(data.validation),
+                      "test": encode(data.test)}
+        return KDSystem(with_vocabulary(config, cut), None, small_data, cut)
 
     def _student_config(self, teacher_config):
         """The students' config: the teacher's cut down, with the preset's attention dropout and the starting
@@ -409,35 +443,35 @@ class Runner:
         return config.replace(attention_probs_dropout_prob=p.attention_dropout,
                               hidden_dropout_prob=self.start.config.hidden_dropout_prob)
 
-    def _student_initial(self, config, teacher, seed: int) -> dict:
+    def _student_initial(self, config, teacher, seed: int, vocabulary: VocabularyCut | None = None) -> dict:
         """One student's starting weights: a seeded new model, then the preset's `student_init` copy."""
         torch.manual_seed(seed)
-        student = init_student(config, self.preset.student_init, teacher=teacher, start=self.start)
+        student = init_student(config, self.preset.student_init, teacher=teacher, start=self.start,
+                               vocab_ids=None if vocabulary is None else vocabulary.ids)
         return {k: v.clone() for k, v in student.state_dict().items()}
 
-    def _transfer_logits(self, teacher, labelled: TextDataset,
-                         encoded_labelled: EncodedDataset) -> tuple[EncodedDataset, TeacherLogits]:
-        """The KD transfer set (students' labelled reviews + unlabelled ones) and the teacher's logits on it,
+    def _transfer_logits(self, teacher,
+                         labelled: TextDataset) -> tuple[list[TextDataset], EncodedDataset, TeacherLogits]:
+        """The KD transfer texts (students' labelled reviews + unlabelled ones), their encoding and the
+        teacher's logits on it,
         with what the logit pass cost (stored beside the cached logits, so a rerun that reads them still
         reports what a user pays)."""
         p = self.preset
-        transfer, fingerprint = encoded_labelled, labelled.fingerprint
-        if p.unlabeled_limit:
-            transfer, fingerprint = add_unlabeled(transfer, fingerprint, "unsup", self.settings,
-                                                  limit=p.unlabeled_limit, encode=self._encode)
-        if p.augment_copies:
-            transfer, fingerprint = add_augmented(transfer, fingerprint, labelled,
-                                                  AugmentSettings(copies=p.augment_copies, seed=p.seed),
-                                                  mask_token(self.tokenizer), encode=self._encode)
-        return transfer, teacher_logits(teacher, self.tokenizer, self.output / "sparse_teacher", transfer, fingerprint,
-                                        max_length=p.max_length, truncation=p.truncation, precision=self.precision,
-                                        batch_size=p.eval_batch_size, progress=self.progress)
+        parts = transfer_texts(labelled, self.settings, unlabeled="unsup" if p.unlabeled_limit else None,
+                               unlabeled_limit=p.unlabeled_limit, mask=mask_token(self.tokenizer),
+                               augment=augment_settings(p.augment_copies, p.seed))
+        transfer = encode_transfer(parts, self._encode)
+        return parts, transfer, teacher_logits(teacher, self.tokenizer, self.output / "sparse_teacher", transfer,
+                                               transfer_fingerprint(parts), max_length=p.max_length,
+                                               truncation=p.truncation, precision=self.precision,
+                                               batch_size=p.eval_batch_size, progress=self.progress)
 
-    def _fresh(self, config, state) -> Classifier:
-        """A model with `state` as its weights, to train with the run's tokenizer and settings."""
+    def _fresh(self, config, state, vocabulary: VocabularyCut | None = None) -> Classifier:
+        """A model with `state` as its weights, to train with the run's tokenizer (or its cut) and settings."""
         model = SDBertForSequenceClassification(config)
         model.load_state_dict(state)
-        return Classifier(model, self.tokenizer, InferenceSettings(self.preset.max_length, self.preset.truncation))
+        tokenizer = self.tokenizer if vocabulary is None else vocabulary.tokenizer
+        return Classifier(model, tokenizer, InferenceSettings(self.preset.max_length, self.preset.truncation))
 
     def _system(self, system: str, out: Path, classifier: Classifier, encoded: dict, *, epochs: int, lr: float,
                 seed: int, max_steps: int | None = None, loss_fn=None) -> RunSummary:
@@ -483,6 +517,16 @@ class Runner:
                               "older sdbert: delete it or choose another --output")
         logger.info("%s: finished earlier with the same settings, reusing it", out)
         return RunSummary.from_dict(run)
+
+
+class KDSystem(NamedTuple):
+    """One distilled system of a run: its config, step budget (None: the whole transfer set) and encoded
+    data, and the cut vocabulary that encoded it (None: the teachers' tokenizer)."""
+
+    config: SDBertConfig
+    max_steps: int | None
+    data: dict
+    vocabulary: VocabularyCut | None = None
 
 
 def student_seeds(preset: Preset) -> list[int]:

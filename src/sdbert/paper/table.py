@@ -29,7 +29,8 @@ PAPER = {  # Table 1 of the paper: accuracy (%), training time (minutes)
 # transfer set (the labelled reviews + teacher-labelled unlabelled ones) at its own step budget, while
 # `sparse_student_kd` is held to the no-KD student's steps (the ablation that isolates the loss).
 KD_EQUAL_DATA = "sparse_student_kd_equal_data"
-# The paper's size claim: the equal-data KD student with factorised (SVD) embedding tables, its only change.
+# The paper's size claim: the equal-data KD student with a smaller embedding table (a cut vocabulary and/or
+# factorised tables), its only change.
 KD_SMALL = "sparse_student_kd_small"
 TRAINED_SYSTEMS = (*SYSTEMS, KD_EQUAL_DATA, KD_SMALL)  # every system a run may train, in the order rows are reported
 COMPARISONS = {  # claim: (system A, system B), reported as A minus B
@@ -163,7 +164,7 @@ def claims(rows: list[dict]) -> dict:
         "kd_student_over_teacher_train_time": (_ratio(kd.get("total_seconds"), st.get("train_seconds")),
                                                _ratio(46.74, 115.5)),
     }
-    if KD_SMALL in by:  # the size claim, held by the factorised student where a run has one
+    if KD_SMALL in by:  # the size claim, held by the small student where a run has one
         small = by[KD_SMALL]
         out["small_student_over_teacher_parameters"] = (_ratio(small["parameters"], st.get("parameters")),
                                                         round(51 / 127, 3))

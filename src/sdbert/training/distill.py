@@ -23,9 +23,10 @@ from sdbert.checkpoint import weights_fingerprint
 from sdbert.classifier import Classifier
 from sdbert.cli_args import arg, fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from sdbert.config import InferenceSettings
-from sdbert.data import EncodedDataset, TextDataset, tokenizer_hash
+from sdbert.data import EncodedDataset, TextDataset, encode_dataset, tokenizer_hash
 from sdbert.data.augment import AugmentSettings, augment_dataset
 from sdbert.data.tokenization import mask_token
+from sdbert.data.vocabulary import VocabularyCut, cut_vocabulary
 from sdbert.errors import ConfigError
 from sdbert.io import write_json
 from sdbert.model_card import write_model_card
@@ -64,6 +65,11 @@ class DistillConfig:
                                            "the student width; with --init pretrained|teacher they start from a "
                                            "truncated SVD of the source's tables (default: the teacher's layout)",
                                      type=positive_int, metavar="E")
+    vocab_size: int | None = arg(None, "cut the student's vocabulary to at most N wordpieces: the special tokens, "
+                                       "the single characters of its transfer texts, then the pieces they use "
+                                       "most, their embedding rows copied with --init pretrained|teacher; rarer "
+                                       "words split into shorter pieces (WordPiece tokenizers; default: the "
+                                       "teacher's vocabulary)", type=positive_int, metavar="N")
     init: Literal["random", "pretrained", "teacher"] = arg(
         "random", "student start: random (the paper's); pretrained: embeddings, evenly spaced layers and pooler "
                   "of the checkpoint the teacher was fine-tuned from, with a new classifier (a clean KD ablation: "
@@ -133,6 +139,9 @@ class DistillConfig:
                               "use --teacher-mode online (the default with --hidden-weight)")
         if self.hidden_layer_map is not None and self.hidden_weight == 0:
             raise ConfigError("--hidden-layer-map only applies with --hidden-weight > 0")
+        if self.vocab_size is not None and self.online:
+            raise ConfigError("--vocab-size tokenises the student's texts differently from the teacher's, so the "
+                              "teacher cannot run on the student's batches: use cached logits (no --hidden-weight)")
         if self.labels_only and (self.unlabeled or self.augment):
             raise ConfigError("--alpha 1 trains on the labels alone: the texts of --unlabeled and --augment have "
                               "none, so they would only cost time; lower --alpha or drop them")
@@ -157,21 +166,38 @@ class Transfer:
     val_set: EncodedDataset
     max_length: int
     teacher: TeacherLogits | None = None
+    vocabulary: VocabularyCut | None = None
+    """the student's cut vocabulary (`--vocab-size`): its tokenizer encoded the two sets"""
 
 
-def add_unlabeled(labelled: EncodedDataset, fingerprint: str, source: str, settings: DataSettings, *,
-                  limit: int | None, encode: Callable[[TextDataset], EncodedDataset]) -> tuple[EncodedDataset, str]:
-    """The transfer set widened by unlabelled texts (a split of the data or another source; only the
-    distillation term sees them), and the fingerprint of everything it holds."""
-    extra = load_unlabeled(source, settings, limit=limit)
-    return with_unlabeled(labelled, encode(extra)), fingerprint + extra.fingerprint
+def transfer_texts(labelled: TextDataset, settings: DataSettings, *, unlabeled: str | None = None,
+                   unlabeled_limit: int | None = None, augment: AugmentSettings | None = None,
+                   mask: str | None = None) -> list[TextDataset]:
+    """What a student learns from, in order: the labelled texts, then unlabelled ones (a split of the data
+    or another source) and augmented copies of the labelled ones (`sdbert.data.augment`); the teacher labels
+    both, only the distillation term sees them."""
+    parts = [labelled]
+    if unlabeled:
+        parts.append(load_unlabeled(unlabeled, settings, limit=unlabeled_limit))
+    if augment is not None:
+        parts.append(augment_dataset(labelled, augment, mask))
+    return parts
 
 
-def add_augmented(transfer: EncodedDataset, fingerprint: str, labelled: TextDataset, settings: AugmentSettings,
-                  mask: str | None, *, encode: Callable[[TextDataset], EncodedDataset]) -> tuple[EncodedDataset, str]:
-    """The transfer set widened by augmented, unlabelled copies of the labelled texts (`sdbert.data.augment`)."""
-    extra = augment_dataset(labelled, settings, mask)
-    return with_unlabeled(transfer, encode(extra)), fingerprint + extra.fingerprint
+def augment_settings(copies: int, seed: int) -> AugmentSettings | None:
+    return AugmentSettings(copies=copies, seed=seed) if copies else None
+
+
+def encode_transfer(parts: list[TextDataset], encode: Callable[[TextDataset], EncodedDataset]) -> EncodedDataset:
+    """One encoded transfer set: the labelled texts first, then the others with label -100."""
+    encoded = encode(parts[0])
+    for extra in parts[1:]:
+        encoded = with_unlabeled(encoded, encode(extra))
+    return encoded
+
+
+def transfer_fingerprint(parts: list[TextDataset]) -> str:
+    return "".join(part.fingerprint for part in parts)
 
 
 def teacher_logits(model, tokenizer, teacher_dir: str | Path, transfer: EncodedDataset, fingerprint: str, *,
@@ -195,7 +221,7 @@ def distill(config: DistillConfig) -> dict:
     teacher, start, hidden_map = load_teacher(config, hidden_map)
     torch.manual_seed(run.seed)
     transfer = transfer_set(config, teacher, progress=run.progress and distributed.is_main)
-    student = new_student(config, teacher, start, layer_map, transfer.max_length)
+    student = new_student(config, teacher, start, layer_map, transfer.max_length, transfer.vocabulary)
     loss_fn, projections, note = student_loss(config, teacher.model, transfer, hidden_map)
     if not config.online:
         del teacher  # its logits are all the loss needs: free its memory for training
@@ -246,46 +272,50 @@ def load_teacher(config: DistillConfig, hidden_map: list[int] | None) -> Teacher
 
 
 def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
-    """Labelled (+ unlabelled) reviews encoded with the teacher's tokenizer, and its cached logits on them."""
+    """Labelled (+ unlabelled) reviews encoded with the teacher's tokenizer, its cached logits on them and,
+    with `--vocab-size`, the same reviews encoded with the student's cut vocabulary."""
     max_length, truncation = config.max_length or teacher.settings.max_length or 512, config.data.truncation
     data = prepare_data(config.data, id2label=teacher.config.id2label)
-    train_set, val_set = (teacher.encode_dataset(split, max_length=max_length, truncation=truncation)
-                          for split in (data.train, data.validation))
-    fingerprint = data.train.fingerprint
-    if config.unlabeled:
-        train_set, fingerprint = add_unlabeled(
-            train_set, fingerprint, config.unlabeled, config.data, limit=config.unlabeled_limit,
-            encode=lambda texts: teacher.encode_dataset(texts, max_length=max_length, truncation=truncation))
-    if config.augment:
-        train_set, fingerprint = add_augmented(
-            train_set, fingerprint, data.train, AugmentSettings(copies=config.augment, seed=config.training.seed),
-            mask_token(teacher.tokenizer),
-            encode=lambda texts: teacher.encode_dataset(texts, max_length=max_length, truncation=truncation))
-    transfer = Transfer(train_set, val_set, max_length)
+    parts = transfer_texts(data.train, config.data, unlabeled=config.unlabeled, unlabeled_limit=config.unlabeled_limit,
+                           augment=augment_settings(config.augment, config.training.seed),
+                           mask=mask_token(teacher.tokenizer))
+    def encode(tokenizer):
+        return lambda texts: encode_dataset(tokenizer, texts, max_length, truncation, progress=progress)
+    transfer = Transfer(encode_transfer(parts, encode(teacher.tokenizer)), encode(teacher.tokenizer)(data.validation),
+                        max_length)
     if config.teacher_use == "cached":
         precision = resolve_precision(config.training.precision, next(teacher.model.parameters()).device)
-        transfer.teacher = teacher_logits(teacher.model, teacher.tokenizer, config.teacher, train_set, fingerprint,
-                                          max_length=max_length, truncation=truncation, precision=precision,
-                                          batch_size=config.training.eval_batch_size, progress=progress)
+        transfer.teacher = teacher_logits(teacher.model, teacher.tokenizer, config.teacher, transfer.train_set,
+                                          transfer_fingerprint(parts), max_length=max_length, truncation=truncation,
+                                          precision=precision, batch_size=config.training.eval_batch_size,
+                                          progress=progress)
+    if config.vocab_size:  # the logits are per example, in order: the student may tokenise differently
+        transfer.vocabulary = cut_vocabulary(teacher.tokenizer, [t for part in parts for t in part.texts],
+                                             config.vocab_size, keep=[teacher.config.pad_token_id])
+        student_encode = encode(transfer.vocabulary.tokenizer)
+        transfer.train_set, transfer.val_set = encode_transfer(parts, student_encode), student_encode(data.validation)
     return transfer
 
 
-def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | None, max_length: int):
-    """The student (a `Classifier` with the teacher's tokenizer) before training: the teacher's config cut
-    down, started per `--init`; its config records where the weights came from."""
+def new_student(config: DistillConfig, teacher, start, layer_map: list[int] | None, max_length: int,
+                vocabulary: VocabularyCut | None = None):
+    """The student (a `Classifier` with the teacher's tokenizer, or its cut) before training: the teacher's
+    config cut down, started per `--init`; its config records where the weights came from."""
     student_cfg = student_config(teacher.config, layers=config.layers, heads=config.heads, hidden=config.hidden,
-                                 embedding_size=config.embedding_size)
+                                 embedding_size=config.embedding_size, vocabulary=vocabulary)
     student_cfg = student_cfg.replace(gradient_checkpointing=config.gradient_checkpointing)
     student_cfg = student_cfg.replace(attention_probs_dropout_prob=config.attention_dropout)
     if config.dropout is not None:
         student_cfg = student_cfg.replace(hidden_dropout_prob=config.dropout)
-    student = init_student(student_cfg, config.init, teacher=teacher.model, start=start, layer_map=layer_map)
+    student = init_student(student_cfg, config.init, teacher=teacher.model, start=start, layer_map=layer_map,
+                           vocab_ids=None if vocabulary is None else vocabulary.ids)
     if config.init == "teacher":
         student.config.init_checkpoint = str(Path(config.teacher).resolve())
     elif config.init == "pretrained":
         student.config.init_checkpoint = str(Path(config.init_from).resolve()) if config.init_from else \
             teacher.config.init_checkpoint
-    return Classifier(student, teacher.tokenizer, InferenceSettings(max_length, config.data.truncation))
+    tokenizer = teacher.tokenizer if vocabulary is None else vocabulary.tokenizer
+    return Classifier(student, tokenizer, InferenceSettings(max_length, config.data.truncation))
 
 
 def student_loss(config: DistillConfig, teacher, transfer: Transfer, hidden_map) -> StudentLoss:
@@ -312,7 +342,8 @@ def distill_summary(config: DistillConfig, result, student, transfer: Transfer, 
     summary = {"validation": result.best_metrics, "train_seconds": round(result.train_seconds, 2),
                "teacher_mode": config.teacher_use, "wall_seconds": round(wall, 2),
                "examples_per_second": round(result.examples_per_second, 2), "steps": result.final_step,
-               "parameters": student.num_parameters(), "alpha": config.alpha, "kind": config.kind,
+               "parameters": student.num_parameters(), "vocab_size": student.config.vocab_size,
+               "alpha": config.alpha, "kind": config.kind,
                "precision": result.precision, "dropout": {"hidden": student.config.hidden_dropout_prob,
                                                           "attention": student.config.attention_probs_dropout_prob}}
     if config.online:

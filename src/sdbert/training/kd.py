@@ -25,6 +25,7 @@ from torch import nn
 
 from sdbert.config import SDBertConfig
 from sdbert.data.cache import cache_dir as default_cache_dir
+from sdbert.data.vocabulary import VocabularyCut
 from sdbert.errors import ConfigError
 from sdbert.io import atomic_open
 from sdbert.model import SDBertForSequenceClassification
@@ -33,6 +34,7 @@ from sdbert.training.loop import dataset_logits
 logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = -100
+WORD_TABLE = "bert.embeddings.word_embeddings.weight"
 """Label of transfer-set examples without a label (e.g. IMDb `unsup`): distillation term only."""
 
 
@@ -68,27 +70,36 @@ def distillation_loss(
 
 
 def student_config(teacher: SDBertConfig, *, layers: int = 3, heads: int = 4, hidden: int | None = None,
-                   intermediate: int | None = None, embedding_size: int | None = None) -> SDBertConfig:
+                   intermediate: int | None = None, embedding_size: int | None = None,
+                   vocabulary: VocabularyCut | None = None) -> SDBertConfig:
     """The teacher's config with fewer layers and heads (and, with `embedding_size`, factorised
-    embeddings); attention stays block-sparse."""
+    embeddings; with `vocabulary`, a cut vocabulary); attention stays block-sparse."""
     hidden = hidden or teacher.hidden_size
     if intermediate is None:
         intermediate = teacher.intermediate_size * hidden // teacher.hidden_size
-    return teacher.replace(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden,
-                           intermediate_size=intermediate, attention_type="block_sparse", init_checkpoint=None,
-                           embedding_size=embedding_size or teacher.embedding_size)
+    config = teacher.replace(num_hidden_layers=layers, num_attention_heads=heads, hidden_size=hidden,
+                             intermediate_size=intermediate, attention_type="block_sparse", init_checkpoint=None,
+                             embedding_size=embedding_size or teacher.embedding_size)
+    return config if vocabulary is None else with_vocabulary(config, vocabulary)
+
+
+def with_vocabulary(config: SDBertConfig, vocabulary: VocabularyCut) -> SDBertConfig:
+    """`config` over a cut vocabulary: its size, and the pad token's new id."""
+    return config.replace(vocab_size=len(vocabulary.ids), pad_token_id=vocabulary.ids.index(config.pad_token_id))
 
 
 def init_student(config: SDBertConfig, init: str = "random", *, teacher=None, start=None,
-                 layer_map: list[int] | None = None) -> SDBertForSequenceClassification:
+                 layer_map: list[int] | None = None,
+                 vocab_ids: list[int] | None = None) -> SDBertForSequenceClassification:
     """A new student of `config` (its head and any layer not copied drawn from torch's RNG), started per
     `init`: `random`, `pretrained` (the mapped layers of `start`, the checkpoint the teacher was
-    fine-tuned from) or `teacher` (the fine-tuned teacher's)."""
+    fine-tuned from) or `teacher` (the fine-tuned teacher's). With a cut vocabulary, `vocab_ids` are the
+    source's word-table rows it keeps (`sdbert.data.vocabulary`)."""
     student = SDBertForSequenceClassification(config)
     if init == "teacher":
-        init_student_from_teacher(student, teacher, layer_map)
+        init_student_from_teacher(student, teacher, layer_map, vocab_ids)
     elif init == "pretrained":
-        init_student_from_pretrained(student, start, layer_map)
+        init_student_from_pretrained(student, start, layer_map, vocab_ids)
     return student
 
 
@@ -100,11 +111,12 @@ def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 
 def copy_mapped_weights(student, source, layer_map: list[int] | None = None, *,
-                        skip: tuple[str, ...] = ()) -> list[str]:
+                        skip: tuple[str, ...] = (), vocab_ids: list[int] | None = None) -> list[str]:
     """Copy embeddings, the mapped `source` layers and every other tensor whose name and shape match
     into `student`, except names starting with a prefix in `skip`. Needs the same hidden size.
     With fewer heads at the same width, q/k/v are copied unchanged and re-split into fewer, wider
-    heads: an initialisation, not an equivalent model. Returns the copied names."""
+    heads: an initialisation, not an equivalent model. `vocab_ids` keeps those rows of the word table (a
+    cut vocabulary). Returns the copied names."""
     s_cfg, t_cfg = student.config, source.config
     if s_cfg.hidden_size != t_cfg.hidden_size:
         raise ConfigError(f"initialising the student needs the source's hidden size {t_cfg.hidden_size}, "
@@ -114,6 +126,8 @@ def copy_mapped_weights(student, source, layer_map: list[int] | None = None, *,
         raise ConfigError(f"layer map {layer_map} does not fit {s_cfg.num_hidden_layers} student layers and "
                           f"{t_cfg.num_hidden_layers} source layers")
     source_state, student_state = source.state_dict(), student.state_dict()
+    if vocab_ids is not None:
+        source_state[WORD_TABLE] = source_state[WORD_TABLE][vocab_ids]
     copied = {}
     for name in student_state:
         origin = name
@@ -127,16 +141,17 @@ def copy_mapped_weights(student, source, layer_map: list[int] | None = None, *,
             copied[name] = source_state[origin].clone()
     student.load_state_dict(copied, strict=False)
     if s_cfg.embedding_size != t_cfg.embedding_size:  # other tables (their shapes may still match at full width)
-        factorise_embeddings(student, source)
+        factorise_embeddings(student, source, vocab_ids)
         copied.update(dict.fromkeys(n for n in student_state if n.startswith("bert.embeddings.")))
     logger.info("student initialised from layers %s (%d tensors copied)", layer_map, len(copied))
     return sorted(copied)
 
 
-def embedding_tables(embeddings) -> list[torch.Tensor]:
-    """The word, position and type tables of an embeddings module at the hidden size (a factorised
-    module's tables times its projection)."""
-    tables = [embeddings.word_embeddings.weight, embeddings.position_embeddings.weight,
+def embedding_tables(embeddings, vocab_ids: list[int] | None = None) -> list[torch.Tensor]:
+    """The word (its `vocab_ids` rows, if given), position and type tables of an embeddings module at the
+    hidden size (a factorised module's tables times its projection)."""
+    words = embeddings.word_embeddings.weight
+    tables = [words if vocab_ids is None else words[vocab_ids], embeddings.position_embeddings.weight,
               embeddings.token_type_embeddings.weight]
     if embeddings.projection is not None:
         tables = [table @ embeddings.projection.weight.T for table in tables]
@@ -144,7 +159,7 @@ def embedding_tables(embeddings) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def factorise_embeddings(student, source) -> None:
+def factorise_embeddings(student, source, vocab_ids: list[int] | None = None) -> None:
     """The student's narrower embedding tables from `source`'s, ALBERT-style: every table projected onto
     the top `embedding_size` right singular vectors of the stacked tables (one truncated SVD), which then
     form the projection back to the hidden size. At full width the student embeds exactly as `source`."""
@@ -152,7 +167,7 @@ def factorise_embeddings(student, source) -> None:
     if mine.projection is None:
         raise ConfigError("the student's embedding tables differ from the source's: give it an embedding_size "
                           "(factorised embeddings) or the source's vocabulary and positions")
-    tables = embedding_tables(source.bert.embeddings)
+    tables = embedding_tables(source.bert.embeddings, vocab_ids)
     targets = (mine.word_embeddings, mine.position_embeddings, mine.token_type_embeddings)
     for table, target in zip(tables, targets, strict=True):
         if table.shape[0] != target.num_embeddings:
@@ -164,16 +179,18 @@ def factorise_embeddings(student, source) -> None:
     mine.projection.weight.copy_(basis.T)
 
 
-def init_student_from_teacher(student, teacher, layer_map: list[int] | None = None) -> list[str]:
+def init_student_from_teacher(student, teacher, layer_map: list[int] | None = None,
+                              vocab_ids: list[int] | None = None) -> list[str]:
     """`--init teacher`: everything mapped from the *fine-tuned* teacher, classifier included. A recipe
     for a good small model, not an ablation of KD (the student starts with the teacher's task knowledge)."""
-    return copy_mapped_weights(student, teacher, layer_map)
+    return copy_mapped_weights(student, teacher, layer_map, vocab_ids=vocab_ids)
 
 
-def init_student_from_pretrained(student, checkpoint, layer_map: list[int] | None = None) -> list[str]:
+def init_student_from_pretrained(student, checkpoint, layer_map: list[int] | None = None,
+                                 vocab_ids: list[int] | None = None) -> list[str]:
     """`--init pretrained`: embeddings, mapped layers and pooler from the checkpoint the teacher was
     fine-tuned *from*; the classifier stays the student's own new head. Nothing fine-tuned leaks in."""
-    return copy_mapped_weights(student, checkpoint, layer_map, skip=("classifier.",))
+    return copy_mapped_weights(student, checkpoint, layer_map, skip=("classifier.",), vocab_ids=vocab_ids)
 
 
 def starting_checkpoint(teacher, init_from: str | None = None):
