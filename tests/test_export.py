@@ -183,6 +183,23 @@ def test_pipeline_and_tokenizer_load_offline(tokenizer, tmp_path):
             assert abs(scores[label] - p) < ATOL
 
 
+def test_a_cut_vocabulary_model_exports_as_plain_bert_with_its_own_tokenizer(tokenizer, tmp_path):
+    """`--vocab-size`'s students are stock BERTs over a smaller table: transformers reads the cut tokenizer and
+    gives our probabilities."""
+    from sdbert.data.vocabulary import cut_vocabulary
+
+    cut = cut_vocabulary(tokenizer, TEXTS[:2], 60)
+    model = tiny_model(cut.tokenizer, attention_type="full")
+    export_hf(model, tmp_path / "hf", tokenizer=cut.tokenizer, settings=settings_of(model))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == 60
+    text = "a wonderful film, the worst ending"
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))(text)["input_ids"] == \
+        cut.tokenizer.encode(text).ids
+    out = transformers.pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")([text], top_k=None)
+    ours = Classifier(model, cut.tokenizer, settings_of(model))([text])[0]["probabilities"]
+    assert all(abs(d["score"] - ours[d["label"]]) < ATOL for d in out[0])
+
+
 def test_tanh_head_block_sparse_model_is_refused_as_bigbird_or_exported_as_bert(tokenizer, tmp_path):
     """BigBird's head applies hidden_act: a tanh pooler cannot be expressed, so big_bird is refused
     (auto takes the custom code, tests/test_export_remote.py), and architecture='bert' gives the

@@ -23,3 +23,4 @@ run e112_l3_pretrained --layers 3 --heads 4 --init pretrained --embedding-size 1
 run e64_l3_pretrained --layers 3 --heads 4 --init pretrained --embedding-size 64
 # A vocabulary cut to the wordpieces the transfer texts use most (full-width tables, MiniLM's rows)
 run v8192_l3_pretrained --layers 3 --heads 4 --init pretrained --vocab-size 8192
+run v4096_l3_pretrained --layers 3 --heads 4 --init pretrained --vocab-size 4096
