@@ -68,8 +68,9 @@ class DistillConfig:
     vocab_size: int | None = arg(None, "cut the student's vocabulary to at most N wordpieces: the special tokens, "
                                        "the single characters of its transfer texts, then the pieces they use "
                                        "most, their embedding rows copied with --init pretrained|teacher; rarer "
-                                       "words split into shorter pieces (WordPiece tokenizers; default: the "
-                                       "teacher's vocabulary)", type=positive_int, metavar="N")
+                                       "words split into shorter pieces (WordPiece or SentencePiece Unigram "
+                                       "tokenizers; default: the teacher's vocabulary)", type=positive_int,
+                                 metavar="N")
     init: Literal["random", "pretrained", "teacher"] = arg(
         "random", "student start: random (the paper's); pretrained: embeddings, evenly spaced layers and pooler "
                   "of the checkpoint the teacher was fine-tuned from, with a new classifier (a clean KD ablation: "
