@@ -210,6 +210,6 @@ def test_augmented_copies_join_the_kd_transfer_set_teacher_labelled(trained_teac
     runner.tokenizer = teacher.tokenizer
     labelled = make_dataset(["a great film, wonderful acting", "dull and far too long", "loved it"], [1, 0, 1],
                             {0: "neg", 1: "pos"})
-    _, transfer, logits = runner._transfer_logits(teacher.model, labelled)
+    _, transfer, logits = runner._transfer_logits(teacher.model, labelled, runner._encode(labelled))
     assert len(transfer) == 9 and transfer.labels[:3].tolist() == [1, 0, 1]
     assert (transfer.labels[3:] == -100).all() and tuple(logits.logits.shape) == (9, 2)

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from data_fixtures import IMDB_REVIEWS
 from sdbert.data import pad_token_id, train_wordpiece_tokenizer
-from sdbert.data.vocabulary import cut_vocabulary, wordpiece_counts
+from sdbert.data.vocabulary import cut_vocabulary, piece_counts
 from sdbert.errors import ConfigError
 
 CORPUS = [text for _, _, text in IMDB_REVIEWS]
@@ -28,7 +28,7 @@ def test_the_cut_keeps_specials_characters_and_the_most_used_pieces(tokenizer):
         assert cut.ids[new_id] == old[piece]  # the new id indexes the old embedding rows
     for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
         assert special in new
-    counts = wordpiece_counts(tokenizer, CORPUS)
+    counts = piece_counts(tokenizer, CORPUS)
     (most_used, _), = counts.most_common(1)
     assert cut.ids.index(most_used) >= 0
     dropped = [i for i in counts if i not in cut.ids]
@@ -54,7 +54,7 @@ def test_kept_words_tokenise_as_before_and_dropped_ones_split_without_unk(tokeni
 
 def test_the_cut_is_reproducible_and_never_larger_than_what_the_corpus_uses(tokenizer):
     assert cut_vocabulary(tokenizer, CORPUS, 90).ids == cut_vocabulary(tokenizer, CORPUS, 90).ids
-    used = len(wordpiece_counts(tokenizer, CORPUS[:2]).keys() | {0, 1, 2, 3, 4})
+    used = len(piece_counts(tokenizer, CORPUS[:2]).keys() | {0, 1, 2, 3, 4})
     roomy = cut_vocabulary(tokenizer, CORPUS[:2], 10_000)
     assert len(roomy.ids) < tokenizer.get_vocab_size() and len(roomy.ids) >= used
 

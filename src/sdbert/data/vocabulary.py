@@ -31,8 +31,8 @@ class VocabularyCut:
     """old id of every new id: the rows of the old embedding table, in the new order"""
 
 
-def wordpiece_counts(tokenizer: Tokenizer, texts: Sequence[str]) -> Counter:
-    """How often each token id occurs in `texts` (special tokens not added)."""
+def piece_counts(tokenizer: Tokenizer, texts: Sequence[str]) -> Counter:
+    """How often each piece id occurs in `texts` (special tokens not added)."""
     counts: Counter = Counter()
     for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
         counts.update(encoding.ids)
@@ -49,7 +49,7 @@ def cut_vocabulary(tokenizer: Tokenizer, texts: Sequence[str], size: int, *,
     if len(needed) > size:
         raise ConfigError(f"a vocabulary of {size} pieces cannot hold the {len(needed)} special and single-character "
                           f"pieces this corpus needs: ask for at least {len(needed)}")
-    ranked = sorted(wordpiece_counts(tokenizer, texts).items(), key=lambda item: (-item[1], item[0]))
+    ranked = sorted(piece_counts(tokenizer, texts).items(), key=lambda item: (-item[1], item[0]))
     kept = set(needed)
     for piece_id, _ in ranked:
         if len(kept) >= size:

@@ -34,7 +34,7 @@ from sdbert.cli_args import arg, fraction, non_negative_int, positive_float, pos
 from sdbert.config import InferenceSettings, SDBertConfig
 from sdbert.data import EncodedDataset, TextDataset, encode_dataset, stratified_subset
 from sdbert.data.tokenization import mask_token
-from sdbert.data.vocabulary import VocabularyCut, cut_vocabulary
+from sdbert.data.vocabulary import VocabularyCut
 from sdbert.errors import ConfigError, missing_hint
 from sdbert.hub import resolve_flag
 from sdbert.io import write_json
@@ -52,6 +52,7 @@ from sdbert.training.distill import (
     teacher_logits,
     transfer_fingerprint,
     transfer_texts,
+    transfer_vocabulary,
 )
 from sdbert.training.kd import TeacherLogits, init_student, kd_loss_fn, student_config, with_vocabulary
 from sdbert.training.loop import TrainingArguments, dataset_logits, train
@@ -363,8 +364,9 @@ class Runner:
         write_json(record, {"calls": calls})
         return {"total": round(sum(calls), 1), "calls": calls}
 
-    def _encode(self, dataset: TextDataset):
-        return encode_dataset(self.tokenizer, dataset, self.preset.max_length, self.preset.truncation,
+    def _encode(self, dataset: TextDataset, tokenizer=None):
+        """`dataset` encoded at the preset's length and truncation with the run's tokenizer (or `tokenizer`)."""
+        return encode_dataset(tokenizer or self.tokenizer, dataset, self.preset.max_length, self.preset.truncation,
                               progress=self.progress)
 
     def _teachers(self, config, encoded: dict) -> dict[str, RunSummary]:
@@ -387,7 +389,7 @@ class Runner:
             labelled = stratified_subset(labelled, p.student_train_limit, seed=p.seed)
         self.student_train_examples = len(labelled)
         student_data = dict(encoded, train=self._encode(labelled))
-        parts, transfer, found = self._transfer_logits(teacher, labelled)
+        parts, transfer, found = self._transfer_logits(teacher, labelled, student_data["train"])
         # A user without that cache pays the pass: report what it cost when it ran.
         logit_seconds = None if found.cost is None else round(found.cost, 1)
         config = self._student_config(teacher.config)
@@ -427,10 +429,9 @@ class Runner:
             config = config.replace(embedding_size=p.small_student_embedding_size)
         if not p.small_student_vocab_size:
             return KDSystem(config, None, kd_data)
-        cut = cut_vocabulary(self.tokenizer, [text for part in parts for text in part.texts],
-                             p.small_student_vocab_size, keep=[config.pad_token_id])
+        cut = transfer_vocabulary(self.tokenizer, parts, p.small_student_vocab_size, config.pad_token_id)
         def encode(texts):
-            return encode_dataset(cut.tokenizer, texts, p.max_length, p.truncation, progress=self.progress)
+            return self._encode(texts, cut.tokenizer)
         small_data = {"train": encode_transfer(parts, encode), "validation": encode(data.validation),
                       "test": encode(data.test)}
         return KDSystem(with_vocabulary(config, cut), None, small_data, cut)
@@ -450,8 +451,8 @@ class Runner:
                                vocab_ids=None if vocabulary is None else vocabulary.ids)
         return {k: v.clone() for k, v in student.state_dict().items()}
 
-    def _transfer_logits(self, teacher,
-                         labelled: TextDataset) -> tuple[list[TextDataset], EncodedDataset, TeacherLogits]:
+    def _transfer_logits(self, teacher, labelled: TextDataset, encoded_labelled: EncodedDataset,
+                         ) -> tuple[list[TextDataset], EncodedDataset, TeacherLogits]:
         """The KD transfer texts (students' labelled reviews + unlabelled ones), their encoding and the
         teacher's logits on it,
         with what the logit pass cost (stored beside the cached logits, so a rerun that reads them still
@@ -460,7 +461,7 @@ class Runner:
         parts = transfer_texts(labelled, self.settings, unlabeled="unsup" if p.unlabeled_limit else None,
                                unlabeled_limit=p.unlabeled_limit, mask=mask_token(self.tokenizer),
                                augment=augment_settings(p.augment_copies, p.seed))
-        transfer = encode_transfer(parts, self._encode)
+        transfer = encode_transfer(parts, self._encode, labelled=encoded_labelled)
         return parts, transfer, teacher_logits(teacher, self.tokenizer, self.output / "sparse_teacher", transfer,
                                                transfer_fingerprint(parts), max_length=p.max_length,
                                                truncation=p.truncation, precision=self.precision,

@@ -189,9 +189,11 @@ def augment_settings(copies: int, seed: int) -> AugmentSettings | None:
     return AugmentSettings(copies=copies, seed=seed) if copies else None
 
 
-def encode_transfer(parts: list[TextDataset], encode: Callable[[TextDataset], EncodedDataset]) -> EncodedDataset:
-    """One encoded transfer set: the labelled texts first, then the others with label -100."""
-    encoded = encode(parts[0])
+def encode_transfer(parts: list[TextDataset], encode: Callable[[TextDataset], EncodedDataset], *,
+                    labelled: EncodedDataset | None = None) -> EncodedDataset:
+    """One encoded transfer set: the labelled texts first (`labelled`, when the caller has already encoded
+    them with `encode`), then the others with label -100."""
+    encoded = encode(parts[0]) if labelled is None else labelled
     for extra in parts[1:]:
         encoded = with_unlabeled(encoded, encode(extra))
     return encoded
@@ -199,6 +201,11 @@ def encode_transfer(parts: list[TextDataset], encode: Callable[[TextDataset], En
 
 def transfer_fingerprint(parts: list[TextDataset]) -> str:
     return "".join(part.fingerprint for part in parts)
+
+
+def transfer_vocabulary(tokenizer, parts: list[TextDataset], size: int, pad_token_id: int) -> VocabularyCut:
+    """A student's vocabulary cut to the pieces its transfer texts use most, the model's pad id kept."""
+    return cut_vocabulary(tokenizer, [text for part in parts for text in part.texts], size, keep=[pad_token_id])
 
 
 def teacher_logits(model, tokenizer, teacher_dir: str | Path, transfer: EncodedDataset, fingerprint: str, *,
@@ -273,28 +280,27 @@ def load_teacher(config: DistillConfig, hidden_map: list[int] | None) -> Teacher
 
 
 def transfer_set(config: DistillConfig, teacher, *, progress: bool) -> Transfer:
-    """Labelled (+ unlabelled) reviews encoded with the teacher's tokenizer, its cached logits on them and,
-    with `--vocab-size`, the same reviews encoded with the student's cut vocabulary."""
+    """Labelled (+ unlabelled) reviews encoded with the student's tokenizer (the teacher's, or its cut with
+    `--vocab-size`), and the teacher's cached logits on its own encoding of them."""
     max_length, truncation = config.max_length or teacher.settings.max_length or 512, config.data.truncation
     data = prepare_data(config.data, id2label=teacher.config.id2label)
     parts = transfer_texts(data.train, config.data, unlabeled=config.unlabeled, unlabeled_limit=config.unlabeled_limit,
                            augment=augment_settings(config.augment, config.training.seed),
                            mask=mask_token(teacher.tokenizer))
+    vocabulary = None if config.vocab_size is None else \
+        transfer_vocabulary(teacher.tokenizer, parts, config.vocab_size, teacher.config.pad_token_id)
     def encode(tokenizer):
         return lambda texts: encode_dataset(tokenizer, texts, max_length, truncation, progress=progress)
-    transfer = Transfer(encode_transfer(parts, encode(teacher.tokenizer)), encode(teacher.tokenizer)(data.validation),
-                        max_length)
-    if config.teacher_use == "cached":
+    student_encode = encode(teacher.tokenizer if vocabulary is None else vocabulary.tokenizer)
+    transfer = Transfer(encode_transfer(parts, student_encode), student_encode(data.validation), max_length,
+                        vocabulary=vocabulary)
+    if config.teacher_use == "cached":  # the logits are per example, in order: on the teacher's own encoding
+        teacher_set = transfer.train_set if vocabulary is None else encode_transfer(parts, encode(teacher.tokenizer))
         precision = resolve_precision(config.training.precision, next(teacher.model.parameters()).device)
-        transfer.teacher = teacher_logits(teacher.model, teacher.tokenizer, config.teacher, transfer.train_set,
+        transfer.teacher = teacher_logits(teacher.model, teacher.tokenizer, config.teacher, teacher_set,
                                           transfer_fingerprint(parts), max_length=max_length, truncation=truncation,
                                           precision=precision, batch_size=config.training.eval_batch_size,
                                           progress=progress)
-    if config.vocab_size:  # the logits are per example, in order: the student may tokenise differently
-        transfer.vocabulary = cut_vocabulary(teacher.tokenizer, [t for part in parts for t in part.texts],
-                                             config.vocab_size, keep=[teacher.config.pad_token_id])
-        student_encode = encode(transfer.vocabulary.tokenizer)
-        transfer.train_set, transfer.val_set = encode_transfer(parts, student_encode), student_encode(data.validation)
     return transfer
 
 
